@@ -1,0 +1,1 @@
+"""Processes and I/O: the daemon, its ZeroMQ sockets, configuration and the CLI."""

@@ -1,0 +1,52 @@
+"""The ``holostream`` command: one sub-command per module, imported only when used.
+
+Each command module exposes ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# command -> (module under holostream.service, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("daemon", "run the live reconstruction daemon"),
+    "status": ("status", "print the daemon's status (one-shot or --watch)"),
+    "subscribe": ("subscribe", "receive published volumes; print headers, save HDF5/PNG"),
+    "stream": ("stream", "play an NXtomo file or a simulated scan into the ingest socket"),
+    "simulate": ("simulate", "write a simulated near-field holo-tomography scan (NXtomo)"),
+    "reconstruct": ("reconstruct", "reconstruct an NXtomo scan offline into an HDF5 volume"),
+    "bench": ("bench", "measure the speed of each stage and of the whole chain"),
+    "demo": ("demo", "service + simulated detector + subscriber in one go"),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """Build the parser; only the chosen sub-command's module is imported."""
+    parser = argparse.ArgumentParser(prog="holostream", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = next((a for a in argv if a in COMMANDS), None)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            importlib.import_module(f"holostream.service.{module}").add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``holostream`` script; returns the process exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    if args.command == "serve":
+        level = min(level, logging.INFO)
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(f"holostream.service.{COMMANDS[args.command][0]}")
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
