@@ -1,0 +1,42 @@
+"""The queues and events that connect the daemon's processes (small dicts only, no arrays).
+
+Big data moves through shared memory (``holostream.shared.scanbuffers``); these carry the
+slot indices, scan numbers and counters described in docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from dataclasses import dataclass
+from multiprocessing.context import SpawnContext
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
+
+
+@dataclass
+class Channels:
+    """Everything the processes of one daemon share.
+
+    tasks : ingest → workers, ``{"type": "group", ...}`` or ``{"type": "stop"}``
+    done : workers → ingest, ``{"type": "done"|"failed", "scan_seq", "group", "slots", ...}``
+    events : ingest/workers → daemon, ``{"type": "scan_open"|"progress"|"scan_complete"|"stats"|...}``
+    commands : daemon → ingest, ``{"type": "settings"|"abort"|"release", ...}``
+    stop : set by the daemon when the service shuts down
+    """
+
+    tasks: Queue
+    done: Queue
+    events: Queue
+    commands: Queue
+    stop: Event
+
+
+def spawn_context() -> SpawnContext:
+    """The start method of every holostream child process (never fork a ZeroMQ process)."""
+    return multiprocessing.get_context("spawn")
+
+
+def make_channels(ctx: SpawnContext | None = None) -> Channels:
+    """Create a fresh set of channels in the given (default: spawn) context."""
+    ctx = ctx or spawn_context()
+    return Channels(ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Event())
