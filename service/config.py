@@ -1,0 +1,251 @@
+"""The daemon's one configuration object, read from TOML and validated once at start.
+
+Each section of the TOML file is a frozen dataclass below; the metadata of each field
+(``check`` and ``help``) is the single schema that gives defaults, validation and the
+commented example ``deploy/holostream.toml``. Every error names ``section.key`` and why.
+``[reconstruction]`` holds the keys of :class:`~holostream.shared.settings.ReconstructionSettings`
+and is validated by that class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from holostream.shared.settings import ReconstructionSettings, SettingsError
+
+_ADDRESS = re.compile(r"^(tcp://[^\s:]+:(\d+|\*)|ipc://\S+|inproc://\S+)$")
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; ``key`` is ``"section.key"``."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+# --- checks: each returns the normalised value or raises ValueError(reason) -------------
+
+def _address(value: Any) -> str:
+    if not isinstance(value, str) or not _ADDRESS.match(value):
+        raise ValueError(f"expected a ZeroMQ address like tcp://127.0.0.1:5550 or ipc:///path, got {value!r}")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}, got {value!r}")
+        return value
+    return check
+
+
+def _integer(low: int, high: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"expected an integer in [{low}, {high}], got {value!r}")
+        return value
+    return check
+
+
+def _seconds(low: float, high: float) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise ValueError(f"expected a number of seconds in [{low}, {high}], got {value!r}")
+        return float(value)
+    return check
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _optional_dir(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"expected a directory path, got {value!r}")
+    return value
+
+
+def _opt(default: Any, check: Callable[[Any], Any], help_text: str, **kw: Any) -> Any:
+    meta = {"check": check, "help": help_text}
+    if "default_factory" in kw:
+        return field(default_factory=kw["default_factory"], metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def default_worker_count() -> int:
+    """``min(4, usable cores)``: the default size of the worker pool."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+# --- sections -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """``[ingest]``: the PULL socket where detectors push frames, and the frame ring."""
+
+    address: str = _opt("tcp://127.0.0.1:5550", _address, "PULL socket address")
+    mode: str = _opt("bind", _choice("bind", "connect"),
+                     "bind (detector connects) or connect (detector binds)")
+    ring_slots: int = _opt(64, _integer(2, 1 << 16), "frames the shared-memory ring holds per scan")
+    rcvhwm: int = _opt(1000, _integer(1, 1 << 24), "ZeroMQ receive high-water mark (messages)")
+    drop_policy: str = _opt("block", _choice("block", "drop"),
+                            "when the ring is full: block (stop reading) or drop frames (counted)")
+    max_frame_bytes: int = _opt(256 << 20, _integer(1, 1 << 40),
+                                "largest accepted frame payload in bytes")
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    """``[publish]``: the PUB socket where volumes, previews and status go out."""
+
+    address: str = _opt("tcp://127.0.0.1:5560", _address, "PUB socket address (bound)")
+    sndhwm: int = _opt(4, _integer(1, 1 << 20),
+                       "send high-water mark: a slow subscriber loses messages beyond it")
+    status_interval_s: float = _opt(1.0, _seconds(0.05, 60.0), "seconds between status messages")
+    output_dir: str | None = _opt(None, _optional_dir,
+                                  "write each final volume to DIR/<scan_id>.h5 (empty: do not write)")
+    save_intermediate: bool = _opt(False, _boolean, "also write the live volumes to output_dir")
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """``[control]``: the REP socket for status, config, set, abort, republish."""
+
+    address: str = _opt("tcp://127.0.0.1:5570", _address, "REP socket address (bound)")
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    """``[workers]``: the reconstruction worker processes."""
+
+    count: int = _opt(None, _integer(1, 256), "worker processes (default min(4, cores))",
+                      default_factory=default_worker_count)
+    device: str = _opt("cpu", _choice("cpu", "gpu", "auto"),
+                       "cpu, gpu, or auto (gpu when cupy sees one, chosen inside each worker)")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """``[service]``: logging and systemd integration."""
+
+    log_level: str = _opt("info", _choice(*_LOG_LEVELS), "log level on stderr (journald)")
+    watchdog: bool = _opt(True, _boolean, "send WATCHDOG=1 when systemd asks for it (WatchdogSec)")
+
+
+_SECTIONS: dict[str, type] = {
+    "ingest": IngestConfig,
+    "publish": PublishConfig,
+    "control": ControlConfig,
+    "workers": WorkersConfig,
+    "service": ServiceConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration of one daemon."""
+
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+    reconstruction: ReconstructionSettings = field(default_factory=ReconstructionSettings)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain nested dict (TOML/JSON-able; ``None`` values left out)."""
+        out = {name: {k: v for k, v in dataclasses.asdict(getattr(self, name)).items() if v is not None}
+               for name in _SECTIONS}
+        out["reconstruction"] = self.reconstruction.to_dict()
+        return out
+
+
+def _section(name: str, table: Any) -> Any:
+    cls = _SECTIONS[name]
+    if not isinstance(table, dict):
+        raise ConfigError(name, f"expected a table, got {type(table).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{name}.{key}", f"unknown key (known: {', '.join(known)})")
+        try:
+            values[key] = known[key].metadata["check"](value)
+        except ValueError as exc:
+            raise ConfigError(f"{name}.{key}", str(exc)) from None
+    return cls(**values)
+
+
+def config_from_dict(tables: dict[str, Any]) -> Config:
+    """Validate nested ``{section: {key: value}}`` tables into a :class:`Config`.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown section or key or a bad value, naming ``section.key``.
+    """
+    sections = {}
+    for name, table in tables.items():
+        if name == "reconstruction":
+            if not isinstance(table, dict):
+                raise ConfigError(name, f"expected a table, got {type(table).__name__}")
+            try:
+                sections[name] = ReconstructionSettings.from_dict(table)
+            except SettingsError as exc:
+                raise ConfigError(f"reconstruction.{exc.key}", exc.reason) from None
+        elif name in _SECTIONS:
+            sections[name] = _section(name, table)
+        else:
+            known = ", ".join([*_SECTIONS, "reconstruction"])
+            raise ConfigError(name, f"unknown section (known: {known})")
+    return Config(**sections)
+
+
+def load_config(path: str | os.PathLike | None = None,
+                overrides: dict[str, dict[str, Any]] | None = None) -> Config:
+    """Read the TOML file at ``path`` (or the defaults), apply ``overrides``, validate.
+
+    Parameters
+    ----------
+    path : path or None
+        A TOML file with the sections of this module; None: all defaults.
+    overrides : dict, optional
+        ``{section: {key: value}}`` taking precedence over the file, e.g. from the
+        command line ``{"ingest": {"address": "tcp://127.0.0.1:6000"}}``.
+
+    Raises
+    ------
+    ConfigError
+        Unreadable file, TOML syntax error, unknown section/key or bad value.
+    """
+    tables: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                tables = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    for name, table in (overrides or {}).items():
+        merged = dict(tables.get(name) or {}) if isinstance(tables.get(name), dict) else {}
+        merged.update(table)
+        tables[name] = merged
+    return config_from_dict(tables)
+
+
+def section_keys() -> dict[str, list[str]]:
+    """The known keys of every daemon section (not ``[reconstruction]``), for docs and tests."""
+    return {name: [f.name for f in dataclasses.fields(cls)] for name, cls in _SECTIONS.items()}
