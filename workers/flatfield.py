@@ -1,0 +1,158 @@
+"""Dark- and flat-field correction: raw detector counts → transmission.
+
+The detector records ``raw = dark + T · flat_signal`` where ``T`` is the object's intensity
+transmission, so ::
+
+    T = (raw - dark) / (flat - dark)
+
+``dark`` is the mean of the dark frames (no beam) and ``flat`` the mean of the flat frames
+(beam, no sample). When flats are also taken after the scan, the beam may have drifted in
+between; the flat of projection ``i`` of ``n`` is then interpolated linearly between the two
+by acquisition order, ``t = i / (n - 1)``.
+
+Two guards keep the output usable by the phase retrieval that follows:
+
+- A pixel whose denominator ``flat - dark`` is ``≤ min_denominator`` counts (dead pixel, beam
+  stop, no flat signal) carries no information; its transmission is set to 1.0, i.e. "no
+  object", which is neutral for the Fourier filters downstream.
+- The numerator ``raw - dark`` is clipped below at ``TRANSMISSION_FLOOR · (flat - dark)``,
+  so the transmission is ≥ ``TRANSMISSION_FLOOR`` (1e-6) and ``log(T)`` stays finite
+  (≥ -13.8) even for pixels where noise made ``raw < dark``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from holostream.workers.backend import Backend
+
+#: Smallest transmission returned; keeps ``log(T)`` finite for dark or noisy pixels.
+TRANSMISSION_FLOOR = 1e-6
+
+
+def average_frames(frames, backend: Backend):
+    """Mean of a stack of frames, e.g. the darks or the flats of a scan.
+
+    Parameters
+    ----------
+    frames : array of shape (n, rows, cols)
+        Any real dtype (typically uint16 counts); ``n ≥ 1``.
+    backend : Backend
+        Array namespace of the result.
+
+    Returns
+    -------
+    array of shape (rows, cols), float32
+        The mean over axis 0, accumulated in float64 so that many uint16 frames neither
+        overflow nor lose precision.
+    """
+    xp = backend.xp
+    frames = xp.asarray(frames)
+    if frames.ndim != 3 or frames.shape[0] < 1:
+        raise ValueError(
+            f"average_frames expects a stack (n >= 1, rows, cols), got shape {frames.shape}"
+        )
+    return xp.mean(frames, axis=0, dtype=xp.float64).astype(xp.float32)
+
+
+def _check_image(name: str, a, shape: tuple[int, ...] | None):
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows, cols), got shape {a.shape}")
+    if shape is not None and a.shape != shape:
+        raise ValueError(f"{name} shape: expected {shape}, got {a.shape}")
+
+
+class FlatField:
+    """Flat-field correction planned once per scan, applied to single frames or stacks.
+
+    Parameters
+    ----------
+    dark : array of shape (rows, cols)
+        Mean dark frame, counts.
+    flat : array of shape (rows, cols)
+        Mean of the flats taken before the scan, counts (dark not subtracted).
+    backend : Backend
+        Array namespace of inputs and outputs.
+    flat_after : array of shape (rows, cols), optional
+        Mean of the flats taken after the scan. When given, calls need the projection
+        ``index`` and ``n_projections`` to interpolate the flat.
+    min_denominator : float
+        Pixels where ``flat - dark ≤ min_denominator`` (counts) return 1.0.
+
+    Raises
+    ------
+    ValueError
+        When the reference images are not 2-D of one shape, or ``min_denominator < 0``.
+    """
+
+    def __init__(self, dark, flat, backend: Backend, flat_after=None, min_denominator: float = 1.0):
+        xp = backend.xp
+        self.backend = backend
+        self.min_denominator = float(min_denominator)
+        if not self.min_denominator >= 0.0:
+            raise ValueError(f"min_denominator must be >= 0 counts, got {min_denominator}")
+        self.dark = xp.asarray(dark, dtype=xp.float32)
+        _check_image("dark", self.dark, None)
+        self.shape = tuple(self.dark.shape)
+        self.denominator = xp.asarray(flat, dtype=xp.float32) - self.dark
+        _check_image("flat", self.denominator, self.shape)
+        if flat_after is None:
+            self.drift = None
+        else:
+            flat_after = xp.asarray(flat_after, dtype=xp.float32)
+            _check_image("flat_after", flat_after, self.shape)
+            # flat(t) - dark = denominator + t * drift, t in [0, 1]
+            self.drift = flat_after - self.dark - self.denominator
+
+    def _denominator(self, index, n_projections, raw_ndim: int, n_frames: int):
+        """``flat - dark`` for each frame: (rows, cols) or (n_frames, rows, cols)."""
+        if self.drift is None:
+            return self.denominator
+        if index is None or n_projections is None:
+            raise ValueError(
+                "FlatField with flat_after needs index and n_projections to interpolate"
+            )
+        if n_projections < 1:
+            raise ValueError(f"n_projections must be >= 1, got {n_projections}")
+        t = np.asarray(index, dtype=np.float64) / max(n_projections - 1, 1)
+        if raw_ndim == 2:
+            if t.ndim != 0:
+                raise ValueError(f"index for one frame must be a scalar, got shape {t.shape}")
+            return self.denominator + np.float32(t) * self.drift
+        if t.shape != (n_frames,):
+            raise ValueError(f"index shape: expected ({n_frames},), got {t.shape}")
+        xp = self.backend.xp
+        t = xp.asarray(t, dtype=xp.float32)[:, None, None]
+        return self.denominator[None] + t * self.drift[None]
+
+    def __call__(self, raw, index=None, n_projections=None):
+        """Transmission of one frame or a stack.
+
+        Parameters
+        ----------
+        raw : array of shape (rows, cols) or (n, rows, cols)
+            Raw counts, any real dtype.
+        index : int or array of int of shape (n,), optional
+            Projection index (acquisition order) of each frame; needed with ``flat_after``.
+        n_projections : int, optional
+            Number of projections in the scan; needed with ``flat_after``.
+
+        Returns
+        -------
+        array, float32, same shape as ``raw``
+            ``(raw - dark) / (flat - dark)``, ≥ ``TRANSMISSION_FLOOR``; 1.0 where the
+            denominator is ≤ ``min_denominator``.
+        """
+        xp = self.backend.xp
+        raw = xp.asarray(raw)
+        if raw.ndim not in (2, 3) or tuple(raw.shape[-2:]) != self.shape:
+            raise ValueError(
+                f"raw frame shape: expected {self.shape} or (n, *{self.shape}), got {raw.shape}"
+            )
+        n_frames = raw.shape[0] if raw.ndim == 3 else 1
+        den = self._denominator(index, n_projections, raw.ndim, n_frames)
+        num = raw.astype(xp.float32) - self.dark
+        valid = den > self.min_denominator
+        safe_den = xp.where(valid, den, xp.float32(1.0))
+        num = xp.maximum(num, xp.float32(TRANSMISSION_FLOOR) * safe_den)
+        return xp.where(valid, num / safe_den, xp.float32(1.0)).astype(xp.float32, copy=False)
