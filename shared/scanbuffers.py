@@ -1,0 +1,270 @@
+"""The shared-memory arrays of one scan: frame ring, dark/flat reference, sinogram, volumes.
+
+The ingest process creates them at ``scan_start``; workers and the daemon attach by name.
+Segments are named ``<prefix>_<part>`` with ``prefix = holostream_<daemon pid>_<scan seq>``
+so the daemon can :func:`sweep` its own leftovers from ``/dev/shm``.
+
+Lifetime is explicit: whoever :meth:`~ScanBuffers.unlink` s removes the segments; Python's
+resource tracker is kept out of it in every process (it would otherwise unlink a segment
+when the first attaching process exits, or warn about "leaked" segments that another
+process still owns). The daemon sweeps at exit, which also covers crashed children.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from multiprocessing import resource_tracker
+from multiprocessing.shared_memory import SharedMemory
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SHM_DIR = "/dev/shm"
+_TRACK_KEYWORD = sys.version_info >= (3, 13)  # SharedMemory(track=False) exists from 3.13
+
+
+@dataclass(frozen=True)
+class PartSpec:
+    """dtype (numpy name) and shape of one shared array."""
+
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the array (bytes)."""
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+def layout(frame_shape: tuple[int, int], frame_dtype: str, n_slots: int, n_groups: int,
+           binned_shape: tuple[int, int], n_workers: int) -> dict[str, PartSpec]:
+    """The parts of one scan's buffers (docs/architecture.md, "Shared memory of one scan").
+
+    Parameters
+    ----------
+    frame_shape : (rows, cols)
+        Unbinned detector frame shape.
+    frame_dtype : str
+        Frame dtype on the wire, e.g. ``"uint16"``.
+    n_slots : int
+        Ring slots (raw projections held at once).
+    n_groups : int
+        Angle groups of the scan (projections after angle binning).
+    binned_shape : (rows_b, cols_b)
+        Frame shape after pixel binning.
+    n_workers : int
+        One partial volume and weight per worker.
+
+    Returns
+    -------
+    dict of str to PartSpec
+        ``ring`` (n_slots, rows, cols) frame dtype; ``reference`` float32 (2, rows, cols)
+        (dark mean, flat mean); ``sinogram`` float32 (n_groups, rows_b, cols_b);
+        ``volume`` float32 (n_workers, rows_b, cols_b, cols_b); ``weights`` float64 (n_workers,).
+    """
+    rows, cols = frame_shape
+    rows_b, cols_b = binned_shape
+    for name, value in (("n_slots", n_slots), ("n_groups", n_groups), ("n_workers", n_workers),
+                        ("rows", rows), ("cols", cols), ("rows_b", rows_b), ("cols_b", cols_b)):
+        if value < 1:
+            raise ValueError(f"{name}={value}: every dimension of the scan buffers must be >= 1")
+    return {
+        "ring": PartSpec(np.dtype(frame_dtype).name, (n_slots, rows, cols)),
+        "reference": PartSpec("float32", (2, rows, cols)),
+        "sinogram": PartSpec("float32", (n_groups, rows_b, cols_b)),
+        "volume": PartSpec("float32", (n_workers, rows_b, cols_b, cols_b)),
+        "weights": PartSpec("float64", (n_workers,)),
+    }
+
+
+def _untrack(shm: SharedMemory) -> None:
+    # Before 3.13 every SharedMemory registers itself; take it back so that no tracker acts.
+    resource_tracker.unregister(shm._name, "shared_memory")
+
+
+def _open(name: str, size: int | None) -> SharedMemory:
+    """Create (``size`` given) or attach a segment that no resource tracker knows about."""
+    create = size is not None
+    if _TRACK_KEYWORD:
+        return SharedMemory(name, create=create, size=size or 0, track=False)
+    shm = SharedMemory(name, create=create, size=size or 0)
+    _untrack(shm)
+    return shm
+
+
+def _unlink(shm: SharedMemory) -> None:
+    if not _TRACK_KEYWORD:
+        # SharedMemory.unlink() unregisters; register first so the tracker's books balance.
+        resource_tracker.register(shm._name, "shared_memory")
+    shm.unlink()
+
+
+def shm_free_bytes() -> int:
+    """Bytes still available in ``/dev/shm`` (tmpfs: touching beyond it kills with SIGBUS)."""
+    st = os.statvfs(SHM_DIR)
+    return st.f_bavail * st.f_frsize
+
+
+class ScanBuffers:
+    """Named shared-memory arrays of one scan, as numpy views.
+
+    Use :meth:`create` (owner) or :meth:`attach` (everyone else); pass
+    :meth:`description` through queues. Attributes ``ring``, ``reference``, ``sinogram``,
+    ``volume``, ``weights`` are the arrays of :func:`layout`; ``arrays`` maps every part.
+    """
+
+    def __init__(self, prefix: str, specs: dict[str, PartSpec], segments: dict[str, SharedMemory]):
+        self.prefix = prefix
+        self.specs = specs
+        self._segments = segments
+        self.arrays: dict[str, np.ndarray] = {
+            part: np.ndarray(spec.shape, dtype=spec.dtype, buffer=segments[part].buf)
+            for part, spec in specs.items()
+        }
+
+    # the parts of the standard layout, spelled out for readers and linters
+    @property
+    def ring(self) -> np.ndarray:
+        """Raw frames, ``(n_slots, rows, cols)`` of the frame dtype."""
+        return self.arrays["ring"]
+
+    @property
+    def reference(self) -> np.ndarray:
+        """float32 ``(2, rows, cols)``: dark mean, flat mean."""
+        return self.arrays["reference"]
+
+    @property
+    def sinogram(self) -> np.ndarray:
+        """float32 ``(n_groups, rows_b, cols_b)``: filtered projections in δ pixel units."""
+        return self.arrays["sinogram"]
+
+    @property
+    def volume(self) -> np.ndarray:
+        """float32 ``(n_workers, rows_b, cols_b, cols_b)``: one partial volume per worker."""
+        return self.arrays["volume"]
+
+    @property
+    def weights(self) -> np.ndarray:
+        """float64 ``(n_workers,)``: sum of the angle weights (rad) each worker added."""
+        return self.arrays["weights"]
+
+    @property
+    def nbytes(self) -> int:
+        """Total size of all parts (bytes)."""
+        return sum(spec.nbytes for spec in self.specs.values())
+
+    @classmethod
+    def create(cls, prefix: str, specs: dict[str, PartSpec]) -> "ScanBuffers":
+        """Create zero-filled segments ``<prefix>_<part>``.
+
+        Raises
+        ------
+        MemoryError
+            When ``/dev/shm`` has less room than the parts need.
+        FileExistsError
+            When a segment of that name exists already.
+        """
+        total = sum(spec.nbytes for spec in specs.values())
+        free = shm_free_bytes()
+        if total > free:
+            raise MemoryError(f"scan buffers need {total / 1e9:.2f} GB of shared memory, "
+                              f"{SHM_DIR} has {free / 1e9:.2f} GB free")
+        segments: dict[str, SharedMemory] = {}
+        try:
+            for part, spec in specs.items():
+                segments[part] = _open(f"{prefix}_{part}", max(spec.nbytes, 1))
+        except BaseException:
+            for shm in segments.values():
+                shm.close()
+                _unlink(shm)
+            raise
+        # tmpfs pages start as zeros; nothing to clear
+        return cls(prefix, specs, segments)
+
+    @classmethod
+    def attach(cls, description: dict[str, Any]) -> "ScanBuffers":
+        """Attach the segments named in :meth:`description` (another process's buffers)."""
+        prefix = description["prefix"]
+        specs = {part: PartSpec(d["dtype"], tuple(d["shape"])) for part, d in description["parts"].items()}
+        segments: dict[str, SharedMemory] = {}
+        try:
+            for part in specs:
+                segments[part] = _open(f"{prefix}_{part}", None)
+        except BaseException:
+            for shm in segments.values():
+                shm.close()
+            raise
+        for part, spec in specs.items():
+            if segments[part].size < spec.nbytes:
+                raise ValueError(f"segment {prefix}_{part} has {segments[part].size} bytes, "
+                                 f"{spec.nbytes} expected")
+        return cls(prefix, specs, segments)
+
+    def description(self) -> dict[str, Any]:
+        """Plain dict (names, dtypes, shapes) from which :meth:`attach` rebuilds the views."""
+        return {"prefix": self.prefix,
+                "parts": {part: {"name": f"{self.prefix}_{part}", "dtype": spec.dtype,
+                                 "shape": list(spec.shape)}
+                          for part, spec in self.specs.items()}}
+
+    def close(self) -> None:
+        """Drop this process's mapping (the segments stay until unlinked)."""
+        self.arrays = {}
+        for part, shm in list(self._segments.items()):
+            try:
+                shm.close()
+            except BufferError:
+                # someone still holds a view; the mapping goes when that view does
+                log.warning("shared array %s_%s still in use; left mapped", self.prefix, part)
+            del self._segments[part]
+
+    def unlink(self) -> None:
+        """Remove the segments from ``/dev/shm`` (mappings stay valid until closed)."""
+        for part, spec in self.specs.items():
+            name = f"{self.prefix}_{part}"
+            try:
+                shm = self._segments.get(part)
+                if shm is None:  # already closed here: reopen just to unlink
+                    shm = _open(name, None)
+                    shm.close()
+                _unlink(shm)
+            except FileNotFoundError:
+                log.debug("segment %s already unlinked", name)
+
+    def __enter__(self) -> "ScanBuffers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def sweep(prefix: str) -> list[str]:
+    """Unlink every ``/dev/shm/<prefix>*`` segment left over (e.g. by a crashed process).
+
+    Returns
+    -------
+    list of str
+        The names removed.
+    """
+    if not prefix.startswith("holostream_"):
+        raise ValueError(f"refusing to sweep {prefix!r}: holostream segments start with 'holostream_'")
+    removed = []
+    try:
+        names = sorted(os.listdir(SHM_DIR))
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if name.startswith(prefix):
+            try:
+                os.unlink(os.path.join(SHM_DIR, name))
+            except FileNotFoundError:
+                continue
+            removed.append(name)
+    if removed:
+        log.info("swept %d shared-memory segment(s) %s*", len(removed), prefix)
+    return removed
