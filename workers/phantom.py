@@ -85,7 +85,13 @@ class Phantom:
         return None
 
     def project(
-        self, angle_rad: float, rows: int, cols: int, pixel_size_m: float, cor_px: float = 0.0
+        self,
+        angle_rad: float,
+        rows: int,
+        cols: int,
+        pixel_size_m: float,
+        cor_px: float = 0.0,
+        row_shift_px: float = 0.0,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Exact projected line integrals ``∫δ dl`` and ``∫β dl`` at one angle.
 
@@ -99,6 +105,9 @@ class Phantom:
             Pixel size in metres (pass the fine pitch for a supersampled grid).
         cor_px : float
             Rotation-axis offset from ``(cols - 1) / 2`` in pixels of this grid.
+        row_shift_px : float
+            Row of ``z = 0`` minus ``(rows - 1) / 2``, in pixels of this grid (non-zero when
+            this grid is a detector frame padded unevenly).
 
         Returns
         -------
@@ -106,7 +115,7 @@ class Phantom:
             Line integrals in metres.
         """
         s = (np.arange(cols) - ((cols - 1) / 2 + cor_px)) * pixel_size_m
-        z = (np.arange(rows) - (rows - 1) / 2) * pixel_size_m
+        z = (np.arange(rows) - ((rows - 1) / 2 + row_shift_px)) * pixel_size_m
         cos_t, sin_t = math.cos(angle_rad), math.sin(angle_rad)
         delta_m = np.zeros((rows, cols))
         beta_m = np.zeros((rows, cols))

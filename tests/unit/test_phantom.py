@@ -80,3 +80,63 @@ def test_invalid_ellipsoid_is_refused():
         Ellipsoid((0, 0, 0), (1e-6, 0.0, 1e-6), 1e-6, 0.0)
     with pytest.raises(ValueError, match="quantity"):
         Phantom(()).voxelize(4, 4, PIXEL, quantity="mu")
+
+
+# --- the scan simulator built on the phantom -------------------------------------------
+
+from holostream.workers.simulate import (  # noqa: E402
+    DetectorModel,
+    HologramSimulator,
+    ScanGeometry,
+    beam_profile,
+    iter_projections,
+    simulate_scan,
+)
+
+
+def test_contact_plane_intensity_is_beer_lambert():
+    # At a negligible distance the hologram is |T|² = exp(-2·(2π/λ)∫β dl), pixel-averaged.
+    ph = Phantom((sphere((3e-6, 0.0, -2e-6), 12e-6, 1e-6, 2e-7),))
+    geo = ScanGeometry(40, 48, PIXEL, 1e-12, 17.5)
+    got = HologramSimulator(ph, geo, supersample=2).intensity(25.0)
+    _, beta_m = ph.project(math.radians(25.0), 80, 96, PIXEL / 2)
+    k = 2 * math.pi * 17.5 / 1.23984198e-9
+    expected = np.exp(-2 * k * beta_m).reshape(40, 2, 48, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-5)
+    assert got.min() < 0.8  # the sphere absorbs visibly, so the comparison means something
+
+
+def test_propagation_keeps_flux_and_makes_fringes():
+    ph = Phantom((sphere((0.0, 0.0, 0.0), 10e-6, 1e-6, 0.0),))  # pure phase object
+    geo = ScanGeometry(64, 64, PIXEL, 0.1, 17.5)
+    img = HologramSimulator(ph, geo, supersample=2).intensity(0.0)
+    assert abs(img.mean() - 1.0) < 2e-3  # |H| = 1 and the fringes stay in the frame
+    assert img.max() > 1.05 and img.min() < 0.95  # edge-enhancement fringes
+
+
+def test_counts_and_stream_equal_whole_scan():
+    ph = random_phantom(2, radius_m=12e-6, height_m=20e-6, n_objects=3)
+    det = DetectorModel(photons=5e3, dark_level=50.0)
+    scan = simulate_scan(ph, n_projections=6, rows=24, cols=32, detector=det, n_darks=40,
+                         n_flats=40, n_flats_after=2, binning=2, seed=5)
+    assert scan.projections.dtype == np.uint16 and scan.projections.shape == (6, 24, 32)
+    assert scan.flats_after.shape == (2, 24, 32)
+    profile = beam_profile(24, 32, det.beam_falloff, det.beam_tilt)
+    assert scan.darks.mean() == pytest.approx(50.0, rel=0.02)
+    np.testing.assert_allclose(scan.flats.mean(0) - 50.0, 5e3 * profile, rtol=0.03)
+    streamed = list(iter_projections(ph, scan.geometry, scan.angles_deg, det, seed=5))
+    np.testing.assert_array_equal(np.stack(streamed), scan.projections)
+    # flat-corrected counts scatter around the noise-free hologram by Poisson statistics
+    ideal = HologramSimulator(ph, scan.geometry).intensity(scan.angles_deg[3])
+    corrected = (scan.projections[3] - 50.0) / (5e3 * profile)
+    assert abs((corrected - ideal).mean()) < 3e-3
+    assert (corrected - ideal).std() == pytest.approx(np.sqrt(ideal / (5e3 * profile)).mean(), rel=0.1)
+
+
+def test_ground_truth_grid_matches_binned_detector_rows():
+    ph = Phantom((Ellipsoid((3e-6, -2e-6, 4.5e-6), (9e-6, 6e-6, 7e-6), 1e-6, 0.0, 0.3),))
+    fine = ph.voxelize(32, 32, PIXEL, supersample=1)
+    z0 = ((2 - 1) / 2 - (32 - 1) / 2) * PIXEL
+    coarse = ph.voxelize(16, 16, 2 * PIXEL, z0_m=z0, supersample=2)
+    np.testing.assert_allclose(coarse, fine.reshape(16, 2, 16, 2, 16, 2).mean(axis=(1, 3, 5)),
+                               atol=1e-12)
