@@ -94,8 +94,9 @@ class FlatField:
         self.dark = xp.asarray(dark, dtype=xp.float32)
         _check_image("dark", self.dark, None)
         self.shape = tuple(self.dark.shape)
-        self.denominator = xp.asarray(flat, dtype=xp.float32) - self.dark
-        _check_image("flat", self.denominator, self.shape)
+        flat = xp.asarray(flat, dtype=xp.float32)
+        _check_image("flat", flat, self.shape)
+        self.denominator = flat - self.dark
         if flat_after is None:
             self.drift = None
         else:
