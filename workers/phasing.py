@@ -1,0 +1,321 @@
+"""Phase-retrieval chains: a start (Paganin or CTF), then AP / RAAR iterations.
+
+A chain is data, written like PyNX operator chains read right to left, but in the order
+they run: ``"paganin, ap**8(delta_beta=200), ap**2"`` means a Paganin start, 8
+alternating-projection iterations with the homogeneous (δ/β) object constraint, then 2
+with the amplitude ≤ 1 constraint only. :func:`parse_chain` / :func:`format_chain`
+convert text ↔ ``tuple[Step, ...]``; :class:`PhaseRetrieval` runs a chain.
+
+Iterations work on the padded grid with the object wave ``ψ = exp(-B + iφ)``:
+
+- detector projection ``P_d``: propagate, replace the modulus by ``sqrt(I_measured)``
+  keeping the phase, propagate back. The measured modulus in the padding margin is the
+  square root of the padded intensity (edge padding continues the border pixels), i.e.
+  the margin is treated as measured data, like the start filters treat it.
+- object projection ``P_o``: with ``delta_beta`` the modulus is set from the phase,
+  ``|ψ| = exp((β/δ)φ)`` (``B = -(β/δ)φ``), clipped ≤ 1; without it ``|ψ|`` is clipped ≤ 1.
+  ``phase_max`` / ``phase_min`` clip φ (``phase_max=0``: δ ≥ 0).
+- AP: ``ψ ← P_o P_d ψ``. RAAR (``beta``, default 0.75):
+  ``ψ ← β (ψ + P_o(2 P_d ψ − ψ)) + (1 − 2β) P_d ψ``.
+
+The phase is tracked as a real, unwrapped array: a new wave ``w`` gets
+``φ_w = φ + angle(w · conj(ψ))`` relative to the current ``(ψ, φ)``, so thick samples
+with |φ| ≫ π never wrap as long as one iteration changes φ by less than π.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .ctf import CTF
+from .fresnel import FresnelPropagator
+from .paganin import MIN_INTENSITY, Paganin
+from .padding import Padding
+
+START_STEPS = ("paganin", "ctf")
+ITERATION_STEPS = ("ap", "raar")
+#: Parameters each step accepts (all numbers).
+STEP_PARAMS = {
+    "paganin": ("delta_beta",),
+    "ctf": ("delta_beta", "alpha_low", "alpha_high"),
+    "ap": ("delta_beta", "phase_min", "phase_max"),
+    "raar": ("beta", "delta_beta", "phase_min", "phase_max"),
+}
+RAAR_BETA = 0.75
+
+_TOKEN = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:\*\*\s*(\d+)\s*)?(?:\((.*)\))?\s*$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One operator of a chain: ``name`` applied ``count`` times with ``params``.
+
+    Parameters
+    ----------
+    name : {"paganin", "ctf", "ap", "raar"}
+    count : int
+        Repetitions, ≥ 1 (1 for start steps).
+    params : tuple of (str, float)
+        Keyword parameters; stored sorted by key, so equal steps compare equal.
+    """
+
+    name: str
+    count: int = 1
+    params: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self):
+        if self.name not in STEP_PARAMS:
+            raise ValueError(f"unknown step {self.name!r}; known: {', '.join(STEP_PARAMS)}")
+        if not isinstance(self.count, int) or self.count < 1:
+            raise ValueError(f"step {self.name!r}: count must be an integer >= 1, got {self.count!r}")
+        if self.name in START_STEPS and self.count != 1:
+            raise ValueError(f"start step {self.name!r} cannot be repeated (count {self.count})")
+        params = dict(self.params)
+        for key in params:
+            if key not in STEP_PARAMS[self.name]:
+                raise ValueError(
+                    f"step {self.name!r} has no parameter {key!r}; "
+                    f"accepted: {', '.join(STEP_PARAMS[self.name])}"
+                )
+        object.__setattr__(
+            self, "params", tuple(sorted((k, float(v)) for k, v in params.items()))
+        )
+
+    def param(self, key: str, default: float | None = None) -> float | None:
+        """Value of parameter ``key``, or ``default`` when the step does not set it."""
+        return dict(self.params).get(key, default)
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split at commas that are not inside parentheses."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"unbalanced ')' in chain {text!r}")
+        elif char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    if depth:
+        raise ValueError(f"unbalanced '(' in chain {text!r}")
+    return parts + [text[start:]]
+
+
+def _parse_step(token: str) -> Step:
+    match = _TOKEN.match(token)
+    if not match:
+        raise ValueError(f"bad chain token {token.strip()!r}: expected name[**count][(key=value, ...)]")
+    name, count, body = match.group(1).lower(), match.group(2), match.group(3)
+    params = {}
+    for item in body.split(",") if body and body.strip() else ():
+        key, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError("no '='")
+            params[key.strip()] = float(value)
+        except ValueError:
+            raise ValueError(
+                f"bad parameter {item.strip()!r} in chain token {token.strip()!r}: expected key=number"
+            ) from None
+    try:
+        return Step(name, int(count) if count is not None else 1, tuple(params.items()))
+    except ValueError as error:
+        raise ValueError(f"bad chain token {token.strip()!r}: {error}") from None
+
+
+def _check_order(steps: tuple[Step, ...]) -> None:
+    if not steps:
+        return
+    if steps[0].name not in START_STEPS:
+        raise ValueError(f"a chain starts with one of {START_STEPS}, got {steps[0].name!r}")
+    for step in steps[1:]:
+        if step.name not in ITERATION_STEPS:
+            raise ValueError(f"step {step.name!r} may only start a chain")
+
+
+def parse_chain(text: str) -> tuple[Step, ...]:
+    """Steps of a chain written as text, e.g. ``"ctf, raar**20(beta=0.8), ap**5"``.
+
+    Raises
+    ------
+    ValueError
+        Naming the bad token: unknown step or parameter, bad count or number, a chain that
+        does not start with ``paganin`` or ``ctf``, or a start step later in the chain.
+    """
+    if not text.strip():
+        raise ValueError("empty phase-retrieval chain")
+    steps = tuple(_parse_step(token) for token in _split_top_level(text))
+    _check_order(steps)
+    return steps
+
+
+def _format_number(value: float) -> str:
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def format_chain(steps: tuple[Step, ...]) -> str:
+    """Text of a chain; ``parse_chain(format_chain(steps)) == steps``."""
+    parts = []
+    for step in steps:
+        text = step.name if step.count == 1 else f"{step.name}**{step.count}"
+        if step.params:
+            text += "(" + ", ".join(f"{k}={_format_number(v)}" for k, v in step.params) + ")"
+        parts.append(text)
+    return ", ".join(parts)
+
+
+def default_chain(phase: str, iterations: int, delta_beta: float) -> tuple[Step, ...]:
+    """The chain for the contract's ``phase`` setting.
+
+    ``"none"`` → ``()``; ``"paganin"`` / ``"ctf"`` → that start alone; ``"ap"`` / ``"raar"``
+    → Paganin start, then ``iterations - round(iterations / 5)`` iterations with the δ/β
+    constraint and ``round(iterations / 5)`` without (10 → 8 + 2); anything else is
+    parsed with :func:`parse_chain`.
+    """
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    if phase == "none":
+        return ()
+    if phase in START_STEPS:
+        return (Step(phase),)
+    if phase in ITERATION_STEPS:
+        free = round(iterations / 5)
+        steps = [Step("paganin")]
+        if iterations - free:
+            steps.append(Step(phase, iterations - free, (("delta_beta", delta_beta),)))
+        if free:
+            steps.append(Step(phase, free))
+        return tuple(steps)
+    return parse_chain(phase)
+
+
+class PhaseRetrieval:
+    """Run a chain on flat-corrected intensities; padding, filters, propagator set up once.
+
+    Parameters
+    ----------
+    chain : tuple of Step, or str
+        Steps (or their text); ``()`` means no phase retrieval: φ = (δ/β)/2 · ln I.
+    shape : tuple of int
+        ``(rows, cols)`` of the input images.
+    pixel_size_m, distance_m, energy_kev : float
+        Pixel size (m), effective sample–detector distance (m), photon energy (keV).
+    delta_beta : float
+        δ/β used by the start and as the default of the steps' ``delta_beta``.
+    backend : Backend
+    pad_mode : {"edge", "reflect", "constant1"}
+    margin : float
+        See :class:`workers.padding.Padding`.
+    """
+
+    def __init__(
+        self,
+        chain,
+        shape,
+        pixel_size_m: float,
+        distance_m: float,
+        energy_kev: float,
+        delta_beta: float,
+        backend,
+        pad_mode: str = "edge",
+        margin: float = 0.5,
+    ):
+        self.chain = parse_chain(chain) if isinstance(chain, str) else tuple(chain)
+        _check_order(self.chain)
+        if not delta_beta > 0:
+            raise ValueError(f"delta_beta must be > 0, got {delta_beta!r}")
+        self.backend = backend
+        self.delta_beta = float(delta_beta)
+        self.padding = Padding(shape, backend, mode=pad_mode, margin=margin)
+        geometry = (shape, pixel_size_m, distance_m, energy_kev)
+        self._start = None
+        self._propagator = None
+        if self.chain:
+            start = self.chain[0]
+            self._start_delta_beta = start.param("delta_beta", self.delta_beta)
+            if start.name == "paganin":
+                self._start = Paganin(*geometry, self._start_delta_beta, backend, pad_mode, margin)
+            else:
+                alphas = {k: v for k, v in start.params if k.startswith("alpha")}
+                self._start = CTF(*geometry, self._start_delta_beta, backend, pad_mode,
+                                  margin=margin, **alphas)
+        if len(self.chain) > 1:
+            self._propagator = FresnelPropagator(
+                self.padding.padded_shape, pixel_size_m, distance_m, energy_kev, backend
+            )
+
+    def __call__(self, intensity):
+        """Phase of flat-corrected intensity.
+
+        Parameters
+        ----------
+        intensity : ndarray of shape (rows, cols) or (batch, rows, cols), float32
+            ≈ 1 where there is no object; on this backend.
+
+        Returns
+        -------
+        ndarray, float32, same shape as ``intensity``
+            Phase φ in radians (negative in matter).
+        """
+        xp = self.backend.xp
+        intensity = intensity.astype(np.float32, copy=False)
+        if self._start is None:
+            phase = xp.log(xp.maximum(intensity, np.float32(MIN_INTENSITY)))
+            phase *= np.float32(0.5 * self.delta_beta)
+            return phase
+        padded = self.padding.pad(intensity)
+        phase = self._start.phase_padded(padded)
+        if self._propagator is not None:
+            phase = self._iterate(padded, phase)
+        return self.padding.crop(phase).copy()
+
+    def _iterate(self, padded_intensity, phase):
+        xp = self.backend.xp
+        measured = xp.sqrt(xp.maximum(padded_intensity, np.float32(0)))
+        modulus = xp.minimum(xp.exp(phase / np.float32(self._start_delta_beta)), np.float32(1))
+        psi = modulus * xp.exp(phase * np.complex64(1j))
+        for step in self.chain[1:]:
+            beta = np.float32(step.param("beta", RAAR_BETA))
+            for _ in range(step.count):
+                detector = self._detector_projection(psi, measured)
+                if step.name == "ap":
+                    psi, phase = self._object_projection(detector, psi, phase, step)
+                else:
+                    reflected = detector * np.float32(2) - psi
+                    obj, _ = self._object_projection(reflected, psi, phase, step)
+                    new = (psi + obj) * beta + detector * (np.float32(1) - 2 * beta)
+                    phase = phase + xp.angle(new * xp.conj(psi))
+                    psi = new
+        return phase
+
+    def _detector_projection(self, psi, measured):
+        """Replace the detector-plane modulus of ``psi`` by ``measured``; back in object plane."""
+        xp = self.backend.xp
+        wave = self._propagator.forward(psi)
+        wave *= measured / xp.maximum(xp.abs(wave), np.float32(1e-12))
+        return self._propagator.backward(wave)
+
+    def _object_projection(self, wave, psi, phase, step: Step):
+        """Apply the object constraint to ``wave``; returns (new ψ, its unwrapped phase).
+
+        ``(psi, phase)`` is the current iterate that unwraps the phase of ``wave``.
+        """
+        xp = self.backend.xp
+        new_phase = phase + xp.angle(wave * xp.conj(psi))
+        phase_min, phase_max = step.param("phase_min"), step.param("phase_max")
+        if phase_min is not None:
+            new_phase = xp.maximum(new_phase, np.float32(phase_min))
+        if phase_max is not None:
+            new_phase = xp.minimum(new_phase, np.float32(phase_max))
+        delta_beta = step.param("delta_beta")
+        if delta_beta is None:
+            modulus = xp.minimum(xp.abs(wave), np.float32(1))
+        else:
+            modulus = xp.minimum(xp.exp(new_phase / np.float32(delta_beta)), np.float32(1))
+        return modulus * xp.exp(new_phase * np.complex64(1j)), new_phase
