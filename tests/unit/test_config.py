@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +109,23 @@ def test_to_dict_round_trips():
     config = config_from_dict({"publish": {"output_dir": "/tmp/x"}, "reconstruction": {"phase": "ctf"}})
     assert isinstance(config, Config)
     assert config_from_dict(config.to_dict()) == config
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_unit_verifies(tmp_path):
+    unit = (EXAMPLE.parent / "holostream.service").read_text()
+    for needed in ("Type=notify", "NotifyAccess=main", "WatchdogSec=", "Restart=on-failure",
+                   "DynamicUser=yes", "ProtectSystem=strict", "ProtectHome=yes", "NoNewPrivileges=yes",
+                   "PrivateTmp=yes", "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+                   "SystemCallFilter=@system-service", "MemoryMax=", "DeviceAllow=/dev/nvidiactl",
+                   "ReadWritePaths=/var/lib/holostream",
+                   "serve --config /etc/holostream/holostream.toml"):
+        assert needed in unit, needed
+    # verify against the holostream executable of this environment (ExecStart must exist)
+    exe = Path(sys.executable).with_name("holostream")
+    local = tmp_path / "holostream.service"
+    local.write_text(unit.replace("/usr/local/bin/holostream", str(exe)))
+    result = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "holostream.service" not in result.stderr, result.stderr  # no warnings about our unit

@@ -1,0 +1,212 @@
+"""The PUB socket: volumes, previews and status, as PROTOCOL.md writes them.
+
+Also the two ways a volume is assembled from the workers' partial accumulators in
+shared memory: the live one (sum of partials, normalised by the weights so far) and the
+final one (the one-shot FBP of exactly the angles that arrived).
+
+A slow or vanished subscriber never blocks the daemon: the socket has a small send
+high-water mark, linger 0, and every send is non-blocking; what cannot be queued is
+dropped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from holostream.service.config import PublishConfig
+from holostream.workers import fbp
+from holostream.workers.backend import Backend
+
+log = logging.getLogger(__name__)
+
+
+def volume_header(scan: dict[str, Any], settings: dict[str, Any], *, scan_seq: int, seq: int,
+                  final: bool, n_used: int, shape: tuple[int, ...]) -> dict[str, Any]:
+    """The JSON header of a ``volume`` message.
+
+    Parameters
+    ----------
+    scan : dict
+        ``ScanInfo.to_dict()`` of the scan (``scan_start`` fields).
+    settings : dict
+        The reconstruction settings this scan runs with (``ReconstructionSettings.to_dict()``).
+    scan_seq : int
+        The daemon's running number of the scan.
+    seq : int
+        Running number of this scan's volumes (0, 1, ...; the final one is the last).
+    final : bool
+        True for the volume published once the scan is complete.
+    n_used : int
+        Projections that went into this volume.
+    shape : tuple of int
+        ``(nz, ny, nx)`` of the float32 payload.
+    """
+    binning = int(settings["binning"])
+    return {
+        "type": "volume", "scan_id": scan["scan_id"], "scan_seq": scan_seq, "seq": seq,
+        "final": bool(final),
+        "n_projections_used": int(n_used), "n_projections_expected": int(scan["n_projections"]),
+        "shape": [int(n) for n in shape], "dtype": "float32", "quantity": "delta",
+        "voxel_size_m": float(scan["pixel_size_m"]) * binning,
+        "timestamp": time.time(),
+        "binning": binning, "angle_binning": int(settings["angle_binning"]),
+        "phase": settings["phase"], "iterations": int(settings["iterations"]),
+        "filter": settings["filter"], "cor_px": float(scan.get("cor_px") or 0.0),
+        "delta_beta": float(scan["delta_beta"]), "energy_kev": float(scan["energy_kev"]),
+        "distance_m": float(scan["distance_m"]), "pixel_size_m": float(scan["pixel_size_m"]),
+    }
+
+
+def central_slices(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three central cuts of ``volume[z, y, x]``: ``(volume[cz], volume[:, cy], volume[:, :, cx])``.
+
+    Returns C-contiguous float32 arrays of shapes ``(ny, nx)``, ``(nz, nx)``, ``(nz, ny)``.
+    """
+    nz, ny, nx = volume.shape
+    return tuple(np.ascontiguousarray(s, dtype=np.float32)
+                 for s in (volume[nz // 2], volume[:, ny // 2], volume[:, :, nx // 2]))
+
+
+class Publisher:
+    """The daemon's PUB socket (bound to ``config.address``)."""
+
+    def __init__(self, context: zmq.Context, config: PublishConfig):
+        self.address = config.address
+        self.socket = context.socket(zmq.PUB)
+        self.socket.setsockopt(zmq.SNDHWM, config.sndhwm)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.bind(config.address)
+        self.sent = 0
+        self.dropped = 0
+
+    def _send(self, parts: list) -> bool:
+        try:
+            self.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self.dropped += 1
+            return False
+        self.sent += 1
+        return True
+
+    def publish_volume(self, header: dict[str, Any], volume: np.ndarray) -> bool:
+        """Send ``[b"volume", header, payload]``; ``volume`` float32 ``(nz, ny, nx)``.
+
+        Returns False when the message was dropped (send queue full).
+        """
+        volume = np.ascontiguousarray(volume, dtype="<f4")
+        if list(volume.shape) != header["shape"]:
+            raise ValueError(f"volume shape {volume.shape} disagrees with header {header['shape']}")
+        return self._send([b"volume", json.dumps(header).encode(), memoryview(volume).cast("B")])
+
+    def publish_preview(self, header: dict[str, Any], volume: np.ndarray) -> bool:
+        """Send ``[b"preview", header, z-cut, y-cut, x-cut]`` of ``volume[z, y, x]``.
+
+        ``header`` is the volume's header; the preview's says ``type: preview`` and lists
+        the three cuts' ``shapes`` and the ``indices`` (cz, cy, cx) where they were taken.
+        """
+        cuts = central_slices(volume)
+        nz, ny, nx = volume.shape
+        head = {k: v for k, v in header.items() if k not in ("shape", "type")}
+        head.update(type="preview", axes=["z", "y", "x"], indices=[nz // 2, ny // 2, nx // 2],
+                    shapes=[list(c.shape) for c in cuts], dtype="float32")
+        return self._send([b"preview", json.dumps(head).encode(),
+                           *(memoryview(c.astype("<f4", copy=False)).cast("B") for c in cuts)])
+
+    def publish_status(self, status: dict[str, Any]) -> bool:
+        """Send ``[b"status", header]`` with ``type: status`` and ``timestamp`` added."""
+        head = dict(status, type="status", timestamp=time.time())
+        return self._send([b"status", json.dumps(head).encode()])
+
+    def close(self) -> None:
+        """Close the socket (pending messages are discarded: linger 0)."""
+        self.socket.close(linger=0)
+
+
+def live_volume(partials: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
+    """Sum of the workers' partial volumes, normalised as if every angle had arrived.
+
+    Parameters
+    ----------
+    partials : ndarray, float32, shape (n_workers, nz, ny, nx)
+        Each worker's Σ weight·back-projection (shared memory; read while workers add).
+    weights : ndarray, float64, shape (n_workers,)
+        Each worker's Σ of angle weights (radians).
+
+    Returns
+    -------
+    ndarray, float32, shape (nz, ny, nx), δ per voxel; None while no weight has arrived.
+    """
+    weights = np.array(weights, dtype=np.float64)  # a snapshot, taken before the volumes
+    if weights.sum() <= 0.0:
+        return None
+    return fbp.combine_partials(partials, weights)
+
+
+def final_volume(partials: np.ndarray, weights: np.ndarray, sinogram: np.ndarray,
+                 groups: np.ndarray, angles_rad: np.ndarray, used_weights: np.ndarray,
+                 center_px: float, backend: Backend) -> np.ndarray:
+    """The final volume: the one-shot FBP of exactly the angle groups that arrived.
+
+    The groups were accumulated with weights computed for the whole scan. When groups
+    are missing, the weights of the arrived ones are recomputed
+    (:func:`fbp.angle_weights` of their angles) and the difference is back-projected
+    from ``sinogram``, so that gaps do not leave the arrived angles under-weighted.
+
+    Parameters
+    ----------
+    partials, weights : see :func:`live_volume`.
+    sinogram : ndarray, float32, shape (n_groups, nz, nx)
+        Ramp-filtered projections (δ px) written by the workers.
+    groups : ndarray of int, shape (k,)
+        Indices of the groups that were reconstructed.
+    angles_rad : ndarray, shape (k,)
+        Their angles (mean of each group), radians.
+    used_weights : ndarray, shape (k,)
+        The weights they were accumulated with, radians.
+    center_px : float
+        Rotation-axis offset from ``(nx - 1)/2`` in binned pixels, as the workers used it.
+    backend : Backend
+        Where the correction is back-projected (the daemon uses the CPU).
+
+    Returns
+    -------
+    ndarray, float32, shape (nz, ny, nx): δ per voxel.
+    """
+    groups = np.asarray(groups, dtype=np.intp)
+    if groups.size == 0:
+        raise ValueError("final_volume needs at least one reconstructed group")
+    wanted = fbp.angle_weights(angles_rad)
+    diff = wanted - np.asarray(used_weights, dtype=np.float64)
+    data = partials.sum(axis=0, dtype=np.float32)
+    total = float(np.sum(weights))
+    if np.max(np.abs(diff)) > 1e-12:
+        correction = backend.xp.zeros(data.shape, dtype=np.float32)
+        fbp.backproject(correction, backend.asarray(sinogram[groups]), angles_rad, diff,
+                        center_px, backend)
+        data += backend.to_host(correction)
+        total += float(diff.sum())
+    return fbp.combine_partials(data[None], [total])
+
+
+def save_volume_h5(path: str | os.PathLike, header: dict[str, Any], volume: np.ndarray) -> None:
+    """Write ``volume`` (float32 ``(nz, ny, nx)``) to HDF5 dataset ``/volume``.
+
+    The header's fields become attributes of the dataset (lists as arrays, None left
+    out); ``voxel_size_m`` is there, so the file is self-describing.
+    """
+    import h5py
+
+    tmp = f"{os.fspath(path)}.part"
+    with h5py.File(tmp, "w") as fh:
+        dset = fh.create_dataset("volume", data=np.asarray(volume, dtype=np.float32))
+        for key, value in header.items():
+            if value is not None:
+                dset.attrs[key] = value
+    os.replace(tmp, path)  # readers never see a half-written file

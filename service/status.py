@@ -1,0 +1,109 @@
+"""``holostream status``: ask the daemon's control socket how it is doing.
+
+One-shot by default, or ``--watch [SECONDS]`` to repeat. When the daemon does not answer
+within ``--timeout`` seconds the command says so and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import zmq
+
+DEFAULT_CONTROL = "tcp://127.0.0.1:5570"
+
+
+class NoAnswer(RuntimeError):
+    """The daemon did not reply in time (not running, wrong address, or stuck)."""
+
+
+def request(address: str, message: dict[str, Any], timeout_s: float = 2.0,
+            context: zmq.Context | None = None) -> dict[str, Any]:
+    """Send one control request and return the decoded reply.
+
+    A fresh REQ socket per request: after a timeout a REQ socket cannot send again, and
+    with linger 0 closing it never hangs.
+
+    Raises
+    ------
+    NoAnswer
+        No reply within ``timeout_s`` seconds.
+    """
+    context = context or zmq.Context.instance()
+    sock = context.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(address)
+        sock.send(json.dumps(message).encode("utf-8"))
+        if not sock.poll(int(timeout_s * 1000), zmq.POLLIN):
+            raise NoAnswer(f"no answer from the holostream daemon at {address} within {timeout_s:g} s "
+                           "(is `holostream serve` running, with this --control address?)")
+        return json.loads(sock.recv().decode("utf-8"))
+    finally:
+        sock.close(linger=0)
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """Human-readable lines of a status dict."""
+    lines = [f"state            {status.get('state')}"]
+    if status.get("scan_id"):
+        lines.append(f"scan             {status['scan_id']} (#{status.get('scan_seq')}): "
+                     f"{status.get('n_projections_used')}/{status.get('n_projections_expected')} projections")
+    lines.append(f"frames           received {status.get('frames_received', 0)}, "
+                 f"rejected {status.get('frames_rejected', 0)}, dropped {status.get('frames_dropped', 0)}")
+    ingest = status.get("ingest") or {}
+    rates = {k: v for k, v in ingest.items() if "rate" in k or "fill" in k or "per_s" in k}
+    if rates:
+        lines.append("ingest           " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                                    for k, v in rates.items()))
+    lines.append(f"scans            completed {status.get('scans_completed', 0)}, "
+                 f"failed {status.get('scans_failed', 0)}, volumes published {status.get('volumes_published', 0)}")
+    workers = status.get("workers") or []
+    alive = sum(1 for w in workers if w.get("alive"))
+    lines.append(f"workers          {alive}/{len(workers)} alive, restarts {status.get('worker_restarts', 0)}; "
+                 f"ingest restarts {status.get('ingest_restarts', 0)}")
+    if status.get("settings"):
+        lines.append("settings         " + ", ".join(f"{k}={v}" for k, v in status["settings"].items()))
+    if status.get("last_error"):
+        lines.append(f"last error       {status['last_error']}")
+    lines.append(f"daemon           pid {status.get('pid')}, up {status.get('uptime_s', 0):.0f} s")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``holostream status``."""
+    parser.add_argument("--control", metavar="ADDR", default=DEFAULT_CONTROL,
+                        help=f"control (REP) address of the daemon (default {DEFAULT_CONTROL})")
+    parser.add_argument("--watch", metavar="SECONDS", nargs="?", type=float, const=1.0,
+                        help="repeat every SECONDS (default 1) until Ctrl-C")
+    parser.add_argument("--json", action="store_true", help="print the raw JSON status")
+    parser.add_argument("--timeout", metavar="S", type=float, default=2.0,
+                        help="seconds to wait for an answer (default 2)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the status once or repeatedly; 1 when the daemon does not answer."""
+    try:
+        while True:
+            try:
+                reply = request(args.control, {"cmd": "status"}, args.timeout)
+            except NoAnswer as exc:
+                print(f"holostream status: {exc}", file=sys.stderr)
+                return 1
+            if not reply.get("ok"):
+                print(f"holostream status: daemon refused: {reply.get('error')}", file=sys.stderr)
+                return 1
+            status = reply["status"]
+            print(json.dumps(status, indent=None if args.watch else 2) if args.json else format_status(status),
+                  flush=True)
+            if not args.watch:
+                return 0
+            if not args.json:
+                print(flush=True)
+            time.sleep(args.watch)  # the user's chosen refresh period
+    except KeyboardInterrupt:
+        return 0

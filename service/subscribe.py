@@ -1,0 +1,167 @@
+"""``holostream subscribe``: receive published volumes; print headers, save HDF5 and PNG.
+
+Also the reference client of the publish socket (PROTOCOL.md, "Published messages"):
+:func:`decode` turns one multipart message into its header and float32 arrays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from holostream.service.publisher import save_volume_h5
+
+DEFAULT_PUBLISH = "tcp://127.0.0.1:5560"
+
+
+class MessageError(ValueError):
+    """A published message that does not follow PROTOCOL.md."""
+
+
+def decode(frames: list[bytes]) -> tuple[str, dict[str, Any], list[np.ndarray]]:
+    """Split ``[topic, header, payload...]`` into topic, header and arrays.
+
+    Returns
+    -------
+    topic : str
+        ``"volume"``, ``"preview"`` or ``"status"``.
+    header : dict
+    arrays : list of ndarray, float32
+        ``volume``: one ``(nz, ny, nx)``; ``preview``: the z, y and x cuts; ``status``: none.
+
+    Raises
+    ------
+    MessageError
+        When a payload's size disagrees with the shape in the header.
+    """
+    if len(frames) < 2:
+        raise MessageError(f"expected [topic, header, ...], got {len(frames)} part(s)")
+    topic = bytes(frames[0]).decode("ascii", "replace")
+    header = json.loads(bytes(frames[1]).decode("utf-8"))
+    if topic == "volume":
+        shapes = [header["shape"]]
+    elif topic == "preview":
+        shapes = header["shapes"]
+    else:
+        shapes = []
+    if len(frames) - 2 != len(shapes):
+        raise MessageError(f"{topic}: {len(frames) - 2} payload part(s), header announces {len(shapes)}")
+    arrays = []
+    for part, shape in zip(frames[2:], shapes):
+        data = np.frombuffer(part, dtype="<f4")
+        if data.size != int(np.prod(shape)):
+            raise MessageError(f"{topic}: payload of {data.size} floats, header shape {shape}")
+        arrays.append(data.reshape(shape))
+    return topic, header, arrays
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """Write a 2-D array as an 8-bit grayscale PNG, scaled between its 1st and 99th percentiles.
+
+    Plain zlib + struct (the PNG chunk layout), so no imaging library is needed.
+    """
+    image = np.asarray(image, dtype=np.float64)
+    if image.ndim != 2 or image.size == 0:
+        raise ValueError(f"write_png needs a non-empty 2-D array, got shape {image.shape}")
+    finite = image[np.isfinite(image)]
+    low, high = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
+    scale = 255.0 / (high - low) if high > low else 0.0
+    pixels = np.clip((np.nan_to_num(image, nan=low) - low) * scale, 0, 255).astype(np.uint8)
+    rows = b"".join(b"\x00" + row.tobytes() for row in pixels)  # filter type 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width = pixels.shape
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                           + chunk(b"IDAT", zlib.compress(rows, 6)) + chunk(b"IEND", b""))
+
+
+def summary(header: dict[str, Any]) -> str:
+    """One line about a volume header."""
+    return (f"{header['scan_id']} seq {header['seq']}{' FINAL' if header.get('final') else ''}: "
+            f"{header['n_projections_used']}/{header['n_projections_expected']} projections, "
+            f"shape {header['shape']}, voxel {header['voxel_size_m']:.3g} m, "
+            f"phase {header.get('phase')}, binning {header.get('binning')}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``holostream subscribe``."""
+    parser.add_argument("--publish", metavar="ADDR", default=DEFAULT_PUBLISH,
+                        help=f"PUB address of the daemon (default {DEFAULT_PUBLISH})")
+    parser.add_argument("--count", metavar="N", type=int, help="exit after N volumes")
+    parser.add_argument("--final-only", action="store_true", help="only final volumes count, print and save")
+    parser.add_argument("--save-h5", metavar="DIR", help="write each volume to DIR/<scan_id>_<seq>.h5")
+    parser.add_argument("--save-png", metavar="DIR", help="write the three preview cuts as PNG to DIR")
+    parser.add_argument("--timeout", metavar="S", type=float,
+                        help="give up after S seconds without a volume (exit 1 if --count was not reached)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Receive until ``--count`` volumes, ``--timeout`` or Ctrl-C."""
+    for folder in (args.save_h5, args.save_png):
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+    context = zmq.Context()
+    sock = context.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 8)
+    sock.connect(args.publish)
+    for topic in (b"volume", b"preview"):
+        sock.setsockopt(zmq.SUBSCRIBE, topic)
+    received = 0
+    last = time.monotonic()
+    last_name = None  # the volume whose preview cuts may still come
+    try:
+        while True:
+            if args.count is not None and received >= args.count:
+                # the preview follows its volume: wait a moment for it when PNGs are wanted
+                if not (args.save_png and last_name) or time.monotonic() - last > 2.0:
+                    break
+            wait_s = args.timeout if args.timeout is not None else None
+            if args.count is not None and received >= args.count:
+                wait_s = 0.1
+            if not sock.poll(None if wait_s is None else wait_s * 1000, zmq.POLLIN):
+                if args.count is not None and received >= args.count:
+                    continue
+                print(f"holostream subscribe: no volume from {args.publish} within {args.timeout:g} s",
+                      file=sys.stderr)
+                return 1 if args.count is not None else 0
+            try:
+                topic, header, arrays = decode(sock.recv_multipart())
+            except (MessageError, ValueError, KeyError) as exc:
+                print(f"holostream subscribe: bad message skipped: {exc}", file=sys.stderr)
+                continue
+            if args.final_only and not header.get("final"):
+                continue
+            name = f"{header['scan_id']}_{header.get('scan_seq', 0)}_{header['seq']}"
+            if topic == "preview":
+                if args.save_png:
+                    for axis, cut in zip("zyx", arrays):
+                        write_png(Path(args.save_png) / f"{name}_{axis}.png", cut)
+                if name == last_name:
+                    last_name = None
+                continue
+            if args.count is not None and received >= args.count:
+                continue
+            last, last_name = time.monotonic(), name
+            received += 1
+            print(summary(header), flush=True)
+            if args.save_h5:
+                save_volume_h5(Path(args.save_h5) / f"{name}.h5", header, arrays[0])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sock.close(linger=0)
+        context.term()
+    return 0
