@@ -35,6 +35,10 @@ ANGLE_TOLERANCE_RAD = 1e-7
 #: stay in a core's cache, which was measured faster than whole-volume passes.
 _SLAB_ELEMENTS = 1 << 18
 
+#: Below this many voxel updates (angles × voxels) per call, starting threads costs more
+#: than it saves (measured: 1 angle of 64×128² took 1.2 ms alone, 3.3 ms with a 2-thread pool).
+_THREADING_MIN_UPDATES = 1 << 22
+
 #: Frequency windows of the ramp filter, functions of f in cycles/pixel (0 … 0.5).
 WINDOWS = {
     "ram-lak": lambda f: np.ones_like(f),
@@ -192,7 +196,8 @@ def backproject(volume, filtered, angles_rad, weights, center_px: float, backend
     ``u_i = (cols - 1)/2 + center_px + x cos θ_i + y sin θ_i``, linear interpolation
     between detector columns and 0 outside the detector. The same ``u_i`` serves every
     row z, so it is computed once per angle; the z-rows are processed in cache-sized
-    slabs, in parallel threads on CPU (``backend.threads``).
+    slabs, in parallel threads on CPU (``backend.threads``) when the call is large enough
+    to pay for starting them.
 
     Parameters
     ----------
@@ -235,7 +240,8 @@ def backproject(volume, filtered, angles_rad, weights, center_px: float, backend
         value += xp.take(table[zs], index, axis=1)
         flat[zs] += value
 
-    pool = ThreadPoolExecutor(backend.threads) if backend.threads > 1 and len(slabs) > 1 else None
+    threaded = backend.threads > 1 and len(slabs) > 1 and b * nz * n * n >= _THREADING_MIN_UPDATES
+    pool = ThreadPoolExecutor(backend.threads) if threaded else None
     try:
         for i in range(b):
             if weights[i] == 0.0:

@@ -214,9 +214,13 @@ def test_batch_equals_single_calls_and_threads_agree():
     for i in range(5):
         backproject(single, filtered[i], angles[i], weights[i], -1.25, CPU)
     np.testing.assert_allclose(single, batch, rtol=1e-6, atol=1e-6)
-    threaded = np.zeros_like(batch)
-    backproject(threaded, filtered, angles, weights, -1.25, get_backend("cpu", threads=2))
-    np.testing.assert_array_equal(threaded, batch)
+    # large enough (20 × 16 × 128² updates) for the thread pool to start
+    filtered = rng.normal(size=(20, 16, 128)).astype(np.float32)
+    angles, weights = rng.uniform(0, 2 * np.pi, 20), rng.uniform(0.1, 1.0, 20)
+    one, two = np.zeros((2, 16, 128, 128), np.float32)
+    backproject(one, filtered, angles, weights, 0.5, CPU)
+    backproject(two, filtered, angles, weights, 0.5, get_backend("cpu", threads=2))
+    np.testing.assert_array_equal(one, two)
 
 
 def test_backproject_rejects_mismatched_shapes():
