@@ -1,0 +1,490 @@
+"""The ingest process: PULL socket → validation → one copy into the shared-memory ring → tasks.
+
+One scan is open at a time. Projections are copied once from the ZeroMQ buffer into a free
+ring slot; darks and flats are summed into their means (``reference``) and need no slot.
+When every projection of an angle group is in the ring and the reference is complete, the
+group goes to the workers as a ``tasks`` message; the workers' ``done`` frees its slots.
+
+Back-pressure: with no free slot the loop stops reading the socket and waits on ``done``,
+so ZeroMQ's high-water marks hold the sender back. If nothing is in flight and the ring is
+full of projections that cannot be dispatched yet (darks/flats missing, groups incomplete),
+reading goes on, so that the missing frames can arrive, and projections that find no slot
+are dropped and counted; with ``drop_policy = "drop"`` projections are dropped whenever the
+ring is full instead of blocking the sender. Malformed messages are rejected, logged and
+counted, never raised. Channel messages are documented in docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import zmq
+
+from holostream.service.channels import Channels
+from holostream.shared.messages import (
+    Frame, Limits, ProtocolError, ScanAbort, ScanEnd, ScanInfo, ScanStart, parse_message,
+)
+from holostream.shared.scanbuffers import ScanBuffers, layout
+from holostream.shared.settings import ReconstructionSettings, SettingsError
+from holostream.workers.pipeline import plan_groups
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 50  # longest wait for the socket before looking at done/commands/stop again
+BATCH = 64  # messages read in one go before looking at the queues
+STATS_INTERVAL_S = 0.25
+IN_FLIGHT_TIMEOUT_S = 120.0  # a group not done by then is taken as lost (dead worker)
+
+
+class OpenScan:
+    """Book-keeping of the scan being received: ring slots, references, angle groups.
+
+    Parameters
+    ----------
+    seq : int
+        Scan number of this ingest (part of the buffer names).
+    info : ScanInfo
+    settings : ReconstructionSettings
+        Server settings merged with the scan's overrides.
+    buffers : ScanBuffers
+    groups : list of range
+        Projection indices of each angle group.
+    group_angles_deg, weights : sequence of float
+        Planned mean angle (degrees) and FBP weight (rad) of each group.
+    """
+
+    def __init__(self, seq: int, info: ScanInfo, settings: ReconstructionSettings,
+                 buffers: ScanBuffers, groups: list[range], group_angles_deg, weights):
+        self.seq, self.info, self.settings, self.buffers = seq, info, settings, buffers
+        self.groups = groups
+        self.group_angles_deg = [float(a) for a in group_angles_deg]
+        self.weights = [float(w) for w in weights]
+        self.group_of = np.empty(info.n_projections, dtype=np.int64)
+        for g, members in enumerate(groups):
+            self.group_of[list(members)] = g
+        self.missing = [len(members) for members in groups]
+        n_slots = buffers.ring.shape[0]
+        self.free_slots = list(range(n_slots - 1, -1, -1))
+        self.slot_of: dict[int, int] = {}  # projection index -> slot, until dispatched
+        self.angle_of: dict[int, float] = {}
+        self.sums = {"dark": np.zeros(info.shape, np.float64), "flat": np.zeros(info.shape, np.float64)}
+        self.seen: dict[str, set[int]] = {"dark": set(), "flat": set(), "projection": set()}
+        self.reference_ready = False
+        self.ready: list[int] = []  # complete groups waiting for the reference
+        self.dispatched: set[int] = set()
+        self.in_flight: dict[int, tuple[list[int], list[int], float]] = {}  # g -> slots, indices, t0
+        self.groups_done: list[int] = []
+        self.n_projections_used = 0
+        self.ending = False
+        self.aborted = False
+        self.error: str | None = None
+        # Workers need the scan's geometry, not a list of 100 000 angles in every task.
+        self.task_scan = {k: v for k, v in info.to_dict().items() if k != "angles_deg"}
+
+    @property
+    def n_slots(self) -> int:
+        """Slots of the ring."""
+        return self.buffers.ring.shape[0]
+
+    def complete_reference(self, partial: bool = False) -> bool:
+        """Write dark and flat means into ``reference`` once all (or, ``partial``, any) arrived."""
+        counts = {kind: len(self.seen[kind]) for kind in ("dark", "flat")}
+        if not partial and (counts["dark"] < self.info.n_darks or counts["flat"] < self.info.n_flats):
+            return False
+        if self.info.n_flats > 0 and counts["flat"] == 0:
+            return False
+        dark = self.sums["dark"] / counts["dark"] if counts["dark"] else 0.0
+        flat = self.sums["flat"] / counts["flat"] if counts["flat"] else 1.0
+        self.buffers.reference[0] = dark
+        self.buffers.reference[1] = flat
+        self.reference_ready = True
+        return True
+
+
+class Ingest:
+    """The state of the ingest loop; :func:`run_ingest` drives it."""
+
+    def __init__(self, config, settings: ReconstructionSettings, n_workers: int, prefix: str,
+                 channels: Channels, first_seq: int = 1):
+        self.config = config
+        self.settings = settings
+        self.n_workers = n_workers
+        self.prefix = prefix
+        self.channels = channels
+        self.limits = Limits(max_frame_bytes=config.max_frame_bytes)
+        self.next_seq = first_seq
+        self.scan: OpenScan | None = None
+        self.pending_start: ScanInfo | None = None  # a new scan_start that ends the open scan
+        self._pending_settings = settings
+        self.closed: dict[int, ScanBuffers] = {}  # completed scans until the daemon releases them
+        self.counts = Counter()
+        self.rejected = Counter()
+        self._rate_mark = (time.monotonic(), 0, 0)
+
+    # ------------------------------------------------------------------ flow control
+    def accepting(self) -> bool:
+        """Whether the loop may read the socket now (False applies back-pressure)."""
+        scan = self.scan
+        if scan is None:
+            return True
+        if scan.ending or scan.aborted:
+            return not scan.in_flight and self.pending_start is None
+        if scan.free_slots or self.config.drop_policy == "drop":
+            return True
+        return not scan.in_flight  # stalled: read on so missing darks/flats/members can come
+
+    def state(self) -> str:
+        """``idle``, ``receiving``, ``blocked`` (back-pressure) or ``finishing``."""
+        if self.scan is None:
+            return "idle"
+        if self.scan.ending or self.scan.aborted:
+            return "finishing"
+        return "receiving" if self.accepting() else "blocked"
+
+    # ------------------------------------------------------------------ messages
+    def handle(self, parts: list[Any]) -> None:
+        """Validate and apply one multipart message; rejections are counted, not raised."""
+        self.counts["received"] += 1
+        self.counts["bytes"] += sum(len(p) for p in parts)
+        try:
+            message = parse_message(parts, self.limits)
+            if isinstance(message, Frame):
+                self._frame(message)
+            elif isinstance(message, ScanStart):
+                self._scan_start(message.scan)
+            elif isinstance(message, ScanEnd):
+                self._open_scan(message.scan_id)
+                self.end_scan()
+            elif isinstance(message, ScanAbort):
+                self._open_scan(message.scan_id)
+                self.abort_scan("scan_abort received")
+        except ProtocolError as exc:
+            self.reject(exc)
+
+    def reject(self, exc: ProtocolError) -> None:
+        """Log, count and report one rejected message."""
+        self.rejected[exc.code] += 1
+        log.warning("rejected message: %s", exc.reason)
+        self.channels.events.put({"type": "rejected", "reason": exc.reason, "code": exc.code})
+
+    def _open_scan(self, scan_id: str) -> OpenScan:
+        scan = self.scan
+        if scan is None or scan.info.scan_id != scan_id:
+            raise ProtocolError(f"unknown scan {scan_id!r}", "unknown_scan")
+        if scan.ending or scan.aborted:
+            raise ProtocolError(f"scan {scan_id!r} has already ended", "scan_ended")
+        return scan
+
+    def _scan_start(self, info: ScanInfo) -> None:
+        try:
+            settings = self.settings.merged(info.reconstruction)
+        except SettingsError as exc:
+            raise ProtocolError(f"scan_start reconstruction: {exc}", "settings") from exc
+        if self.scan is not None and not (self.scan.ending or self.scan.aborted):
+            if self.scan.info.scan_id == info.scan_id:
+                raise ProtocolError(f"scan {info.scan_id!r} is already open", "duplicate")
+            log.info("scan_start %s ends the open scan %s", info.scan_id, self.scan.info.scan_id)
+            self.end_scan()
+        if self.scan is not None:
+            self.pending_start = info  # opened once the previous scan is complete
+            self._pending_settings = settings
+            return
+        self._open(info, settings)
+
+    def _open(self, info: ScanInfo, settings: ReconstructionSettings) -> None:
+        angles = info.all_angles_deg()
+        if angles is None:  # angles come with the frames; plan with uniform placeholders
+            angles = np.linspace(0.0, 180.0, info.n_projections, endpoint=False)
+        groups, group_angles, weights = plan_groups(info.n_projections, settings.angle_binning, angles)
+        rows, cols = info.shape
+        b = settings.binning
+        if b > min(rows, cols):
+            raise ProtocolError(f"binning {b} exceeds the {rows}x{cols} frame", "settings")
+        group_size = max(len(g) for g in groups)
+        n_slots = max(min(self.config.ring_slots, info.n_projections), group_size)
+        specs = layout(info.shape, info.dtype, n_slots, len(groups), (rows // b, cols // b), self.n_workers)
+        seq = self.next_seq
+        try:
+            buffers = ScanBuffers.create(f"{self.prefix}_{seq}", specs)
+        except (MemoryError, FileExistsError) as exc:
+            raise ProtocolError(f"scan_start {info.scan_id}: {exc}", "no_memory") from exc
+        self.next_seq += 1
+        self.scan = OpenScan(seq, info, settings, buffers, groups, group_angles, weights)
+        log.info("scan %s open (seq %d): %d projections in %d groups, ring of %d slots, %.2f GB shared",
+                 info.scan_id, seq, info.n_projections, len(groups), n_slots, buffers.nbytes / 1e9)
+        self.channels.events.put({"type": "scan_open", "scan_seq": seq, "scan": info.to_dict(),
+                                  "settings": settings.to_dict(), "buffers": buffers.description(),
+                                  "weights": self.scan.weights, "group_angles_deg": self.scan.group_angles_deg})
+        if info.n_darks == 0 and info.n_flats == 0:
+            self.scan.complete_reference()
+
+    def _frame(self, frame: Frame) -> None:
+        scan = self._open_scan(frame.scan_id)
+        scan.info.check_frame(frame)
+        if frame.index in scan.seen[frame.kind]:
+            raise ProtocolError(f"duplicate {frame.kind} index {frame.index}", "duplicate")
+        if frame.kind != "projection":
+            scan.seen[frame.kind].add(frame.index)
+            scan.sums[frame.kind] += frame.array()
+            if not scan.reference_ready and scan.complete_reference():
+                self._dispatch_ready()
+            return
+        if not scan.free_slots:
+            self.counts["dropped"] += 1
+            why = "drop policy" if scan.in_flight else "ring full of projections waiting for darks/flats or group members"
+            if self.counts["dropped"] % 100 == 1:
+                log.warning("dropped projection %d of %s (%s); %d dropped so far",
+                            frame.index, frame.scan_id, why, self.counts["dropped"])
+            return
+        slot = scan.free_slots.pop()
+        np.copyto(scan.buffers.ring[slot], frame.array())  # the one copy, ZeroMQ buffer -> ring
+        scan.seen["projection"].add(frame.index)
+        scan.slot_of[frame.index] = slot
+        scan.angle_of[frame.index] = scan.info.angle_of(frame.index, frame.angle_deg)
+        g = int(scan.group_of[frame.index])
+        scan.missing[g] -= 1
+        if scan.missing[g] == 0:
+            scan.ready.append(g)
+            self._dispatch_ready()
+
+    # ------------------------------------------------------------------ dispatch
+    def _dispatch(self, g: int) -> None:
+        scan = self.scan
+        indices = [i for i in scan.groups[g] if i in scan.slot_of]
+        slots = [scan.slot_of.pop(i) for i in indices]
+        if scan.info.angles_known and len(indices) == len(scan.groups[g]):
+            angle = scan.group_angles_deg[g]
+        else:  # angles from the frames, or a partial group
+            angle = float(np.mean([scan.angle_of[i] for i in indices]))
+        scan.dispatched.add(g)
+        scan.in_flight[g] = (slots, indices, time.monotonic())
+        self.channels.tasks.put({"type": "group", "scan_seq": scan.seq, "scan": scan.task_scan,
+                                 "settings": scan.settings.to_dict(), "buffers": scan.buffers.description(),
+                                 "group": g, "slots": slots, "indices": indices, "angle_deg": angle,
+                                 "weight": scan.weights[g]})
+
+    def _dispatch_ready(self) -> None:
+        scan = self.scan
+        if not scan.reference_ready:
+            return
+        while scan.ready:
+            self._dispatch(scan.ready.pop(0))
+
+    def end_scan(self) -> None:
+        """No more frames: dispatch what is complete and the partial groups, then finish."""
+        scan = self.scan
+        scan.ending = True
+        if not scan.reference_ready:
+            log.warning("scan %s ended with %d of %d darks and %d of %d flats", scan.info.scan_id,
+                        len(scan.seen["dark"]), scan.info.n_darks, len(scan.seen["flat"]), scan.info.n_flats)
+        if not scan.reference_ready and not scan.complete_reference(partial=True):
+            scan.error = "no flat arrived: the scan cannot be reconstructed"
+            log.error("scan %s: %s", scan.info.scan_id, scan.error)
+            self.abort_scan(scan.error)
+            return
+        self._dispatch_ready()
+        partial = sorted({int(scan.group_of[i]) for i in scan.slot_of})
+        for g in partial:
+            self._dispatch(g)
+        self.finish_if_idle()
+
+    def abort_scan(self, why: str) -> None:
+        """Drop the scan: held frames are discarded, groups in flight are waited for."""
+        scan = self.scan
+        if scan is None:
+            return
+        log.info("scan %s aborted: %s", scan.info.scan_id, why)
+        scan.aborted = True
+        scan.free_slots.extend(scan.slot_of.values())
+        scan.slot_of.clear()
+        scan.ready.clear()
+        self.finish_if_idle()
+
+    def finish_if_idle(self) -> None:
+        """Emit ``scan_complete`` once an ended or aborted scan has nothing in flight."""
+        scan = self.scan
+        if scan is None or scan.in_flight or not (scan.ending or scan.aborted):
+            return
+        self.channels.events.put({"type": "scan_complete", "scan_seq": scan.seq,
+                                  "scan_id": scan.info.scan_id, "groups_arrived": sorted(scan.groups_done),
+                                  "n_projections_used": scan.n_projections_used, "aborted": scan.aborted,
+                                  "error": scan.error, "group_angles_deg": scan.group_angles_deg})
+        log.info("scan %s complete: %d of %d groups, %d projections used%s", scan.info.scan_id,
+                 len(scan.groups_done), len(scan.groups), scan.n_projections_used,
+                 " (aborted)" if scan.aborted else "")
+        self.closed[scan.seq] = scan.buffers
+        self.scan = None
+        if self.pending_start is not None:
+            info, self.pending_start = self.pending_start, None
+            try:
+                self._open(info, self._pending_settings)
+            except ProtocolError as exc:
+                self.reject(exc)
+
+    # ------------------------------------------------------------------ channels
+    def on_done(self, msg: dict[str, Any]) -> None:
+        """A worker finished (or failed) a group: free its slots."""
+        scan = self.scan
+        if scan is None or msg.get("scan_seq") != scan.seq or msg.get("group") not in scan.in_flight:
+            log.debug("ignoring done for scan %s group %s", msg.get("scan_seq"), msg.get("group"))
+            return
+        slots, indices, _ = scan.in_flight.pop(msg["group"])
+        scan.free_slots.extend(slots)
+        if msg.get("type") == "done":
+            scan.groups_done.append(msg["group"])
+            scan.n_projections_used += len(indices)
+            self.channels.events.put({"type": "progress", "scan_seq": scan.seq,
+                                      "groups_done": len(scan.groups_done)})
+        else:
+            self.counts["failed_groups"] += 1
+            log.error("scan %s group %s failed in worker %s: %s", scan.info.scan_id, msg["group"],
+                      msg.get("worker"), msg.get("error"))
+        self.finish_if_idle()
+
+    def reclaim_lost(self, now: float) -> None:
+        """Take groups in flight for too long as lost (their worker died), so nothing waits forever."""
+        scan = self.scan
+        if scan is None:
+            return
+        for g, (slots, _, t0) in list(scan.in_flight.items()):
+            if now - t0 > IN_FLIGHT_TIMEOUT_S:
+                log.error("scan %s group %d not done after %.0f s: taken as lost", scan.info.scan_id, g,
+                          IN_FLIGHT_TIMEOUT_S)
+                del scan.in_flight[g]
+                scan.free_slots.extend(slots)
+                self.counts["lost_groups"] += 1
+        self.finish_if_idle()
+
+    def on_command(self, msg: dict[str, Any]) -> None:
+        """``settings`` (for the next scan), ``abort`` (the open scan) or ``release`` (buffers)."""
+        kind = msg.get("type")
+        if kind == "settings":
+            try:
+                self.settings = self.settings.merged(msg.get("settings", {}))
+            except SettingsError as exc:
+                log.error("ignoring settings command: %s", exc)
+        elif kind == "abort":
+            if self.scan is not None and not self.scan.aborted:
+                self.abort_scan("abort command")
+        elif kind == "release":
+            buffers = self.closed.pop(msg.get("scan_seq"), None)
+            if buffers is not None:
+                buffers.close()
+        else:
+            log.error("ignoring unknown command %r", msg)
+
+    def stats(self, now: float) -> dict[str, Any]:
+        """Counters and rates since the last call, as a ``stats`` event."""
+        t0, frames0, bytes0 = self._rate_mark
+        dt = max(now - t0, 1e-9)
+        frames, nbytes = self.counts["received"], self.counts["bytes"]
+        self._rate_mark = (now, frames, nbytes)
+        scan = self.scan
+        used = (scan.n_slots - len(scan.free_slots)) if scan else 0
+        return {"type": "stats", "state": self.state(), "scan_id": scan.info.scan_id if scan else None,
+                "scan_seq": scan.seq if scan else None, "received": frames, "bytes": nbytes,
+                "rejected": sum(self.rejected.values()), "rejected_by_reason": dict(self.rejected),
+                "dropped": self.counts["dropped"], "failed_groups": self.counts["failed_groups"],
+                "lost_groups": self.counts["lost_groups"], "frames_per_s": (frames - frames0) / dt,
+                "bytes_per_s": (nbytes - bytes0) / dt, "ring_slots": scan.n_slots if scan else 0,
+                "ring_fill": used / scan.n_slots if scan else 0.0,
+                "in_flight": len(scan.in_flight) if scan else 0}
+
+    def close(self) -> None:
+        """Close this process's mappings (the daemon unlinks and sweeps)."""
+        if self.scan is not None:
+            self.closed[self.scan.seq] = self.scan.buffers
+            self.scan = None
+        for buffers in self.closed.values():
+            buffers.close()
+        self.closed.clear()
+
+
+def _get(q, timeout_s: float) -> dict[str, Any] | None:
+    """The next message of ``q``, or None after ``timeout_s`` seconds."""
+    try:
+        return q.get(timeout=timeout_s)
+    except queue.Empty:
+        return None
+
+
+def _drain(q, handler) -> None:
+    while True:
+        try:
+            msg = q.get_nowait()
+        except queue.Empty:
+            return
+        handler(msg)
+
+
+def run_ingest(config, settings: ReconstructionSettings, n_workers: int, prefix: str,
+               channels: Channels, first_seq: int = 1) -> None:
+    """Entry point of the ingest process; returns when ``channels.stop`` is set.
+
+    Parameters
+    ----------
+    config : IngestConfig
+        ``address``, ``mode`` ("bind"/"connect"), ``ring_slots``, ``rcvhwm``,
+        ``drop_policy`` ("block"/"drop"), ``max_frame_bytes``.
+    settings : ReconstructionSettings
+        Server settings; a scan's ``reconstruction`` overrides apply on top.
+    n_workers : int
+        Partial volumes to allocate per scan.
+    prefix : str
+        Shared-memory name prefix, ``holostream_<daemon pid>``; scans get ``<prefix>_<seq>``.
+    channels : Channels
+    first_seq : int
+        Number of the first scan (a restarted ingest continues above the previous one's).
+    """
+    ingest = Ingest(config, settings, n_workers, prefix, channels, first_seq)
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PULL)
+    sock.setsockopt(zmq.RCVHWM, config.rcvhwm)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, config.max_frame_bytes + ingest.limits.max_header_bytes)
+    if config.mode == "connect":
+        sock.connect(config.address)
+    else:
+        sock.bind(config.address)
+    log.info("ingest %s on %s (ring %d slots, hwm %d, %s)", config.mode, config.address,
+             config.ring_slots, config.rcvhwm, config.drop_policy)
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    next_stats = time.monotonic()
+    try:
+        while not channels.stop.is_set():
+            now = time.monotonic()
+            if now >= next_stats:
+                channels.events.put(ingest.stats(now))
+                ingest.reclaim_lost(now)
+                next_stats = now + STATS_INTERVAL_S
+            wait_s = max(0.0, min(next_stats - now, POLL_MS / 1000))
+            _drain(channels.commands, ingest.on_command)
+            _drain(channels.done, ingest.on_done)
+            if not ingest.accepting():
+                # back-pressure: leave the socket alone until a worker frees slots
+                msg = _get(channels.done, wait_s)
+                if msg is not None:
+                    ingest.on_done(msg)
+                continue
+            if not poller.poll(wait_s * 1000):
+                continue
+            for _ in range(BATCH):
+                try:
+                    parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                ingest.handle(parts)
+                if not ingest.accepting():
+                    break
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+        ingest.close()
+        channels.events.put(ingest.stats(time.monotonic()))
+        log.info("ingest stopped")
