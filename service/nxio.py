@@ -1,0 +1,298 @@
+"""Files: NXtomo scans in (via the ``nxtomo`` package), simulated scans out, volumes out.
+
+Reading converts every quantity at the door to the project's units (``energy_kev``,
+``distance_m``, ``pixel_size_m``, ``angles_deg``) and checks the file is usable for a
+reconstruction; anything that is not raises :class:`ScanFileError` with one-line reason.
+
+The distance and pixel size in the file are taken as the effective (plane-wave
+equivalent) ones, as PROTOCOL.md defines them; ``sample/x_pixel_size`` (the pixel size at
+the sample) is preferred over ``instrument/detector/x_pixel_size`` when both exist. NXtomo
+has no field for δ/β; files written here keep it in ``<entry>/holostream/delta_beta``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import h5py
+import numpy as np
+
+_log = logging.getLogger(__name__)
+
+# image_key values of the NXtomo definition (nxtomo.nxobject.nxdetector.ImageKey)
+_PROJECTION, _FLAT, _DARK = 0, 1, 2
+
+
+class ScanFileError(Exception):
+    """A scan file that cannot be reconstructed; ``str()`` is the reason, on one line."""
+
+
+@dataclass
+class ScanData:
+    """A scan in memory, in project units, ready for :func:`reconstruct_scan`.
+
+    Attributes
+    ----------
+    darks : ndarray of shape (n_darks, rows, cols)
+        Raw dark frames (file dtype).
+    flats : ndarray of shape (n_flats, rows, cols)
+        Flats taken before the projections (or the only flats there are).
+    flats_after : ndarray of shape (n, rows, cols) or None
+        Flats taken after the projections, when the file has both.
+    projections : ndarray of shape (n_projections, rows, cols)
+        Raw projections in acquisition order.
+    angles_deg : ndarray of shape (n_projections,), float64
+    energy_kev, distance_m, pixel_size_m : float
+    cor_px : float or None
+        Rotation-axis offset from ``(cols - 1) / 2`` in pixels, when the file has it.
+    delta_beta : float or None
+        δ/β, when the file has it (files written by :func:`write_scan`).
+    source : str
+        Where the data came from (file path and entry).
+    """
+
+    darks: np.ndarray
+    flats: np.ndarray
+    flats_after: np.ndarray | None
+    projections: np.ndarray
+    angles_deg: np.ndarray
+    energy_kev: float
+    distance_m: float
+    pixel_size_m: float
+    cor_px: float | None = None
+    delta_beta: float | None = None
+    source: str = ""
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of every frame."""
+        return tuple(self.projections.shape[1:])
+
+    @property
+    def n_projections(self) -> int:
+        """Number of projections."""
+        return int(self.projections.shape[0])
+
+
+def scan_data_from_simulation(scan) -> ScanData:
+    """View a :class:`~holostream.workers.simulate.SimulatedScan` as :class:`ScanData` (no copy)."""
+    g = scan.geometry
+    return ScanData(scan.darks, scan.flats, scan.flats_after, scan.projections,
+                    np.asarray(scan.angles_deg, np.float64), g.energy_kev, g.distance_m,
+                    g.pixel_size_m, g.cor_px, scan.delta_beta, "simulation")
+
+
+def _nxtomo_entries(path: str) -> list[str]:
+    """Names of the top-level groups of ``path`` that are NXtomo entries."""
+    try:
+        with h5py.File(path, "r") as f:
+            entries = []
+            for name, node in f.items():
+                if not isinstance(node, h5py.Group):
+                    continue
+                definition = node.attrs.get("definition")
+                if definition is None and "definition" in node:
+                    definition = node["definition"][()]
+                if isinstance(definition, bytes):
+                    definition = definition.decode()
+                if str(definition) == "NXtomo":
+                    entries.append(name)
+            return entries
+    except OSError as err:
+        raise ScanFileError(f"{path}: not a readable HDF5/NeXus file ({err})") from None
+
+
+def _magnitude(quantity, unit: str, what: str, path: str) -> float:
+    if quantity is None:
+        raise ScanFileError(f"{path}: no {what} in the file")
+    value = float(np.asarray(quantity.to(unit).magnitude).ravel()[0])
+    if not np.isfinite(value) or value <= 0:
+        raise ScanFileError(f"{path}: {what} must be a positive number, got {value}")
+    return value
+
+
+def _split_flats(flat_pos: np.ndarray, proj_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flats before vs after the projections, by their position in the frame sequence.
+
+    Flats in the middle of a scan join the nearer end, so a mid-scan series is split
+    between the two references.
+    """
+    middle = (proj_pos[0] + proj_pos[-1]) / 2.0
+    return flat_pos[flat_pos < middle], flat_pos[flat_pos >= middle]
+
+
+def read_scan(path: str, entry: str | None = None) -> ScanData:
+    """Read an NXtomo scan into memory.
+
+    Parameters
+    ----------
+    path : str
+        NeXus/HDF5 file.
+    entry : str, optional
+        NXtomo entry name (default: the only one in the file).
+
+    Returns
+    -------
+    ScanData
+
+    Raises
+    ------
+    ScanFileError
+        Not a file, not HDF5, not NXtomo, no darks/flats/projections, no or too few
+        angles, frame counts that disagree, or missing energy, distance or pixel size.
+    """
+    from nxtomo import NXtomo  # heavy import (pint, silx): only when a file is read
+
+    if not os.path.isfile(path):
+        raise ScanFileError(f"{path}: no such file")
+    entries = _nxtomo_entries(path)
+    if not entries:
+        raise ScanFileError(f"{path}: not an NXtomo file (no entry with definition NXtomo)")
+    if entry is None:
+        if len(entries) > 1:
+            raise ScanFileError(f"{path}: several NXtomo entries {entries}; choose one")
+        entry = entries[0]
+    elif entry not in entries:
+        raise ScanFileError(f"{path}: no NXtomo entry {entry!r} (found {entries})")
+    try:
+        nx = NXtomo().load(path, entry, detector_data_as="as_data_url")
+    except (KeyError, ValueError, TypeError, OSError, AttributeError, IndexError) as err:
+        raise ScanFileError(f"{path}: NXtomo entry {entry!r} cannot be read ({err})") from None
+
+    det = nx.instrument.detector
+    with h5py.File(path, "r") as f:
+        data = f[entry].get("instrument/detector/data")
+        if not isinstance(data, h5py.Dataset) or data.ndim != 3:
+            raise ScanFileError(f"{path}: no 3-D detector data in {entry}/instrument/detector")
+        n_frames = data.shape[0]
+        keys = det.image_key_control if det.image_key_control is not None else det.image_key
+        if keys is None:
+            raise ScanFileError(f"{path}: no image_key: darks, flats and projections unknown")
+        keys = np.array([int(getattr(k, "value", k)) for k in keys])
+        if keys.size != n_frames:
+            raise ScanFileError(
+                f"{path}: shape mismatch: {keys.size} image keys for {n_frames} frames")
+        angles = nx.sample.rotation_angle
+        if angles is None or np.size(angles.magnitude) == 0:
+            raise ScanFileError(f"{path}: no rotation angles (sample/rotation_angle)")
+        angles = np.asarray(angles.to("degree").magnitude, dtype=np.float64).ravel()
+        if angles.size != n_frames:
+            raise ScanFileError(
+                f"{path}: shape mismatch: {angles.size} rotation angles for {n_frames} frames")
+        dark_pos, flat_pos, proj_pos = (np.nonzero(keys == k)[0] for k in (_DARK, _FLAT, _PROJECTION))
+        for what, pos in (("dark frames", dark_pos), ("flat fields", flat_pos),
+                          ("projections", proj_pos)):
+            if pos.size == 0:
+                raise ScanFileError(f"{path}: no {what} (image_key) in {entry}")
+        if not np.all(np.isfinite(angles[proj_pos])):
+            raise ScanFileError(f"{path}: rotation angles of projections are not all finite")
+        before, after = _split_flats(flat_pos, proj_pos)
+        if before.size == 0:  # only flats after the scan: use them as the one reference
+            before, after = after, after[:0]
+        scan = ScanData(
+            darks=_read_frames(data, dark_pos),
+            flats=_read_frames(data, before),
+            flats_after=_read_frames(data, after) if after.size else None,
+            projections=_read_frames(data, proj_pos),
+            angles_deg=angles[proj_pos],
+            energy_kev=_magnitude(nx.instrument.beam.incident_energy, "keV", "energy", path),
+            distance_m=_magnitude(det.distance, "m", "sample-detector distance", path),
+            pixel_size_m=_magnitude(
+                nx.sample.x_pixel_size if nx.sample.x_pixel_size is not None else det.x_pixel_size,
+                "m", "x pixel size", path),
+            cor_px=det.x_rotation_axis_pixel_position,
+            delta_beta=_stored_delta_beta(f[entry]),
+            source=f"{path}::{entry}",
+        )
+    _log.info("read %s: %d darks, %d+%d flats, %d projections of %s", scan.source,
+              len(scan.darks), len(scan.flats), 0 if scan.flats_after is None else len(scan.flats_after),
+              scan.n_projections, scan.frame_shape)
+    return scan
+
+
+def _read_frames(data: h5py.Dataset, positions: np.ndarray) -> np.ndarray:
+    """Frames at increasing ``positions``; one contiguous read when they are consecutive."""
+    if positions[-1] - positions[0] + 1 == positions.size:
+        return data[int(positions[0]) : int(positions[-1]) + 1]
+    return data[positions]
+
+
+def _stored_delta_beta(group: h5py.Group) -> float | None:
+    node = group.get("holostream/delta_beta")
+    if not isinstance(node, h5py.Dataset):
+        return None
+    value = float(node[()])
+    return value if np.isfinite(value) and value > 0 else None
+
+
+def write_scan(path: str, scan, entry: str = "entry", delta_beta: float | None = None) -> None:
+    """Write a :class:`~holostream.workers.simulate.SimulatedScan` as an NXtomo file.
+
+    Frames go in acquisition order: darks, flats, projections, flats after. Energy is
+    written in keV, distance and pixel sizes in metres, angles in degrees, the axis offset
+    as ``x_rotation_axis_pixel_position``; δ/β (``delta_beta`` or the scan's own) in
+    ``<entry>/holostream/delta_beta``. An existing file is replaced.
+    """
+    import pint
+    from nxtomo import NXtomo
+    from nxtomo.nxobject.nxdetector import ImageKey
+
+    units = pint.get_application_registry()
+    g = scan.geometry
+    after = scan.flats_after if scan.flats_after is not None else scan.flats[:0]
+    parts = [(scan.darks, ImageKey.DARK_FIELD, 0.0), (scan.flats, ImageKey.FLAT_FIELD, 0.0),
+             (scan.projections, ImageKey.PROJECTION, None),
+             (after, ImageKey.FLAT_FIELD, float(scan.angles_deg[-1]))]
+    nx = NXtomo()
+    det = nx.instrument.detector
+    det.data = np.concatenate([p[0] for p in parts])
+    det.image_key_control = [key for frames, key, _ in parts for _ in range(len(frames))]
+    angles = np.concatenate([scan.angles_deg if a is None else np.full(len(f), a)
+                             for f, _, a in parts])
+    nx.sample.rotation_angle = angles * units.degree
+    nx.instrument.beam.incident_energy = g.energy_kev * units.keV
+    det.distance = g.distance_m * units.meter
+    det.x_pixel_size = det.y_pixel_size = g.pixel_size_m * units.meter
+    nx.sample.x_pixel_size = nx.sample.y_pixel_size = g.pixel_size_m * units.meter
+    det.x_rotation_axis_pixel_position = float(g.cor_px)
+    nx.title = "holostream simulated scan"
+    nx.save(file_path=path, data_path=entry, overwrite=True)
+    delta_beta = delta_beta if delta_beta is not None else scan.delta_beta
+    if delta_beta is not None:
+        with h5py.File(path, "a") as f:
+            group = f[entry].require_group("holostream")
+            group.attrs["NX_class"] = "NXcollection"
+            group.create_dataset("delta_beta", data=float(delta_beta))
+
+
+def write_volume(path: str, volume: np.ndarray, attrs: Mapping[str, Any]) -> None:
+    """Write a reconstructed volume to HDF5 (readable by h5py and silx).
+
+    Parameters
+    ----------
+    path : str
+        Output file (replaced when it exists).
+    volume : ndarray of shape (nz, ny, nx), float32
+        δ per voxel, ``[z, y, x]``.
+    attrs : mapping
+        Reconstruction parameters; must contain ``voxel_size_m``. Stored as attributes of
+        the dataset ``volume`` with ``units="1"`` and ``quantity="delta"``; None values
+        are left out.
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    if volume.ndim != 3:
+        raise ValueError(f"volume must be 3-D [z, y, x], got shape {volume.shape}")
+    if "voxel_size_m" not in attrs:
+        raise ValueError("attrs must contain voxel_size_m")
+    with h5py.File(path, "w") as f:
+        dset = f.create_dataset("volume", data=volume, chunks=(1, *volume.shape[1:]))
+        dset.attrs["units"] = "1"
+        dset.attrs["quantity"] = "delta"
+        dset.attrs["axes"] = "z y x"
+        dset.attrs["interpretation"] = "image"
+        for key, value in attrs.items():
+            if value is not None:
+                dset.attrs[key] = value
