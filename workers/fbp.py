@@ -380,7 +380,7 @@ def reconstruct(sinogram, angles_rad, center_px: float, backend: Backend, window
     sinogram : array of shape (n_angles, nz, cols)
         Projections, e.g. projected δ in pixel units.
     angles_rad : array_like of shape (n_angles,)
-        Projection angles, radians.
+        Projection angles, radians (host array: weights are computed with numpy).
     center_px : float
         Rotation-axis offset from ``(cols - 1)/2``, pixels.
     backend : Backend

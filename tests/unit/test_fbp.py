@@ -296,3 +296,16 @@ def test_combine_partials_of_workers_equals_one_shot():
     np.testing.assert_allclose(volume, expected, atol=2e-5 * np.abs(expected).max())
     with pytest.raises(ValueError):
         combine_partials(shared, [0.0, 0.0])
+
+
+def test_accumulator_and_reconstruct_reject_inconsistent_input():
+    acc = VolumeAccumulator((2, 16, 16), 0.0, CPU)
+    acc.add("a", np.ones((2, 16), np.float32), 0.0, 1.0)
+    with pytest.raises(ValueError, match="already added"):
+        acc.add("a", np.ones((2, 16), np.float32), 0.0, 1.0)
+    with pytest.raises(ValueError, match=r"expected \(2, cols\)"):
+        acc.add("b", np.ones((3, 16), np.float32), 0.0, 1.0)
+    with pytest.raises(ValueError, match="expected float32"):
+        VolumeAccumulator((2, 16, 16), 0.0, CPU, out=np.zeros((2, 16, 16)))
+    with pytest.raises(ValueError, match="expected 3 angles, got 2"):
+        reconstruct(np.zeros((3, 2, 16), np.float32), [0.0, 1.0], 0.0, CPU)
