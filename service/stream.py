@@ -1,0 +1,240 @@
+"""``holostream stream``: play a scan into an ingest socket, the way a detector would.
+
+Sends ``scan_start``, the darks, the flats, the projections (each with its ``angle_deg``)
+and ``scan_end`` over a PUSH socket (PROTOCOL.md, "Ingest messages"), optionally paced at
+``--fps``, and prints the rate it achieved. The scan comes from an NXtomo file or from the
+simulator (``--simulate``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zmq
+
+from holostream.shared.messages import (
+    DTYPES, ScanInfo, encode_frame, encode_scan_end, encode_scan_start,
+)
+
+log = logging.getLogger(__name__)
+
+SEND_TIMEOUT_S = 30.0  # longest wait for a receiver (or for back-pressure to ease)
+_SETTING_OPTIONS = ("binning", "angle_binning", "phase", "iterations", "filter", "publish_interval_s")
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """What one :func:`stream_scan` sent and how fast."""
+
+    frames: int
+    bytes: int
+    seconds: float
+
+    @property
+    def frames_per_s(self) -> float:
+        """Frames (darks, flats, projections) per second."""
+        return self.frames / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def gb_per_s(self) -> float:
+        """Payload gigabytes (1e9 bytes) per second."""
+        return self.bytes / 1e9 / self.seconds if self.seconds > 0 else float("inf")
+
+
+def _wire_dtype(a: np.ndarray) -> np.ndarray:
+    """Frames in a protocol dtype: uint16/uint32/float32 as they are, anything else as float32."""
+    if any(np.dtype(a.dtype) == np.dtype(d) for d in DTYPES):
+        return a
+    log.info("sending %s frames as float32", a.dtype)
+    return a.astype(np.float32)
+
+
+def scan_info_of(scan_data, scan_id: str, delta_beta: float | None = None,
+                 reconstruction: dict[str, Any] | None = None) -> ScanInfo:
+    """The ``scan_start`` announcement of a :class:`~holostream.service.nxio.ScanData`.
+
+    Raises
+    ------
+    ValueError
+        When δ/β is neither given nor known from the scan.
+    """
+    delta_beta = delta_beta if delta_beta is not None else scan_data.delta_beta
+    if delta_beta is None:
+        raise ValueError("delta_beta is unknown for this scan: pass --delta-beta")
+    projections = _wire_dtype(scan_data.projections[:1])
+    return ScanInfo(
+        scan_id=scan_id, shape=tuple(int(n) for n in scan_data.projections.shape[1:]),
+        dtype=np.dtype(projections.dtype).name, n_darks=len(scan_data.darks),
+        n_flats=len(scan_data.flats), n_projections=len(scan_data.projections),
+        energy_kev=float(scan_data.energy_kev), distance_m=float(scan_data.distance_m),
+        pixel_size_m=float(scan_data.pixel_size_m), delta_beta=float(delta_beta),
+        angles_deg=tuple(float(a) for a in scan_data.angles_deg),
+        cor_px=float(scan_data.cor_px or 0.0), reconstruction=dict(reconstruction or {}))
+
+
+class _Sender:
+    """A PUSH socket that waits at most ``timeout_s`` for each message to be accepted."""
+
+    def __init__(self, address: str, bind: bool, sndhwm: int, timeout_s: float):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.SNDHWM, sndhwm)
+        self.sock.setsockopt(zmq.LINGER, int(timeout_s * 1000))  # deliver what is queued at close
+        if bind:
+            self.sock.bind(address)
+        else:
+            self.sock.connect(address)
+        self.timeout_s = timeout_s
+
+    def send(self, parts: list[Any]) -> None:
+        if not self.sock.poll(int(self.timeout_s * 1000), zmq.POLLOUT):
+            raise TimeoutError(f"no receiver took a message for {self.timeout_s:.0f} s")
+        self.sock.send_multipart(parts, copy=False)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
+def stream_scan(socket_address: str, scan_data, scan_id: str, fps: float | None = None, *,
+                bind: bool = False, delta_beta: float | None = None,
+                reconstruction: dict[str, Any] | None = None, sndhwm: int = 8,
+                timeout_s: float = SEND_TIMEOUT_S, extra: dict[int, list[list[Any]]] | None = None,
+                ) -> StreamResult:
+    """Send one whole scan to an ingest socket as a detector would.
+
+    Parameters
+    ----------
+    socket_address : str
+        ZeroMQ address, e.g. ``"tcp://127.0.0.1:5550"``.
+    scan_data : ScanData
+        ``darks``, ``flats``, ``projections`` ``(n, rows, cols)``, ``angles_deg``,
+        ``energy_kev``, ``distance_m``, ``pixel_size_m``, ``cor_px``, ``delta_beta``.
+    scan_id : str
+    fps : float, optional
+        Projections per second to pace the sending at (darks and flats are not paced).
+    bind : bool
+        Bind the PUSH socket (the service then connects) instead of connecting.
+    delta_beta : float, optional
+        δ/β to announce when the scan does not know it.
+    reconstruction : dict, optional
+        Per-scan overrides of the server's settings (``scan_start.reconstruction``).
+    sndhwm : int
+        Send high-water mark (messages queued before sending blocks).
+    timeout_s : float
+        Longest wait for the receiver to take one message.
+    extra : dict of int to list of message parts, optional
+        Messages sent verbatim just before the projection of that index (``-1``: right after
+        ``scan_start``); for testing how the service handles malformed input.
+
+    Returns
+    -------
+    StreamResult
+        Frames and payload bytes sent, and the seconds from ``scan_start`` to ``scan_end``.
+
+    Raises
+    ------
+    TimeoutError
+        When nothing receives for ``timeout_s``.
+    """
+    info = scan_info_of(scan_data, scan_id, delta_beta, reconstruction)
+    extra = extra or {}
+    sender = _Sender(socket_address, bind, sndhwm, timeout_s)
+    frames = nbytes = 0
+    try:
+        sender.send(encode_scan_start(info))
+        start = time.monotonic()
+        for message in extra.get(-1, []):
+            sender.send(message)
+        for kind, stack in (("dark", scan_data.darks), ("flat", scan_data.flats)):
+            for index, image in enumerate(stack):
+                parts = encode_frame(scan_id, kind, index, _wire_dtype(image))
+                sender.send(parts)
+                frames, nbytes = frames + 1, nbytes + parts[1].nbytes
+        paced_from = time.monotonic()
+        for index, (image, angle) in enumerate(zip(scan_data.projections, scan_data.angles_deg)):
+            for message in extra.get(index, []):
+                sender.send(message)
+            if fps:
+                # wait for this frame's deadline, not a fixed pause: rates stay exact
+                delay = paced_from + index / fps - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            parts = encode_frame(scan_id, "projection", index, _wire_dtype(image), angle_deg=float(angle))
+            sender.send(parts)
+            frames, nbytes = frames + 1, nbytes + parts[1].nbytes
+        sender.send(encode_scan_end(scan_id))
+    finally:
+        sender.close()  # returns once the queued messages are delivered (linger)
+    return StreamResult(frames, nbytes, time.monotonic() - start)
+
+
+def simulated_scan_data(size: int, n_projections: int, n_darks: int = 5, n_flats: int = 5,
+                        seed: int = 0):
+    """A small simulated scan of a random phantom, as ScanData (geometry of simulate_scan)."""
+    from holostream.service.nxio import scan_data_from_simulation
+    from holostream.workers.phantom import random_phantom
+    from holostream.workers.simulate import simulate_scan
+
+    pixel_size_m = 1.0e-6
+    phantom = random_phantom(seed, radius_m=0.35 * size * pixel_size_m,
+                             height_m=0.6 * size * pixel_size_m, n_objects=6)
+    scan = simulate_scan(phantom, n_projections=n_projections, rows=size, cols=size,
+                         pixel_size_m=pixel_size_m, n_darks=n_darks, n_flats=n_flats, seed=seed)
+    return scan_data_from_simulation(scan)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``holostream stream``."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("input", nargs="?", help="NXtomo scan file (.nx/.h5)")
+    source.add_argument("--simulate", action="store_true", help="stream a simulated scan instead")
+    parser.add_argument("--entry", help="NXtomo entry (default: the only one)")
+    parser.add_argument("--size", type=int, default=128, help="simulated frame size, pixels (default 128)")
+    parser.add_argument("--projections", type=int, default=180, help="simulated projections (default 180)")
+    parser.add_argument("--darks", type=int, default=5, help="simulated darks (default 5)")
+    parser.add_argument("--flats", type=int, default=5, help="simulated flats (default 5)")
+    parser.add_argument("--seed", type=int, default=0, help="simulation seed")
+    parser.add_argument("--address", default="tcp://127.0.0.1:5550", help="ingest address")
+    parser.add_argument("--bind", action="store_true", help="bind the PUSH socket (service connects)")
+    parser.add_argument("--fps", type=float, help="projections per second (default: as fast as possible)")
+    parser.add_argument("--scan-id", help="scan id (default: file stem or 'simulated')")
+    parser.add_argument("--delta-beta", type=float, help="δ/β (required unless the scan holds it)")
+    parser.add_argument("--timeout", type=float, default=SEND_TIMEOUT_S,
+                        help=f"seconds to wait for the receiver (default {SEND_TIMEOUT_S:.0f})")
+    parser.add_argument("--binning", type=int, help="override: pixel binning b×b")
+    parser.add_argument("--angle-binning", type=int, help="override: consecutive projections averaged")
+    parser.add_argument("--phase", help="override: none|paganin|ctf|ap|raar or a chain text")
+    parser.add_argument("--iterations", type=int, help="override: iterations of ap/raar")
+    parser.add_argument("--filter", help="override: ram-lak|shepp-logan|cosine|hann")
+    parser.add_argument("--publish-interval-s", type=float, help="override: seconds between live volumes")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Stream the scan; prints frames/s and GB/s. Exit code 0, or 1 with the reason."""
+    from pathlib import Path
+
+    from holostream.service.nxio import ScanFileError, read_scan
+
+    try:
+        if args.simulate:
+            scan_data = simulated_scan_data(args.size, args.projections, args.darks, args.flats, args.seed)
+            scan_id = args.scan_id or "simulated"
+        else:
+            scan_data = read_scan(args.input, args.entry)
+            scan_id = args.scan_id or Path(args.input).stem
+        overrides = {k: getattr(args, k) for k in _SETTING_OPTIONS if getattr(args, k) is not None}
+        result = stream_scan(args.address, scan_data, scan_id, args.fps, bind=args.bind,
+                             delta_beta=args.delta_beta, reconstruction=overrides, timeout_s=args.timeout)
+    except (ScanFileError, ValueError, TimeoutError, OSError, zmq.ZMQError) as exc:
+        print(f"holostream stream: {exc}", file=sys.stderr)
+        return 1
+    print(f"sent {result.frames} frames ({result.bytes / 1e9:.3f} GB) of {scan_id} in "
+          f"{result.seconds:.2f} s: {result.frames_per_s:.1f} frames/s, {result.gb_per_s:.3f} GB/s")
+    return 0
