@@ -279,7 +279,7 @@ class PhaseRetrieval:
         xp = self.backend.xp
         measured = xp.sqrt(xp.maximum(padded_intensity, np.float32(0)))
         modulus = xp.minimum(xp.exp(phase / np.float32(self._start_delta_beta)), np.float32(1))
-        psi = modulus * xp.exp(phase * np.complex64(1j))
+        psi = _polar(modulus, phase, xp)
         for step in self.chain[1:]:
             beta = np.float32(step.param("beta", RAAR_BETA))
             for _ in range(step.count):
@@ -318,4 +318,12 @@ class PhaseRetrieval:
             modulus = xp.minimum(xp.abs(wave), np.float32(1))
         else:
             modulus = xp.minimum(xp.exp(new_phase / np.float32(delta_beta)), np.float32(1))
-        return modulus * xp.exp(new_phase * np.complex64(1j)), new_phase
+        return _polar(modulus, new_phase, xp), new_phase
+
+
+def _polar(modulus, phase, xp):
+    """complex64 ``modulus · exp(i·phase)`` from float32 arrays.
+
+    Built from cos and sin: numpy's complex ``exp`` is about 10× slower.
+    """
+    return modulus * xp.cos(phase) + (modulus * xp.sin(phase)) * np.complex64(1j)
