@@ -56,6 +56,8 @@ class CTF:
         See :class:`workers.padding.Padding`.
     alpha_low, alpha_high : float
         Tikhonov regularisation below / above the first CTF maximum (see module doc).
+        Defaults: 1e-7 biases the scale by ≤ 1 % up to δ/β = 300; 1e-2 bounds the gain at
+        the CTF zeros to 2.5 (1e-1 gave the same accuracy on simulated spheres).
     margin : float
         Padding fraction, see :class:`workers.padding.Padding`.
 

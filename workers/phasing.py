@@ -20,7 +20,8 @@ Iterations work on the padded grid with the object wave ``ψ = exp(-B + iφ)``:
 
 The phase is tracked as a real, unwrapped array: a new wave ``w`` gets
 ``φ_w = φ + angle(w · conj(ψ))`` relative to the current ``(ψ, φ)``, so thick samples
-with |φ| ≫ π never wrap as long as one iteration changes φ by less than π.
+with |φ| ≫ π never wrap as long as one iteration changes φ by less than π. The result
+is the phase of the last iterate, cropped to the input shape.
 """
 
 from __future__ import annotations
