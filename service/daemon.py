@@ -1,0 +1,439 @@
+"""``holostream serve``: the live reconstruction daemon, wired in one place.
+
+The main process spawns one ingest process and N workers (docs/architecture.md, "Live
+service"), then runs one loop on a ``zmq.Poller`` with deadlines: it answers control
+requests, drains the ``events`` queue, publishes live volumes every ``publish_interval_s``
+of a scan while new groups arrive, the final volume when a scan is complete, status every
+``status_interval_s``, replaces dead children, and keeps systemd informed. SIGTERM/SIGINT
+stop it cleanly: children joined (or terminated), every shared-memory segment of this
+daemon unlinked, exit status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import queue
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from holostream.service import publisher as pub
+from holostream.service.channels import Channels, make_channels, spawn_context
+from holostream.service.config import Config, ConfigError, load_config
+from holostream.service.control import Control, ControlError
+from holostream.service.ingest import run_ingest
+from holostream.service.notify import Notifier
+from holostream.service.worker import WorkerPool, child_main, free_orphaned_lock, stop_processes
+from holostream.shared.scanbuffers import ScanBuffers, sweep
+from holostream.workers.backend import get_backend
+
+log = logging.getLogger(__name__)
+
+_POLL_CAP_S = 0.05        # the events queue is not pollable: drain it at least this often
+_SUPERVISE_EVERY_S = 0.5
+_FINAL_STALL_S = 15.0     # give up waiting for group results this long after the last one
+
+
+@dataclass
+class ScanState:
+    """The daemon's view of one open scan (from ``scan_open`` until its final volume)."""
+
+    seq: int
+    scan: dict[str, Any]
+    settings: dict[str, Any]
+    buffers: ScanBuffers
+    next_publish: float
+    groups: dict[int, tuple[float, float, int]] = field(default_factory=dict)  # g -> angle_rad, weight, n
+    failed: set[int] = field(default_factory=set)
+    center_px: float | None = None
+    published_groups: int = 0
+    volume_seq: int = 0
+    complete: dict[str, Any] | None = None
+    last_result: float = field(default_factory=time.monotonic)
+
+    @property
+    def n_used(self) -> int:
+        """Projections in the groups reconstructed so far."""
+        return sum(n for _, _, n in self.groups.values())
+
+
+class Daemon:
+    """The main process: owns the sockets, the scan states and the children."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.settings = config.reconstruction  # changed by "set", from the next scan on
+        self.prefix = f"holostream_{os.getpid()}"
+        self.channels: Channels = make_channels(spawn_context())
+        self.log_level = logging.getLogger().getEffectiveLevel()
+        self.pool = WorkerPool(config.workers.count, config.workers.device, self.channels,
+                               self.log_level)
+        self.ingest: BaseProcess | None = None
+        self.ingest_restarts = 0
+        self.last_seq = 0  # highest scan_seq announced so far
+        self.notifier = Notifier.from_environ()
+        self.backend = get_backend("cpu", threads=1)
+        self.scans: dict[int, ScanState] = {}
+        self.early: dict[int, list[dict]] = {}  # group results that overtook their scan_open
+        self.stats: dict[str, Any] = {}
+        self.counters = {"scans_completed": 0, "scans_failed": 0, "volumes_published": 0,
+                         "groups_failed": 0, "rejected": 0}
+        self.last_error: str | None = None
+        self.last_final: tuple[dict, np.ndarray] | None = None
+        self.started = time.time()
+        self.stop_requested = False
+        self.stop_signal: int | None = None
+
+    # ---- lifetime --------------------------------------------------------------------
+    def run(self) -> int:
+        """Bind, spawn, serve until SIGTERM/SIGINT; returns the exit status."""
+        context = zmq.Context()
+        try:
+            self.publisher = pub.Publisher(context, self.config.publish)
+            self.control = Control(context, self.config.control.address, self._handlers())
+        except zmq.ZMQError as exc:
+            log.error("cannot bind: %s", exc)
+            context.destroy(linger=0)
+            return 1
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        try:
+            self.pool.start()
+            self._start_ingest()
+            self.notifier.ready()
+            log.info("serving: ingest %s, publish %s, control %s, %d workers",
+                     self.config.ingest.address, self.config.publish.address,
+                     self.config.control.address, self.config.workers.count)
+            self._loop()
+        finally:
+            log.info("stopping (%s)", signal.Signals(self.stop_signal).name if self.stop_signal else "error")
+            self.notifier.stopping()
+            self._shutdown()
+            context.destroy(linger=0)
+        log.info("stopped")
+        return 0
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # only a flag: the loop notices it within one poll (<= 50 ms)
+        self.stop_requested = True
+        self.stop_signal = signum
+
+    def _shutdown(self) -> None:
+        self.channels.stop.set()
+        drain = self._discard_events
+        self.pool.stop(timeout_s=3.0, drain=drain)
+        if self.ingest is not None:
+            stop_processes([self.ingest], timeout_s=2.0, drain=drain)
+        for q in (self.channels.tasks, self.channels.commands):
+            q.cancel_join_thread()  # nobody reads them any more; never hang on exit
+        for state in list(self.scans.values()):
+            self._drop(state)
+        removed = sweep(f"{self.prefix}_")
+        if removed:
+            log.info("removed %d leftover shared-memory segment(s)", len(removed))
+        self.publisher.close()
+        self.control.close()
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.control.socket, zmq.POLLIN)
+        now = time.monotonic()
+        next_status, next_supervise, next_watchdog = now, now + _SUPERVISE_EVERY_S, now
+        watchdog_s = self.notifier.watchdog_interval_s() if self.config.service.watchdog else None
+        while not self.stop_requested:
+            deadlines = [next_status, next_supervise, now + _POLL_CAP_S]
+            deadlines += [s.next_publish for s in self.scans.values() if s.complete is None]
+            timeout_ms = max(0.0, min(deadlines) - time.monotonic()) * 1000
+            if dict(poller.poll(timeout_ms)).get(self.control.socket):
+                self.control.handle()
+            self._drain_events()
+            now = time.monotonic()
+            for state in list(self.scans.values()):
+                self._advance(state, now)
+            if now >= next_supervise:
+                next_supervise = now + _SUPERVISE_EVERY_S
+                self._supervise()
+            if now >= next_status:
+                next_status = now + self.config.publish.status_interval_s
+                status = self.status()
+                self.publisher.publish_status(status)
+                self.notifier.status(_status_line(status))
+            if watchdog_s and now >= next_watchdog:
+                next_watchdog = now + watchdog_s
+                self.notifier.watchdog()
+
+    # ---- events from ingest and workers ---------------------------------------------
+    def _drain_events(self, limit: int = 10_000) -> None:
+        for _ in range(limit):
+            try:
+                event = self.channels.events.get_nowait()
+            except queue.Empty:
+                return
+            self._apply(event)
+
+    def _discard_events(self) -> None:
+        while True:
+            try:
+                self.channels.events.get_nowait()
+            except queue.Empty:
+                return
+
+    def _apply(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        seq = event.get("scan_seq")
+        state = self.scans.get(seq)
+        if kind == "scan_open":
+            self._open(event)
+        elif kind in ("group_done", "group_failed"):
+            if state is None:
+                self.early.setdefault(seq, []).append(event)
+            elif event.get("prefix") == state.buffers.prefix:
+                self._group_result(state, event)
+        elif kind == "scan_complete" and state is not None:
+            state.complete = event
+        elif kind == "stats":
+            self.stats = {k: v for k, v in event.items() if k != "type"}
+        elif kind == "rejected":
+            self.counters["rejected"] += 1
+            self.last_error = f"rejected: {event.get('reason')}"
+        elif kind == "failed":  # ingest could not run a scan (e.g. no shared memory)
+            self.counters["scans_failed"] += 1
+            self.last_error = str(event.get("reason") or event.get("error"))
+            log.error("scan failed in ingest: %s", self.last_error)
+        elif kind != "progress":
+            log.debug("event ignored: %s", kind)
+
+    def _open(self, event: dict[str, Any]) -> None:
+        seq = int(event["scan_seq"])
+        self.last_seq = max(self.last_seq, seq)
+        buffers = ScanBuffers.attach(event["buffers"])
+        interval = float(event["settings"]["publish_interval_s"])
+        state = ScanState(seq, event["scan"], event["settings"], buffers,
+                          next_publish=time.monotonic() + interval)
+        self.scans[seq] = state
+        log.info("scan %d open: %s, %d projections", seq, state.scan["scan_id"],
+                 state.scan["n_projections"])
+        for early in self.early.pop(seq, []):
+            if early.get("prefix") == buffers.prefix:
+                self._group_result(state, early)
+        self.early = {s: evs for s, evs in self.early.items() if s > seq}
+
+    def _group_result(self, state: ScanState, event: dict[str, Any]) -> None:
+        state.last_result = time.monotonic()
+        group = int(event["group"])
+        if event["type"] == "group_failed":
+            state.failed.add(group)
+            self.counters["groups_failed"] += 1
+            self.last_error = f"group {group} of {state.scan['scan_id']}: {event.get('error')}"
+            return
+        state.groups[group] = (math.radians(float(event["angle_deg"])), float(event["weight"]),
+                               int(event["n_projections"]))
+        state.center_px = float(event["center_px"])
+
+    # ---- publishing ------------------------------------------------------------------
+    def _advance(self, state: ScanState, now: float) -> None:
+        """Publish a live volume when due, or the final one once every result is in."""
+        if state.complete is None:
+            if now >= state.next_publish:
+                state.next_publish = now + float(state.settings["publish_interval_s"])
+                if len(state.groups) > state.published_groups:
+                    self._publish_live(state)
+            return
+        if state.complete.get("aborted"):
+            log.info("scan %s aborted", state.scan["scan_id"])
+            self.counters["scans_failed"] += 1
+            self._drop(state)
+            return
+        expected = set(state.complete.get("groups_arrived", []))
+        waiting = expected - set(state.groups) - state.failed
+        if waiting and now - state.last_result < _FINAL_STALL_S:
+            return
+        if waiting:
+            log.warning("scan %s: %d group(s) never came back; finishing without them",
+                        state.scan["scan_id"], len(waiting))
+        self._publish_final(state)
+
+    def _publish_live(self, state: ScanState) -> None:
+        state.published_groups = len(state.groups)
+        volume = pub.live_volume(state.buffers.volume, state.buffers.weights)
+        if volume is not None:
+            self._send(state, volume, final=False)
+
+    def _publish_final(self, state: ScanState) -> None:
+        if not state.groups:
+            self.counters["scans_failed"] += 1
+            self.last_error = f"scan {state.scan['scan_id']}: no projection was reconstructed"
+            log.error(self.last_error)
+            self._drop(state)
+            return
+        groups = np.array(sorted(state.groups))
+        angles = np.array([state.groups[g][0] for g in groups])
+        used = np.array([state.groups[g][1] for g in groups])
+        volume = pub.final_volume(state.buffers.volume, state.buffers.weights,
+                                  state.buffers.sinogram, groups, angles, used,
+                                  state.center_px, self.backend)
+        header = self._send(state, volume, final=True)
+        self.last_final = (header, volume)
+        self.counters["scans_completed"] += 1
+        log.info("scan %s final volume %s from %d/%d projections", header["scan_id"],
+                 header["shape"], header["n_projections_used"], header["n_projections_expected"])
+        self._drop(state)
+
+    def _send(self, state: ScanState, volume: np.ndarray, final: bool) -> dict[str, Any]:
+        header = pub.volume_header(state.scan, state.settings, scan_seq=state.seq,
+                                   seq=state.volume_seq, final=final, n_used=state.n_used,
+                                   shape=volume.shape)
+        state.volume_seq += 1
+        self.publisher.publish_volume(header, volume)
+        self.publisher.publish_preview(header, volume)
+        self.counters["volumes_published"] += 1
+        out = self.config.publish.output_dir
+        if out and (final or self.config.publish.save_intermediate):
+            name = f"{header['scan_id']}_{state.seq}" + ("" if final else f"_{header['seq']}")
+            try:
+                Path(out).mkdir(parents=True, exist_ok=True)
+                pub.save_volume_h5(Path(out) / f"{name}.h5", header, volume)
+            except OSError as exc:
+                self.last_error = f"cannot write {name}.h5 to {out}: {exc}"
+                log.error(self.last_error)
+        return header
+
+    def _drop(self, state: ScanState) -> None:
+        """Forget a scan: tell ingest, unmap and unlink its shared memory."""
+        self.scans.pop(state.seq, None)
+        self.channels.commands.put({"type": "release", "scan_seq": state.seq})
+        state.buffers.unlink()
+        state.buffers.close()
+
+    # ---- supervision -----------------------------------------------------------------
+    def _start_ingest(self) -> None:
+        # a restarted ingest numbers its scans above every scan seen: no name is reused
+        first_seq = self.last_seq + 1
+        sweep(f"{self.prefix}_{first_seq}_")  # buffers the dead one made but never announced
+        self.ingest = spawn_context().Process(
+            target=child_main, name="holostream-ingest",
+            args=(self.log_level, run_ingest, self.config.ingest, self.settings,
+                  self.config.workers.count, self.prefix, self.channels, first_seq))
+        self.ingest.start()
+
+    def _supervise(self) -> None:
+        if self.stop_requested:
+            return
+        if self.pool.replace_dead():
+            self.last_error = "a worker died and was replaced"
+        if not self.ingest.is_alive():
+            self.last_error = (f"ingest process died (exit code {self.ingest.exitcode}); "
+                               "open scans failed, ingest restarted")
+            log.error(self.last_error)
+            for state in list(self.scans.values()):
+                self.counters["scans_failed"] += 1
+                self._drop(state)
+            self.early.clear()
+            # ingest is the only reader of done and commands: a lock held now is orphaned
+            for lock in (self.channels.done._rlock, self.channels.commands._rlock,
+                         self.channels.tasks._wlock, self.channels.events._wlock):
+                free_orphaned_lock(lock, grace_s=0.5)
+            while True:  # group tasks of the dead ingest's scans are void
+                try:
+                    self.channels.tasks.get_nowait()
+                except queue.Empty:
+                    break
+            self.ingest_restarts += 1
+            self._start_ingest()
+
+    # ---- control ---------------------------------------------------------------------
+    def _handlers(self) -> dict[str, Any]:
+        return {"status": lambda req: {"status": self.status()},
+                "config": lambda req: {"config": {**self.config.to_dict(),
+                                                  "reconstruction": self.settings.to_dict()}},
+                "set": self._set, "abort": self._abort, "republish": self._republish}
+
+    def _set(self, request: dict[str, Any]) -> dict[str, Any]:
+        self.settings = self.settings.merged(request["params"])  # SettingsError is a refusal
+        self.channels.commands.put({"type": "settings", "settings": self.settings.to_dict()})
+        log.info("settings changed from the next scan on: %s", request["params"])
+        return {"settings": self.settings.to_dict(), "applies": "from the next scan"}
+
+    def _abort(self, request: dict[str, Any]) -> dict[str, Any]:
+        open_ids = [s.scan["scan_id"] for s in self.scans.values() if s.complete is None]
+        if not open_ids:
+            raise ControlError("no scan is being reconstructed")
+        self.channels.commands.put({"type": "abort"})
+        return {"aborted": open_ids[-1]}
+
+    def _republish(self, request: dict[str, Any]) -> dict[str, Any]:
+        if self.last_final is None:
+            raise ControlError("no final volume has been published yet")
+        header, volume = self.last_final
+        header = dict(header, timestamp=time.time(), republished=True)
+        self.publisher.publish_volume(header, volume)
+        self.publisher.publish_preview(header, volume)
+        return {"scan_id": header["scan_id"], "seq": header["seq"]}
+
+    def status(self) -> dict[str, Any]:
+        """The status dict of ``{"cmd": "status"}`` and of the published ``status`` topic."""
+        open_scans = [s for s in self.scans.values() if s.complete is None]
+        current = open_scans[-1] if open_scans else None
+        return {
+            "state": "stopping" if self.stop_requested else ("reconstructing" if current else "idle"),
+            "scan_id": current.scan["scan_id"] if current else None,
+            "scan_seq": current.seq if current else None,
+            "n_projections_used": current.n_used if current else None,
+            "n_projections_expected": current.scan["n_projections"] if current else None,
+            "frames_received": self.stats.get("received", 0),
+            "frames_rejected": self.stats.get("rejected", self.counters["rejected"]),
+            "frames_dropped": self.stats.get("dropped", 0),
+            "frames_per_s": self.stats.get("frames_per_s", 0.0),
+            "ring_fill": self.stats.get("ring_fill", 0.0),
+            "ingest": self.stats, **self.counters,
+            "messages_dropped": self.publisher.dropped,
+            "workers": self.pool.status(), "worker_restarts": sum(self.pool.restarts.values()),
+            "ingest_restarts": self.ingest_restarts, "ingest_pid": self.ingest.pid if self.ingest else None,
+            "settings": self.settings.to_dict(), "last_error": self.last_error,
+            "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
+        }
+
+
+def _status_line(status: dict[str, Any]) -> str:
+    if status["state"] == "reconstructing":
+        return (f"reconstructing {status['scan_id']}: {status['n_projections_used']}/"
+                f"{status['n_projections_expected']} projections")
+    return f"{status['state']}; {status['scans_completed']} scans done"
+
+
+# ---- command line ------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``holostream serve``."""
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration (deploy/holostream.toml)")
+    parser.add_argument("--ingest", metavar="ADDR", help="PULL address, overrides [ingest] address")
+    parser.add_argument("--publish", metavar="ADDR", help="PUB address, overrides [publish] address")
+    parser.add_argument("--control", metavar="ADDR", help="REP address, overrides [control] address")
+    parser.add_argument("--workers", metavar="N", type=int, help="worker processes, overrides [workers] count")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM/SIGINT; 0 on a clean stop, 1 if it cannot start, 2 on bad config."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for section in ("ingest", "publish", "control"):
+        if getattr(args, section):
+            overrides[section] = {"address": getattr(args, section)}
+    if args.workers is not None:
+        overrides["workers"] = {"count": args.workers}
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"holostream serve: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if not getattr(args, "verbose", 0):
+        logging.getLogger().setLevel(config.service.log_level.upper())
+    return Daemon(config).run()

@@ -1,0 +1,299 @@
+"""A reconstruction worker process: angle groups in, back-projected partial volume out.
+
+Each worker takes group tasks from the one ``tasks`` queue all workers share, runs the
+:class:`~holostream.workers.pipeline.ProjectionPipeline` on the group's raw frames (read
+from the shared-memory ring), writes the filtered projection into the scan's
+``sinogram[group]``, adds its back-projection into its own partial ``volume[w]`` and its
+angle weight into ``weights[w]``. It then tells ingest (``done``: free the slots) and the
+daemon (``group_done`` on ``events``: the group's angle and weight, so the daemon can build
+the final volume of exactly the groups that arrived). A failing task is reported with its
+reason and the worker goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import signal
+import sys
+import time
+from multiprocessing.process import BaseProcess
+from typing import Any, Callable
+
+import numpy as np
+
+from holostream.service.channels import Channels, spawn_context
+from holostream.shared.messages import ScanInfo
+from holostream.shared.scanbuffers import ScanBuffers
+from holostream.shared.settings import ReconstructionSettings
+from holostream.workers import fbp
+from holostream.workers.backend import Backend, get_backend, gpu_available
+from holostream.workers.phasing import default_chain
+from holostream.workers.pipeline import ProjectionPipeline
+
+log = logging.getLogger(__name__)
+
+# Polling the task queue without blocking inside Queue.get: a worker killed while blocked
+# in get() would hold the queue's read lock for ever and starve its siblings.
+_MIN_WAIT_S = 0.001
+_MAX_WAIT_S = 0.02
+# Cached scans are let go after this long without a task (frees their shared memory).
+_IDLE_RELEASE_S = 10.0
+
+
+def choose_backend(device: str, threads: int = 1) -> Backend:
+    """The array backend for ``device`` ("cpu", "gpu" or "auto": gpu when cupy sees one)."""
+    if device == "auto":
+        device = "gpu" if gpu_available() else "cpu"
+    return get_backend(device, threads=threads)
+
+
+class ScanWork:
+    """What one worker keeps per scan: the attached buffers and the pipeline built for it.
+
+    Parameters
+    ----------
+    worker_id : int
+        Index ``w`` of this worker's partial accumulator ``volume[w]``.
+    task : dict
+        The first group task of the scan (``scan``, ``settings``, ``buffers``).
+    backend : Backend
+    """
+
+    def __init__(self, worker_id: int, task: dict[str, Any], backend: Backend):
+        self.worker_id = worker_id
+        self.backend = backend
+        self.scan = ScanInfo.from_dict(task["scan"])
+        settings = ReconstructionSettings.from_dict(task["settings"])
+        self.buffers = ScanBuffers.attach(task["buffers"])
+        dark, flat = self.buffers.reference[0], self.buffers.reference[1]
+        self.pipeline = ProjectionPipeline(
+            tuple(self.scan.shape), backend.asarray(dark), backend.asarray(flat),
+            binning=settings.binning,
+            chain=default_chain(settings.phase, settings.iterations, self.scan.delta_beta),
+            filter=settings.filter, energy_kev=self.scan.energy_kev,
+            distance_m=self.scan.distance_m, pixel_size_m=self.scan.pixel_size_m,
+            delta_beta=self.scan.delta_beta, backend=backend, pad_mode=settings.pad_mode)
+        self.center_px = self.pipeline.center_px(self.scan.cor_px)
+        # On the CPU the accumulator *is* the shared-memory partial; on a GPU it is a device
+        # copy written back after every group, so the daemon always reads a whole sum.
+        self.shared_volume = self.buffers.volume[worker_id]
+        self.accumulator = backend.asarray(self.shared_volume)
+        self.in_place = self.accumulator is self.shared_volume
+        self.last_used = time.monotonic()
+
+    def run(self, task: dict[str, Any]) -> None:
+        """Reconstruct one group task into ``sinogram[group]``, ``volume[w]``, ``weights[w]``."""
+        self.last_used = time.monotonic()
+        slots = list(task["slots"])
+        raw = self.backend.asarray(self.buffers.ring[slots])
+        filtered = self.pipeline.process(raw, list(task["indices"]))
+        self.buffers.sinogram[task["group"]] = self.backend.to_host(filtered)
+        angle_rad = np.array([math.radians(float(task["angle_deg"]))])
+        weight = np.array([float(task["weight"])])
+        fbp.backproject(self.accumulator, filtered[None], angle_rad, weight, self.center_px,
+                        self.backend)
+        if not self.in_place:
+            self.shared_volume[...] = self.backend.to_host(self.accumulator)
+        self.buffers.weights[self.worker_id] += float(task["weight"])
+
+    def close(self) -> None:
+        """Detach from the scan's shared memory (the daemon unlinks it)."""
+        self.accumulator = self.shared_volume = None
+        self.buffers.close()
+
+
+def _release(cache: dict[str, ScanWork], keep: str | None = None) -> None:
+    for key in [k for k in cache if k != keep]:
+        cache.pop(key).close()
+        log.debug("released buffers %s", key)
+
+
+def _handle(worker_id: int, task: dict[str, Any], cache: dict[str, ScanWork], backend: Backend,
+            channels: Channels) -> None:
+    """Run one group task and report it to ingest (``done``) and the daemon (``events``)."""
+    start = time.perf_counter()
+    seq = int(task["scan_seq"])
+    # keyed by the buffers' prefix, unique per scan even across an ingest restart
+    key = str(task["buffers"]["prefix"])
+    error = None
+    center_px = None
+    try:
+        if key not in cache:
+            _release(cache)  # tasks come in order: an earlier scan's are over for this worker
+            cache[key] = ScanWork(worker_id, task, backend)
+        cache[key].run(task)
+        center_px = cache[key].center_px
+    except Exception as exc:  # noqa: BLE001 - any failure is reported with its reason; the worker goes on
+        error = f"{type(exc).__name__}: {exc}"
+        log.exception("worker %d: group %s of scan %d failed", worker_id, task.get("group"), seq)
+    seconds = time.perf_counter() - start
+    ok = error is None
+    channels.events.put({"type": "group_done" if ok else "group_failed", "scan_seq": seq,
+                         "prefix": key, "group": task["group"], "angle_deg": task["angle_deg"],
+                         "weight": task["weight"], "n_projections": len(task["indices"]),
+                         "center_px": center_px, "worker": worker_id, "error": error,
+                         "seconds": seconds})
+    channels.done.put({"type": "done" if ok else "failed", "scan_seq": seq, "group": task["group"],
+                       "slots": task["slots"], "worker": worker_id, "error": error,
+                       "seconds": seconds})
+
+
+def run_worker(worker_id: int, settings_device: str, channels: Channels, threads: int = 1) -> None:
+    """Entry point of worker process ``worker_id``; returns when told to stop.
+
+    Parameters
+    ----------
+    worker_id : int
+        This worker's index ``w`` (its partial volume is ``volume[w]``); a replacement
+        after a crash gets the same id.
+    settings_device : {"cpu", "gpu", "auto"}
+        Where to compute (``[workers] device``); "auto" is resolved here, in the child.
+    channels : Channels
+        ``tasks`` in; ``done`` (to ingest) and ``events`` (to the daemon) out; ``stop``.
+    threads : int
+        CPU FFT threads of this worker.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
+    backend = choose_backend(settings_device, threads)
+    log.info("worker %d ready on %s", worker_id, backend.name)
+    cache: dict[str, ScanWork] = {}
+    wait = _MIN_WAIT_S
+    try:
+        while not channels.stop.is_set():
+            try:
+                task = channels.tasks.get_nowait()
+            except queue.Empty:
+                # not stop.wait(): a process killed while waiting on a multiprocessing Event
+                # leaves a sleeper behind, and the daemon's stop.set() would wait for it forever
+                time.sleep(wait)
+                wait = min(2 * wait, _MAX_WAIT_S)
+                if cache and time.monotonic() - max(w.last_used for w in cache.values()) > _IDLE_RELEASE_S:
+                    _release(cache)
+                continue
+            wait = _MIN_WAIT_S
+            if task.get("type") == "stop":
+                break
+            if task.get("type") != "group":
+                log.error("worker %d: ignoring task of unknown type %r", worker_id, task.get("type"))
+                continue
+            _handle(worker_id, task, cache, backend, channels)
+    finally:
+        _release(cache)
+        log.info("worker %d stopped", worker_id)
+
+
+def child_main(log_level: int, target: Any, *args: Any) -> None:
+    """Entry of every spawned child: stderr logging like the daemon's, SIGINT ignored.
+
+    A Ctrl-C in a terminal reaches the whole process group; only the daemon acts on it,
+    and it stops its children through the ``stop`` event.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=log_level, stream=sys.stderr,
+                        format="%(levelname)s %(processName)s %(name)s: %(message)s")
+    target(*args)
+
+
+def stop_processes(processes: list[BaseProcess], timeout_s: float,
+                   drain: Callable[[], None] | None = None) -> None:
+    """Join ``processes`` within ``timeout_s``; terminate, then kill, the stragglers.
+
+    ``drain`` is called while waiting: a child exits only once its queue feeder threads
+    have written everything, so whoever reads those queues must keep reading.
+    """
+    deadline = time.monotonic() + timeout_s
+    while any(p.is_alive() for p in processes) and time.monotonic() < deadline:
+        if drain is not None:
+            drain()
+        next(p for p in processes if p.is_alive()).join(0.05)
+    for proc in processes:
+        if proc.is_alive():
+            log.warning("%s did not stop in %.1f s: terminating", proc.name, timeout_s)
+            proc.terminate()
+            proc.join(1.0)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(1.0)
+
+
+def free_orphaned_lock(lock: Any, grace_s: float) -> bool:
+    """Release a multiprocessing lock that a killed process left held; True if it was.
+
+    Queue locks are held only for the instant of one small send or receive (workers never
+    block inside ``Queue.get``), so a lock still taken after ``grace_s`` belongs to a
+    process that died holding it, and every other user of that queue would wait for ever.
+    Only for the queues' own ``_rlock``/``_wlock``, right after a child died.
+    """
+    if lock is None:
+        return False
+    if lock.acquire(timeout=grace_s):
+        lock.release()
+        return False
+    lock.release()  # a plain (non-recursive) semaphore: any process may release it
+    log.error("released a queue lock left held by a dead process")
+    return True
+
+
+class WorkerPool:
+    """The N worker processes of the daemon; a dead one is replaced with the same id.
+
+    Parameters
+    ----------
+    count : int
+        Number of workers.
+    device : {"cpu", "gpu", "auto"}
+    channels : Channels
+    log_level : int
+        Logging level of the children.
+    """
+
+    def __init__(self, count: int, device: str, channels: Channels, log_level: int):
+        self.count = count
+        self.device = device
+        self.channels = channels
+        self.log_level = log_level
+        self.threads = max(1, len(os.sched_getaffinity(0)) // count)
+        self.processes: dict[int, BaseProcess] = {}
+        self.restarts = {w: 0 for w in range(count)}
+
+    def _spawn(self, worker_id: int) -> None:
+        proc = spawn_context().Process(
+            target=child_main, name=f"holostream-worker-{worker_id}",
+            args=(self.log_level, run_worker, worker_id, self.device, self.channels, self.threads))
+        proc.start()
+        self.processes[worker_id] = proc
+
+    def start(self) -> None:
+        """Start every worker."""
+        for w in range(self.count):
+            self._spawn(w)
+
+    def replace_dead(self) -> list[int]:
+        """Restart the workers that exited; returns their ids (logged, counted)."""
+        dead = [w for w, p in self.processes.items() if not p.is_alive()]
+        if dead:  # a worker killed mid-send or mid-receive may have left a queue locked
+            for lock in (self.channels.tasks._rlock, self.channels.done._wlock,
+                         self.channels.events._wlock):
+                free_orphaned_lock(lock, grace_s=0.5)
+        for w in dead:
+            log.error("worker %d (pid %s) died with exit code %s: replacing it",
+                      w, self.processes[w].pid, self.processes[w].exitcode)
+            self.processes[w].join(0)
+            self.restarts[w] += 1
+            self._spawn(w)
+        return dead
+
+    def status(self) -> list[dict[str, Any]]:
+        """One ``{"id", "pid", "alive", "restarts"}`` per worker."""
+        return [{"id": w, "pid": p.pid, "alive": p.is_alive(), "restarts": self.restarts[w]}
+                for w, p in sorted(self.processes.items())]
+
+    def stop(self, timeout_s: float, drain: Callable[[], None] | None = None) -> None:
+        """Ask every worker to stop (``stop`` event and a stop task each) and join them."""
+        self.channels.stop.set()
+        for _ in self.processes:
+            self.channels.tasks.put({"type": "stop"})
+        stop_processes(list(self.processes.values()), timeout_s, drain)

@@ -1,0 +1,209 @@
+"""Run `holostream serve` for real: a subprocess on free ports, reached through its sockets.
+
+Everything synchronises by polling with deadlines: the daemon is ready when its control
+socket answers, a subscriber is connected once it has received a ``status`` message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import zmq
+
+from holostream.service.status import NoAnswer, request
+from holostream.service.subscribe import decode
+
+#: The small scan of these tests: 64×64 frames of 2 µm, 90 projections over 180°.
+SCAN = dict(n_projections=90, rows=64, cols=64, pixel_size_m=2.0e-6, distance_m=0.05,
+            energy_kev=17.5, binning=1, n_darks=5, n_flats=5)
+DELTA_BETA = 200.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.05):
+    """Poll ``condition()`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)  # polling period, bounded by the deadline above
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def holostream_shm(pid: int) -> list[str]:
+    """Shared-memory segments of the daemon with this pid."""
+    return [n for n in os.listdir("/dev/shm") if n.startswith(f"holostream_{pid}_")]
+
+
+class Daemon:
+    """`holostream serve` in a subprocess with a TOML configuration written for it."""
+
+    def __init__(self, tmp_path: Path, workers: int = 2, env: dict | None = None, **reconstruction):
+        self.ingest = f"tcp://127.0.0.1:{free_port()}"
+        self.publish = f"tcp://127.0.0.1:{free_port()}"
+        self.control = f"tcp://127.0.0.1:{free_port()}"
+        settings = {"publish_interval_s": 0.5, **reconstruction}
+        lines = ["[ingest]", f'address = "{self.ingest}"', "ring_slots = 32",
+                 "[publish]", f'address = "{self.publish}"', "sndhwm = 100", "status_interval_s = 0.25",
+                 "[control]", f'address = "{self.control}"',
+                 "[workers]", f"count = {workers}", 'device = "cpu"',
+                 "[reconstruction]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+        self.config = tmp_path / "holostream.toml"
+        self.config.write_text("\n".join(lines) + "\n")
+        self.log = tmp_path / "serve.log"
+        self._log = open(self.log, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "holostream.service.cli", "serve", "--config", str(self.config)],
+            stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+
+    def ask(self, message: dict, timeout_s: float = 2.0) -> dict:
+        """One control request; its reply."""
+        return request(self.control, message, timeout_s)
+
+    def status(self) -> dict:
+        reply = self.ask({"cmd": "status"})
+        assert reply["ok"], reply
+        return reply["status"]
+
+    def wait_ready(self, timeout_s: float = 30.0) -> dict:
+        """Poll the control socket until the daemon answers with all workers alive."""
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                status = self.status()
+            except NoAnswer:
+                return None
+            return status if status["workers"] and all(w["alive"] for w in status["workers"]) else None
+        return wait_for(ready, timeout_s, "the daemon to answer on its control socket")
+
+    def terminate(self, timeout_s: float = 10.0) -> tuple[int, float]:
+        """SIGTERM; returns (exit code, seconds it took)."""
+        start = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"daemon did not exit within {timeout_s} s:\n{self.log.read_text()}")
+        return code, time.monotonic() - start
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+class Subscriber:
+    """A SUB client of the daemon's publish socket."""
+
+    def __init__(self, address: str, topics=(b"volume", b"status")):
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 1000)
+        for topic in topics:
+            self.sock.setsockopt(zmq.SUBSCRIBE, topic)
+        self.sock.connect(address)
+        self.status: dict | None = None
+
+    def next(self, timeout_s: float):
+        """The next message as ``(topic, header, arrays)``, or None after ``timeout_s``."""
+        if not self.sock.poll(int(timeout_s * 1000)):
+            return None
+        topic, header, arrays = decode(self.sock.recv_multipart())
+        if topic == "status":
+            self.status = header
+        return topic, header, arrays
+
+    def wait_connected(self, timeout_s: float = 10.0) -> None:
+        """Block until a status message arrives: from then on nothing published is missed."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            message = self.next(0.2)
+            if message and message[0] == "status":
+                return
+        raise AssertionError("no status message from the daemon")
+
+    def volumes_until_final(self, scan_id: str, timeout_s: float) -> list[tuple[dict, np.ndarray]]:
+        """Every volume of ``scan_id`` up to and including its final one."""
+        volumes = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            message = self.next(0.2)
+            if message is None or message[0] != "volume" or message[1]["scan_id"] != scan_id:
+                continue
+            volumes.append((message[1], message[2][0]))
+            if message[1]["final"]:
+                return volumes
+        raise AssertionError(f"no final volume of {scan_id} within {timeout_s} s "
+                             f"({len(volumes)} intermediate ones)")
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+@pytest.fixture(scope="session")
+def serve():
+    """The helpers of this file for test modules (conftest is not importable by name)."""
+    return SimpleNamespace(Daemon=Daemon, Subscriber=Subscriber, wait_for=wait_for,
+                           shm=holostream_shm, DELTA_BETA=DELTA_BETA)
+
+
+@pytest.fixture(scope="session")
+def small_scan():
+    """A simulated 64×64, 90-projection scan of one material (δ/β 200): SimulatedScan."""
+    from holostream.workers.phantom import random_phantom
+    from holostream.workers.simulate import simulate_scan
+
+    phantom = random_phantom(11, radius_m=52e-6, height_m=110e-6, n_objects=9,
+                             size_range=(0.15, 0.35), materials=((1.0e-6, 5.0e-9),))
+    return simulate_scan(phantom, seed=3, **SCAN)
+
+
+@pytest.fixture(scope="session")
+def small_scan_data(small_scan):
+    """``small_scan`` as ScanData (what stream_scan and reconstruct_scan take)."""
+    from holostream.service.nxio import scan_data_from_simulation
+
+    return scan_data_from_simulation(small_scan)
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    """A running daemon (2 workers, live volumes every 0.5 s), stopped after the test."""
+    d = Daemon(tmp_path)
+    try:
+        d.wait_ready()
+        yield d
+    finally:
+        d.close()
+
+
+@pytest.fixture
+def subscriber(daemon):
+    """A subscriber connected to ``daemon`` (volumes and status)."""
+    s = Subscriber(daemon.publish)
+    s.wait_connected()
+    yield s
+    s.close()

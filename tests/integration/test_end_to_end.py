@@ -1,0 +1,172 @@
+"""The whole service: detector PUSH → `holostream serve` (ingest + 2 workers) → SUB client.
+
+The live result must be the offline one: the final volume equals ``reconstruct_scan`` of
+the same frames, and it matches the phantom. Scans run back to back, and a scan that ends
+early is finished as the one-shot reconstruction of the angles that arrived.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import numpy as np
+import pytest
+
+from holostream.service.reconstruct import reconstruct_scan
+from holostream.service.stream import scan_info_of, stream_scan
+from holostream.shared.messages import encode_frame, encode_scan_end, encode_scan_start
+from holostream.shared.settings import ReconstructionSettings
+from holostream.workers.backend import get_backend
+
+pytestmark = pytest.mark.integration
+
+DELTA_BETA = 200.0  # of the phantom of the conftest's small_scan
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, serve):
+    """One daemon and one connected subscriber for the scans of this module."""
+    daemon = serve.Daemon(tmp_path_factory.mktemp("serve"))
+    try:
+        daemon.wait_ready()
+        sub = serve.Subscriber(daemon.publish)
+        sub.wait_connected()
+        yield daemon, sub
+        sub.close()
+        code, _ = daemon.terminate()
+        assert code == 0
+    finally:
+        daemon.close()
+
+
+def offline(scan_data, **settings) -> np.ndarray:
+    volume, _ = reconstruct_scan(scan_data, ReconstructionSettings(**settings), DELTA_BETA, 0.0,
+                                 get_backend("cpu", threads=1))
+    return volume
+
+
+def in_background(target, *args, **kwargs) -> threading.Thread:
+    """Run a sender in a thread; its exception, if any, is re-raised by ``join_checked``."""
+    errors = []
+
+    def run():
+        try:
+            target(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.errors = errors
+    thread.start()
+    return thread
+
+
+def join_checked(thread: threading.Thread) -> None:
+    thread.join(30)
+    assert not thread.is_alive(), "sender still running"
+    if thread.errors:
+        raise thread.errors[0]
+
+
+def cylinder_correlation(volume: np.ndarray, truth: np.ndarray) -> float:
+    n = truth.shape[1]
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+    mask = np.broadcast_to(np.hypot(yy, xx) < n / 2 - 2, truth.shape)
+    return float(np.corrcoef(volume[mask], truth[mask])[0, 1])
+
+
+def assert_same_volume(live_volume: np.ndarray, reference: np.ndarray) -> None:
+    assert live_volume.shape == reference.shape
+    scale = float(np.abs(reference).max())
+    np.testing.assert_allclose(live_volume, reference, rtol=0, atol=2e-5 * scale)
+
+
+def test_live_volumes_then_final_equal_to_offline(live, small_scan, small_scan_data):
+    daemon, sub = live
+    # 90 projections at 30 fps: three seconds of scan, live volumes every 0.5 s
+    sender = in_background(stream_scan, daemon.ingest, small_scan_data, "live_a", fps=30.0)
+    volumes = sub.volumes_until_final("live_a", timeout_s=60)
+    join_checked(sender)
+    intermediate = [h for h, _ in volumes if not h["final"]]
+    assert len(intermediate) >= 2, [h["n_projections_used"] for h, _ in volumes]
+    used = [h["n_projections_used"] for h, _ in volumes]
+    assert used == sorted(used) and used[0] < 90
+    assert [h["seq"] for h, _ in volumes] == list(range(len(volumes)))
+    header, final = volumes[-1]
+    assert header["n_projections_used"] == header["n_projections_expected"] == 90
+    assert header["shape"] == [64, 64, 64] and header["quantity"] == "delta"
+    assert header["voxel_size_m"] == pytest.approx(2e-6)
+    assert header["phase"] == "paganin" and header["delta_beta"] == DELTA_BETA
+    assert_same_volume(final, offline(small_scan_data))
+    assert cylinder_correlation(final, small_scan.ground_truth) >= 0.97
+    # the live volumes converge on the final one
+    errors = [float(np.abs(v - final).mean()) for h, v in volumes if not h["final"]]
+    assert errors[-1] <= errors[0]
+
+
+def test_second_scan_back_to_back_gets_its_own_volumes(live, small_scan_data):
+    daemon, sub = live
+    # per-scan override: this scan binned 2×2, so its volumes are unmistakably its own
+    sender = in_background(stream_scan, daemon.ingest, small_scan_data, "live_b", fps=60.0,
+                           reconstruction={"binning": 2})
+    volumes = sub.volumes_until_final("live_b", timeout_s=60)
+    join_checked(sender)
+    header, final = volumes[-1]
+    assert all(h["scan_id"] == "live_b" and h["shape"] == [32, 32, 32] for h, _ in volumes)
+    assert header["binning"] == 2 and header["voxel_size_m"] == pytest.approx(4e-6)
+    assert header["n_projections_used"] == 90
+    assert_same_volume(final, offline(small_scan_data, binning=2))
+    status = daemon.status()
+    assert status["scans_completed"] >= 2 and status["state"] == "idle"
+
+
+def send_first_projections(address: str, scan_data, scan_id: str, n_send: int) -> None:
+    """A detector that announces the whole scan, then stops after ``n_send`` projections."""
+    import zmq
+
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 10_000)
+    push.connect(address)
+    push.send_multipart(encode_scan_start(scan_info_of(scan_data, scan_id)))
+    for kind, stack in (("dark", scan_data.darks), ("flat", scan_data.flats)):
+        for i, frame in enumerate(stack):
+            push.send_multipart(encode_frame(scan_id, kind, i, frame))
+    for i in range(n_send):
+        push.send_multipart(encode_frame(scan_id, "projection", i, scan_data.projections[i],
+                                         angle_deg=float(scan_data.angles_deg[i])))
+    push.send_multipart(encode_scan_end(scan_id))
+    push.close()
+    ctx.term()
+
+
+def test_scan_ending_early_is_the_reconstruction_of_the_arrived_angles(live, small_scan_data):
+    daemon, sub = live
+    n_send = 60
+    send_first_projections(daemon.ingest, small_scan_data, "early_c", n_send)
+    header, final = sub.volumes_until_final("early_c", timeout_s=60)[-1]
+    assert header["n_projections_used"] == n_send < header["n_projections_expected"] == 90
+    arrived = dataclasses.replace(small_scan_data, projections=small_scan_data.projections[:n_send],
+                                  angles_deg=small_scan_data.angles_deg[:n_send])
+    reference = offline(arrived)
+    assert_same_volume(final, reference)
+    # without the re-weighting the arrived angles would carry only 60/90 of the weight
+    assert np.abs(final).mean() > 0.9 * np.abs(reference).mean()
+
+
+def test_control_requests_are_answered(live):
+    daemon, sub = live
+    assert daemon.ask({"cmd": "bogus"}) == {"ok": False, "error": daemon.ask({"cmd": "bogus"})["error"]}
+    assert "unknown cmd" in daemon.ask({"cmd": "bogus"})["error"]
+    bad = daemon.ask({"cmd": "set", "params": {"binnig": 2}})
+    assert not bad["ok"] and "binnig" in bad["error"]
+    assert not daemon.ask({"cmd": "abort"})["ok"]  # nothing open
+    config = daemon.ask({"cmd": "config"})
+    assert config["ok"] and config["config"]["ingest"]["address"] == daemon.ingest
+    good = daemon.ask({"cmd": "set", "params": {"filter": "hann"}})
+    assert good["ok"] and good["settings"]["filter"] == "hann"
+    assert daemon.status()["settings"]["filter"] == "hann"
+    assert daemon.ask({"cmd": "republish"})["ok"]
+    again = sub.volumes_until_final("early_c", timeout_s=10)[-1][0]
+    assert again["republished"] and again["n_projections_used"] == 60
