@@ -243,9 +243,10 @@ def write_scan(path: str, scan, entry: str = "entry", delta_beta: float | None =
     units = pint.get_application_registry()
     g = scan.geometry
     after = scan.flats_after if scan.flats_after is not None else scan.flats[:0]
+    last_deg = float(scan.angles_deg[-1]) if len(scan.angles_deg) else 0.0
     parts = [(scan.darks, ImageKey.DARK_FIELD, 0.0), (scan.flats, ImageKey.FLAT_FIELD, 0.0),
              (scan.projections, ImageKey.PROJECTION, None),
-             (after, ImageKey.FLAT_FIELD, float(scan.angles_deg[-1]))]
+             (after, ImageKey.FLAT_FIELD, last_deg)]
     nx = NXtomo()
     det = nx.instrument.detector
     det.data = np.concatenate([p[0] for p in parts])

@@ -181,7 +181,19 @@ class Phantom:
         xy = ((np.arange(n_xy) - (n_xy - 1) / 2) * voxel_size_m)[:, None] + sub
         zs = (z0_m + np.arange(n_z) * voxel_size_m)[:, None] + sub
         xy, zs = xy.ravel(), zs.ravel()  # fine coordinates, voxel-major
-        fine = np.zeros((n_z * ss, n_xy * ss, n_xy * ss), np.float32)
+        out = np.empty((n_z, n_xy, n_xy), np.float32)
+        # Slabs of whole voxels keep the fine grid to ~64 MiB whatever the volume size.
+        slab = max(1, (1 << 24) // (ss * (n_xy * ss) ** 2))
+        for k0 in range(0, n_z, slab):
+            k1 = min(k0 + slab, n_z)
+            fine = self._fill(xy, zs[k0 * ss : k1 * ss], quantity)
+            out[k0:k1] = fine.reshape(k1 - k0, ss, n_xy, ss, n_xy, ss).mean(
+                axis=(1, 3, 5), dtype=np.float32)
+        return out
+
+    def _fill(self, xy: np.ndarray, zs: np.ndarray, quantity: str) -> np.ndarray:
+        """δ or β at the points ``(zs, xy, xy)`` (sorted fine coordinates, metres)."""
+        fine = np.zeros((zs.size, xy.size, xy.size), np.float32)
         for obj in self.objects:
             value = obj.delta if quantity == "delta" else obj.beta
             a, b, c = obj.semi_axes_m
@@ -201,7 +213,7 @@ class Phantom:
             inside = in_plane[None, :, :] + height[:, None, None] <= 1.0
             box = fine[kz[0] : kz[-1] + 1, ky[0] : ky[-1] + 1, kx[0] : kx[-1] + 1]
             box += np.float32(value) * inside
-        return fine.reshape(n_z, ss, n_xy, ss, n_xy, ss).mean(axis=(1, 3, 5), dtype=np.float32)
+        return fine
 
 
 def random_phantom(

@@ -95,10 +95,11 @@ class SimulatedScan:
     geometry : ScanGeometry
     delta_beta : float or None
         The phantom's common δ/β, None when its materials differ.
-    binning : int
+    binning : int or None
         Pixel binning of ``ground_truth``.
     ground_truth : ndarray of shape (rows // binning, cols // binning, cols // binning), float32
-        Voxelised δ on the grid of a reconstruction with ``binning``, ``[z, y, x]``.
+        Voxelised δ on the grid of a reconstruction with ``binning``, ``[z, y, x]``; None
+        when not asked for.
     phantom : Phantom
     """
 
@@ -109,8 +110,8 @@ class SimulatedScan:
     angles_deg: np.ndarray
     geometry: ScanGeometry
     delta_beta: float | None
-    binning: int
-    ground_truth: np.ndarray
+    binning: int | None
+    ground_truth: np.ndarray | None
     phantom: Phantom
 
 
@@ -220,6 +221,22 @@ class HologramSimulator:
         return self.backend.to_host(bin_pixels(fine, self.supersample, xp)).astype(np.float32)
 
 
+def ground_truth(phantom: Phantom, geometry: ScanGeometry, binning: int = 1,
+                 supersample: int = 2) -> np.ndarray:
+    """Voxelised δ on the grid of a reconstruction with pixel ``binning``.
+
+    Returns
+    -------
+    ndarray of shape (rows // b, cols // b, cols // b), float32
+        ``[z, y, x]``; slice ``k`` at the height of binned detector row ``k``, ``x`` and ``y``
+        centred on the rotation axis, voxel edge ``b · pixel_size_m``.
+    """
+    b, p = int(binning), geometry.pixel_size_m
+    # Binned row k averages detector rows k·b … k·b + b - 1 (the rows % b last are cropped).
+    z0_m = ((b - 1) / 2 - (geometry.rows - 1) / 2) * p
+    return phantom.voxelize(geometry.rows // b, geometry.cols // b, b * p, z0_m, supersample)
+
+
 def reference_frames(kind: str, n: int, geometry: ScanGeometry, detector: DetectorModel,
                      seed: int = 0) -> np.ndarray:
     """``n`` dark (``kind="dark"``) or flat (``"flat"``, ``"flat_after"``) frames.
@@ -269,7 +286,7 @@ def simulate_scan(
     n_darks: int = 10,
     n_flats: int = 10,
     n_flats_after: int = 0,
-    binning: int = 1,
+    binning: int | None = 1,
     seed: int = 0,
     backend: Backend | None = None,
 ) -> SimulatedScan:
@@ -294,8 +311,9 @@ def simulate_scan(
         Photon count, dark level, beam profile.
     n_darks, n_flats, n_flats_after : int
         Reference frames; flats after the projections are optional (0).
-    binning : int
-        Pixel binning of the reconstruction the ground truth is voxelised for.
+    binning : int or None
+        Pixel binning of the reconstruction the ground truth is voxelised for; None: no
+        ground truth (it costs ``(rows / binning)·(cols / binning)²`` voxels).
     seed : int
         Seed of every random stream (noise only; the phantom is given).
     backend : Backend, optional
@@ -315,10 +333,7 @@ def simulate_scan(
         phantom, geometry, angles_deg, detector, supersample, seed, backend)))
     flats_after = (reference_frames("flat_after", n_flats_after, geometry, detector, seed)
                    if n_flats_after else None)
-    voxel_m = pixel_size_m * binning
-    # Binned row k averages detector rows k·b … k·b + b - 1 (the rows % b last are cropped).
-    z0_m = ((binning - 1) / 2 - (rows - 1) / 2) * pixel_size_m
-    truth = phantom.voxelize(rows // binning, cols // binning, voxel_m, z0_m, supersample)
+    truth = None if binning is None else ground_truth(phantom, geometry, binning, supersample)
     return SimulatedScan(
         darks=reference_frames("dark", n_darks, geometry, detector, seed),
         flats=reference_frames("flat", n_flats, geometry, detector, seed),
@@ -327,7 +342,7 @@ def simulate_scan(
         angles_deg=angles_deg,
         geometry=geometry,
         delta_beta=phantom.delta_beta,
-        binning=int(binning),
+        binning=binning,
         ground_truth=truth,
         phantom=phantom,
     )
