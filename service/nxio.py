@@ -42,8 +42,9 @@ class ScanData:
         Flats taken before the projections (or the only flats there are).
     flats_after : ndarray of shape (n, rows, cols) or None
         Flats taken after the projections, when the file has both.
-    projections : ndarray of shape (n_projections, rows, cols)
-        Raw projections in acquisition order.
+    projections : ndarray or ProjectionFrames of shape (n_projections, rows, cols)
+        Raw projections in acquisition order; :class:`ProjectionFrames` (read on slicing)
+        when the scan was read with ``lazy=True``.
     angles_deg : ndarray of shape (n_projections,), float64
     energy_kev, distance_m, pixel_size_m : float
     cor_px : float or None
@@ -75,6 +76,37 @@ class ScanData:
     def n_projections(self) -> int:
         """Number of projections."""
         return int(self.projections.shape[0])
+
+
+class ProjectionFrames:
+    """Frames of an open HDF5 dataset at given positions, read when sliced.
+
+    Supports ``len``, ``shape``, ``dtype`` and ``frames[start:stop]`` (a numpy array), which
+    is all :func:`reconstruct_scan` needs, so a scan larger than memory can be
+    reconstructed. Keeps its file open until :meth:`close`.
+    """
+
+    def __init__(self, path: str, dataset_name: str, positions: np.ndarray):
+        self._file = h5py.File(path, "r")
+        self._data = self._file[dataset_name]
+        self._positions = np.asarray(positions, dtype=np.int64)
+        self.shape = (self._positions.size, *self._data.shape[1:])
+        self.dtype = self._data.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if not isinstance(index, slice):
+            raise TypeError(f"ProjectionFrames takes a slice, got {type(index).__name__}")
+        positions = self._positions[index]
+        if positions.size == 0:
+            return np.empty((0, *self.shape[1:]), self.dtype)
+        return _read_frames(self._data, positions)
+
+    def close(self) -> None:
+        """Close the file (slicing fails afterwards)."""
+        self._file.close()
 
 
 def scan_data_from_simulation(scan) -> ScanData:
@@ -124,8 +156,8 @@ def _split_flats(flat_pos: np.ndarray, proj_pos: np.ndarray) -> tuple[np.ndarray
     return flat_pos[flat_pos < middle], flat_pos[flat_pos >= middle]
 
 
-def read_scan(path: str, entry: str | None = None) -> ScanData:
-    """Read an NXtomo scan into memory.
+def read_scan(path: str, entry: str | None = None, lazy: bool = False) -> ScanData:
+    """Read an NXtomo scan (darks, flats, angles and geometry into memory).
 
     Parameters
     ----------
@@ -133,6 +165,9 @@ def read_scan(path: str, entry: str | None = None) -> ScanData:
         NeXus/HDF5 file.
     entry : str, optional
         NXtomo entry name (default: the only one in the file).
+    lazy : bool
+        If True, projections are read only when sliced (:class:`ProjectionFrames`; call
+        its ``close()`` when done), otherwise all are read now.
 
     Returns
     -------
@@ -196,7 +231,8 @@ def read_scan(path: str, entry: str | None = None) -> ScanData:
             darks=_read_frames(data, dark_pos),
             flats=_read_frames(data, before),
             flats_after=_read_frames(data, after) if after.size else None,
-            projections=_read_frames(data, proj_pos),
+            projections=(ProjectionFrames(path, data.name, proj_pos) if lazy
+                         else _read_frames(data, proj_pos)),
             angles_deg=angles[proj_pos],
             energy_kev=_magnitude(nx.instrument.beam.incident_energy, "keV", "energy", path),
             distance_m=_magnitude(det.distance, "m", "sample-detector distance", path),

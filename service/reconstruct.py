@@ -170,9 +170,7 @@ def _fail(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Read the scan, reconstruct it, write the volume; 2 on bad input, with one line."""
     from holostream.service.config import ConfigError
-    from holostream.service.nxio import ScanFileError, read_scan, write_volume
-    from holostream.workers import phasing
-    from holostream.workers.backend import get_backend
+    from holostream.service.nxio import ScanFileError, read_scan
 
     try:
         settings = _settings(args)
@@ -181,9 +179,21 @@ def run(args: argparse.Namespace) -> int:
     if args.batch < 1:
         return _fail(f"--batch must be >= 1, got {args.batch}")
     try:
-        scan = read_scan(args.input, args.entry)
+        scan = read_scan(args.input, args.entry, lazy=True)
     except ScanFileError as err:
         return _fail(str(err))
+    try:
+        return _reconstruct_file(args, settings, scan)
+    finally:
+        scan.projections.close()
+
+
+def _reconstruct_file(args: argparse.Namespace, settings: ReconstructionSettings, scan) -> int:
+    """Check the scan against the options, reconstruct, write; the exit code."""
+    from holostream.service.nxio import write_volume
+    from holostream.workers import phasing
+    from holostream.workers.backend import get_backend
+
     delta_beta = args.delta_beta if args.delta_beta is not None else scan.delta_beta
     if delta_beta is None:
         return _fail(f"{args.input}: the file has no delta_beta; give --delta-beta")
@@ -204,8 +214,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     volume, attrs = reconstruct_scan(scan, settings, delta_beta, cor_px, backend,
                                      batch=args.batch, progress=progress)
-    seconds = time.perf_counter() - start
-    attrs["seconds"] = seconds
+    attrs["seconds"] = seconds = time.perf_counter() - start
     try:
         write_volume(args.output, volume, attrs)
     except OSError as err:

@@ -104,3 +104,16 @@ def test_scan_data_round_trip_through_nxtomo(single_material_nx, single_material
     for name in ("darks", "flats", "flats_after", "projections", "angles_deg"):
         np.testing.assert_array_equal(getattr(read, name), getattr(sim, name))
     assert read.delta_beta == 200.0 and read.cor_px == 0.0
+
+
+def test_lazy_projections_read_the_same_frames(single_material_nx):
+    eager = read_scan(str(single_material_nx))
+    lazy = read_scan(str(single_material_nx), lazy=True)
+    try:
+        assert lazy.projections.shape == eager.projections.shape and len(lazy.projections) == 180
+        np.testing.assert_array_equal(lazy.projections[10:14], eager.projections[10:14])
+        assert lazy.projections[5:5].shape == (0, 128, 128)
+        with pytest.raises(TypeError):
+            lazy.projections[3]
+    finally:
+        lazy.projections.close()
