@@ -238,6 +238,7 @@ class Daemon:
             return
         state.groups[group] = (math.radians(float(event["angle_deg"])), float(event["weight"]),
                                int(event["n_projections"]))
+        self.pool.groups_done[int(event["worker"])] += 1
         state.center_px = float(event["center_px"])
 
     # ---- publishing ------------------------------------------------------------------

@@ -258,6 +258,7 @@ class WorkerPool:
         self.threads = max(1, len(os.sched_getaffinity(0)) // count)
         self.processes: dict[int, BaseProcess] = {}
         self.restarts = {w: 0 for w in range(count)}
+        self.groups_done = {w: 0 for w in range(count)}  # counted by the daemon from events
 
     def _spawn(self, worker_id: int) -> None:
         proc = spawn_context().Process(
@@ -287,8 +288,9 @@ class WorkerPool:
         return dead
 
     def status(self) -> list[dict[str, Any]]:
-        """One ``{"id", "pid", "alive", "restarts"}`` per worker."""
-        return [{"id": w, "pid": p.pid, "alive": p.is_alive(), "restarts": self.restarts[w]}
+        """One ``{"id", "pid", "alive", "restarts", "groups_done"}`` per worker."""
+        return [{"id": w, "pid": p.pid, "alive": p.is_alive(), "restarts": self.restarts[w],
+                 "groups_done": self.groups_done[w]}
                 for w, p in sorted(self.processes.items())]
 
     def stop(self, timeout_s: float, drain: Callable[[], None] | None = None) -> None:

@@ -55,16 +55,19 @@ def holostream_shm(pid: int) -> list[str]:
 class Daemon:
     """`holostream serve` in a subprocess with a TOML configuration written for it."""
 
-    def __init__(self, tmp_path: Path, workers: int = 2, env: dict | None = None, **reconstruction):
+    def __init__(self, tmp_path: Path, workers: int = 2, env: dict | None = None,
+                 output_dir: Path | None = None, **reconstruction):
         self.ingest = f"tcp://127.0.0.1:{free_port()}"
         self.publish = f"tcp://127.0.0.1:{free_port()}"
         self.control = f"tcp://127.0.0.1:{free_port()}"
         settings = {"publish_interval_s": 0.5, **reconstruction}
         lines = ["[ingest]", f'address = "{self.ingest}"', "ring_slots = 32",
                  "[publish]", f'address = "{self.publish}"', "sndhwm = 100", "status_interval_s = 0.25",
+                 f'output_dir = "{output_dir or ""}"',
                  "[control]", f'address = "{self.control}"',
                  "[workers]", f"count = {workers}", 'device = "cpu"',
                  "[reconstruction]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+        self.output_dir = output_dir
         self.config = tmp_path / "holostream.toml"
         self.config.write_text("\n".join(lines) + "\n")
         self.log = tmp_path / "serve.log"
@@ -166,7 +169,7 @@ class Subscriber:
 @pytest.fixture(scope="session")
 def serve():
     """The helpers of this file for test modules (conftest is not importable by name)."""
-    return SimpleNamespace(Daemon=Daemon, Subscriber=Subscriber, wait_for=wait_for,
+    return SimpleNamespace(Daemon=Daemon, Subscriber=Subscriber, wait_for=wait_for, free_port=free_port,
                            shm=holostream_shm, DELTA_BETA=DELTA_BETA)
 
 

@@ -8,8 +8,12 @@ early is finished as the one-shot reconstruction of the angles that arrived.
 from __future__ import annotations
 
 import dataclasses
+import json
+import subprocess
+import sys
 import threading
 
+import h5py
 import numpy as np
 import pytest
 
@@ -27,7 +31,8 @@ DELTA_BETA = 200.0  # of the phantom of the conftest's small_scan
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, serve):
     """One daemon and one connected subscriber for the scans of this module."""
-    daemon = serve.Daemon(tmp_path_factory.mktemp("serve"))
+    folder = tmp_path_factory.mktemp("serve")
+    daemon = serve.Daemon(folder, output_dir=folder / "volumes")
     try:
         daemon.wait_ready()
         sub = serve.Subscriber(daemon.publish)
@@ -100,6 +105,10 @@ def test_live_volumes_then_final_equal_to_offline(live, small_scan, small_scan_d
     assert header["phase"] == "paganin" and header["delta_beta"] == DELTA_BETA
     assert_same_volume(final, offline(small_scan_data))
     assert cylinder_correlation(final, small_scan.ground_truth) >= 0.97
+    # [publish] output_dir: the final volume is also on disk, with its header as attributes
+    with h5py.File(daemon.output_dir / f"live_a_{header['scan_seq']}.h5") as fh:
+        np.testing.assert_array_equal(fh["volume"][()], final)
+        assert fh["volume"].attrs["n_projections_used"] == 90
     # the live volumes converge on the final one
     errors = [float(np.abs(v - final).mean()) for h, v in volumes if not h["final"]]
     assert errors[-1] <= errors[0]
@@ -157,8 +166,9 @@ def test_scan_ending_early_is_the_reconstruction_of_the_arrived_angles(live, sma
 
 def test_control_requests_are_answered(live):
     daemon, sub = live
-    assert daemon.ask({"cmd": "bogus"}) == {"ok": False, "error": daemon.ask({"cmd": "bogus"})["error"]}
-    assert "unknown cmd" in daemon.ask({"cmd": "bogus"})["error"]
+    bogus = daemon.ask({"cmd": "bogus"})
+    assert not bogus["ok"] and "unknown cmd" in bogus["error"]
+    assert not daemon.ask({"status": 1})["ok"]
     bad = daemon.ask({"cmd": "set", "params": {"binnig": 2}})
     assert not bad["ok"] and "binnig" in bad["error"]
     assert not daemon.ask({"cmd": "abort"})["ok"]  # nothing open
@@ -170,3 +180,46 @@ def test_control_requests_are_answered(live):
     assert daemon.ask({"cmd": "republish"})["ok"]
     again = sub.volumes_until_final("early_c", timeout_s=10)[-1][0]
     assert again["republished"] and again["n_projections_used"] == 60
+
+
+def test_subscribe_command_saves_republished_volume(live, small_scan_data, tmp_path, serve):
+    daemon, sub = live
+    send_first_projections(daemon.ingest, small_scan_data, "cli_d", 30)
+    header, final = sub.volumes_until_final("cli_d", timeout_s=60)[-1]
+    out = tmp_path / "out"
+    client = subprocess.Popen(
+        [sys.executable, "-m", "holostream.service.cli", "subscribe", "--publish", daemon.publish,
+         "--final-only", "--count", "1", "--save-h5", str(out), "--save-png", str(out),
+         "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # a new subscriber misses what was published before it joined: republish until it has it
+        def received():
+            assert daemon.ask({"cmd": "republish"})["ok"]
+            return client.poll() is not None
+        serve.wait_for(received, 30, "holostream subscribe to receive the republished volume", 0.3)
+        stdout, stderr = client.communicate(timeout=10)
+    finally:
+        if client.poll() is None:
+            client.kill()
+    assert client.returncode == 0, stderr
+    assert "cli_d" in stdout and "FINAL" in stdout and "30/90" in stdout
+    h5_files = sorted(out.glob("cli_d_*.h5"))
+    png_files = sorted(out.glob("cli_d_*.png"))
+    assert len(h5_files) == 1 and len(png_files) == 3, sorted(out.iterdir())
+    assert all(p.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") for p in png_files)
+    with h5py.File(h5_files[0]) as fh:
+        np.testing.assert_array_equal(fh["volume"][()], final)
+        assert fh["volume"].attrs["final"]
+
+    status = subprocess.run([sys.executable, "-m", "holostream.service.cli", "status",
+                             "--control", daemon.control, "--json"], capture_output=True, text=True,
+                            timeout=30)
+    assert status.returncode == 0 and json.loads(status.stdout)["scans_completed"] >= 4
+
+
+def test_status_command_without_daemon(serve):
+    nobody = f"tcp://127.0.0.1:{serve.free_port()}"
+    result = subprocess.run([sys.executable, "-m", "holostream.service.cli", "status", "--control", nobody,
+                             "--timeout", "0.5"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "no answer from the holostream daemon" in result.stderr

@@ -1,0 +1,97 @@
+"""Stopping and surviving: SIGTERM mid-scan, and a worker killed with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+
+from holostream.service.stream import stream_scan
+
+pytestmark = pytest.mark.integration
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def stream_in_background(address, scan_data, scan_id, **kwargs) -> threading.Thread:
+    """A detector in a thread; it may fail once the daemon is gone (that is the point)."""
+    thread = threading.Thread(target=lambda: _quietly(stream_scan, address, scan_data, scan_id, **kwargs),
+                              daemon=True)
+    thread.start()
+    return thread
+
+
+def _quietly(fn, *args, **kwargs):
+    try:
+        fn(*args, **kwargs)
+    except TimeoutError:
+        pass  # the receiver went away mid-scan
+
+
+def test_sigterm_mid_scan_exits_cleanly(tmp_path, serve, small_scan_data):
+    daemon = serve.Daemon(tmp_path)
+    try:
+        status = daemon.wait_ready()
+        children = [w["pid"] for w in status["workers"]] + [status["ingest_pid"]]
+        sender = stream_in_background(daemon.ingest, small_scan_data, "cut_short", fps=20.0,
+                                      timeout_s=3.0)
+        serve.wait_for(lambda: (daemon.status()["n_projections_used"] or 0) >= 10, 30,
+                       "the scan to be under way")
+        assert serve.shm(daemon.proc.pid), "a scan in progress has shared memory"
+        code, seconds = daemon.terminate(timeout_s=10)
+        assert code == 0, daemon.log.read_text()
+        assert seconds < 10
+        assert serve.shm(daemon.proc.pid) == []
+        assert not any(pid_alive(p) for p in children)
+        assert "stopped" in daemon.log.read_text()
+        sender.join(10)
+    finally:
+        daemon.close()
+
+
+def test_killed_worker_is_replaced_and_next_scan_finishes(tmp_path, serve, small_scan, small_scan_data):
+    daemon = serve.Daemon(tmp_path)
+    try:
+        before = daemon.wait_ready()
+        victim = before["workers"][0]
+        os.kill(victim["pid"], signal.SIGKILL)
+
+        def replaced():
+            status = daemon.status()
+            w = status["workers"][0]
+            return status if w["alive"] and w["pid"] != victim["pid"] and w["restarts"] == 1 else None
+
+        status = serve.wait_for(replaced, 15, "worker 0 to be replaced")
+        assert status["worker_restarts"] == 1 and len(status["workers"]) == 2
+        assert "worker 0" in daemon.log.read_text() and "replacing" in daemon.log.read_text()
+
+        sub = serve.Subscriber(daemon.publish)
+        try:
+            sub.wait_connected()
+            stream_scan(daemon.ingest, small_scan_data, "after_kill", timeout_s=10.0)
+            header, final = sub.volumes_until_final("after_kill", timeout_s=60)[-1]
+        finally:
+            sub.close()
+        assert header["n_projections_used"] == 90
+        truth = small_scan.ground_truth
+        n = truth.shape[1]
+        yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
+        mask = np.broadcast_to(np.hypot(yy, xx) < n / 2 - 2, truth.shape)
+        assert np.corrcoef(final[mask], truth[mask])[0, 1] >= 0.97
+        # the replacement does its share (worker 0 had done nothing before it was killed)
+        workers = daemon.status()["workers"]
+        assert all(w["alive"] for w in workers) and workers[0]["groups_done"] > 0
+        code, _ = daemon.terminate(timeout_s=10)
+        assert code == 0 and serve.shm(daemon.proc.pid) == []
+    finally:
+        daemon.close()
