@@ -227,6 +227,12 @@ def read_scan(path: str, entry: str | None = None, lazy: bool = False) -> ScanDa
         before, after = _split_flats(flat_pos, proj_pos)
         if before.size == 0:  # only flats after the scan: use them as the one reference
             before, after = after, after[:0]
+        pixel = nx.sample.x_pixel_size if nx.sample.x_pixel_size is not None else det.x_pixel_size
+        geometry = dict(
+            energy_kev=_magnitude(nx.instrument.beam.incident_energy, "keV", "energy", path),
+            distance_m=_magnitude(det.distance, "m", "sample-detector distance", path),
+            pixel_size_m=_magnitude(pixel, "m", "x pixel size", path),
+        )
         scan = ScanData(
             darks=_read_frames(data, dark_pos),
             flats=_read_frames(data, before),
@@ -234,14 +240,10 @@ def read_scan(path: str, entry: str | None = None, lazy: bool = False) -> ScanDa
             projections=(ProjectionFrames(path, data.name, proj_pos) if lazy
                          else _read_frames(data, proj_pos)),
             angles_deg=angles[proj_pos],
-            energy_kev=_magnitude(nx.instrument.beam.incident_energy, "keV", "energy", path),
-            distance_m=_magnitude(det.distance, "m", "sample-detector distance", path),
-            pixel_size_m=_magnitude(
-                nx.sample.x_pixel_size if nx.sample.x_pixel_size is not None else det.x_pixel_size,
-                "m", "x pixel size", path),
             cor_px=det.x_rotation_axis_pixel_position,
             delta_beta=_stored_delta_beta(f[entry]),
             source=f"{path}::{entry}",
+            **geometry,
         )
     _log.info("read %s: %d darks, %d+%d flats, %d projections of %s", scan.source,
               len(scan.darks), len(scan.flats), 0 if scan.flats_after is None else len(scan.flats_after),
