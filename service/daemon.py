@@ -130,7 +130,7 @@ class Daemon:
 
     def _shutdown(self) -> None:
         self.channels.stop.set()
-        drain = self._discard_events
+        drain = lambda: self._drain_events(apply=False)  # noqa: E731 - children flush on exit
         self.pool.stop(timeout_s=3.0, drain=drain)
         if self.ingest is not None:
             stop_processes([self.ingest], timeout_s=2.0, drain=drain)
@@ -173,20 +173,14 @@ class Daemon:
                 self.notifier.watchdog()
 
     # ---- events from ingest and workers ---------------------------------------------
-    def _drain_events(self, limit: int = 10_000) -> None:
+    def _drain_events(self, apply: bool = True, limit: int = 10_000) -> None:
         for _ in range(limit):
             try:
                 event = self.channels.events.get_nowait()
             except queue.Empty:
                 return
-            self._apply(event)
-
-    def _discard_events(self) -> None:
-        while True:
-            try:
-                self.channels.events.get_nowait()
-            except queue.Empty:
-                return
+            if apply:
+                self._apply(event)
 
     def _apply(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -206,17 +200,19 @@ class Daemon:
         elif kind == "rejected":
             self.counters["rejected"] += 1
             self.last_error = f"rejected: {event.get('reason')}"
-        elif kind == "failed":  # ingest could not run a scan (e.g. no shared memory)
-            self.counters["scans_failed"] += 1
-            self.last_error = str(event.get("reason") or event.get("error"))
-            log.error("scan failed in ingest: %s", self.last_error)
         elif kind != "progress":
             log.debug("event ignored: %s", kind)
 
     def _open(self, event: dict[str, Any]) -> None:
         seq = int(event["scan_seq"])
         self.last_seq = max(self.last_seq, seq)
-        buffers = ScanBuffers.attach(event["buffers"])
+        try:
+            buffers = ScanBuffers.attach(event["buffers"])
+        except (OSError, ValueError) as exc:  # ingest gone meanwhile, or a broken description
+            self.counters["scans_failed"] += 1
+            self.last_error = f"scan {seq}: cannot attach its shared memory: {exc}"
+            log.error(self.last_error)
+            return
         interval = float(event["settings"]["publish_interval_s"])
         state = ScanState(seq, event["scan"], event["settings"], buffers,
                           next_publish=time.monotonic() + interval)
@@ -251,7 +247,9 @@ class Daemon:
                     self._publish_live(state)
             return
         if state.complete.get("aborted"):
-            log.info("scan %s aborted", state.scan["scan_id"])
+            why = state.complete.get("error") or "aborted"
+            log.info("scan %s: no final volume (%s)", state.scan["scan_id"], why)
+            self.last_error = f"scan {state.scan['scan_id']}: {why}"
             self.counters["scans_failed"] += 1
             self._drop(state)
             return

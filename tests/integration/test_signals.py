@@ -95,3 +95,57 @@ def test_killed_worker_is_replaced_and_next_scan_finishes(tmp_path, serve, small
         assert code == 0 and serve.shm(daemon.proc.pid) == []
     finally:
         daemon.close()
+
+
+def test_killed_ingest_fails_its_scan_and_is_restarted(tmp_path, serve, small_scan_data):
+    daemon = serve.Daemon(tmp_path)
+    try:
+        daemon.wait_ready()
+        sender = stream_in_background(daemon.ingest, small_scan_data, "ingest_dies", fps=30.0,
+                                      timeout_s=2.0)
+        status = serve.wait_for(lambda: (s := daemon.status())["n_projections_used"] and s, 30,
+                                "the scan to be under way")
+        failed_seq = status["scan_seq"]
+        os.kill(status["ingest_pid"], signal.SIGKILL)
+        status = serve.wait_for(
+            lambda: (s := daemon.status())["ingest_restarts"] == 1 and s["state"] == "idle" and s, 15,
+            "ingest to be restarted")
+        assert status["scans_failed"] == 1 and "ingest process died" in status["last_error"]
+        assert status["ingest_pid"] != 0 and pid_alive(status["ingest_pid"])
+        sender.join(30)
+        # the failed scan's shared memory is gone; the restarted ingest takes the next scan
+        assert serve.shm(daemon.proc.pid) == []
+        sub = serve.Subscriber(daemon.publish)
+        try:
+            sub.wait_connected()
+            stream_scan(daemon.ingest, small_scan_data, "after_ingest_restart", timeout_s=10.0)
+            header, _ = sub.volumes_until_final("after_ingest_restart", timeout_s=60)[-1]
+        finally:
+            sub.close()
+        # numbered above the failed scan: no shared-memory name is reused
+        assert header["n_projections_used"] == 90 and header["scan_seq"] > failed_seq
+        code, _ = daemon.terminate(timeout_s=10)
+        assert code == 0 and serve.shm(daemon.proc.pid) == []
+    finally:
+        daemon.close()
+
+
+def test_abort_command_drops_the_open_scan(tmp_path, serve, small_scan_data):
+    daemon = serve.Daemon(tmp_path)
+    try:
+        daemon.wait_ready()
+        sender = stream_in_background(daemon.ingest, small_scan_data, "to_abort", fps=40.0,
+                                      timeout_s=2.0)
+        serve.wait_for(lambda: (daemon.status()["n_projections_used"] or 0) >= 5, 30,
+                       "the scan to be under way")
+        reply = daemon.ask({"cmd": "abort"})
+        assert reply == {"ok": True, "aborted": "to_abort"}
+        status = serve.wait_for(lambda: (s := daemon.status())["scans_failed"] == 1 and s, 15,
+                                "the scan to be dropped")
+        assert status["scans_completed"] == 0 and status["state"] == "idle"
+        sender.join(30)
+        # the frames the detector sent after the abort were rejected, and counted
+        serve.wait_for(lambda: daemon.status()["frames_rejected"] > 0, 10, "rejections to be counted")
+        serve.wait_for(lambda: not serve.shm(daemon.proc.pid), 10, "its shared memory to go")
+    finally:
+        daemon.close()
