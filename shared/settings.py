@@ -152,7 +152,7 @@ _VALIDATORS = {
 
 @dataclass(frozen=True)
 class ReconstructionSettings:
-    """How to reconstruct a scan; immutable, valid by construction via :meth:`from_dict`.
+    """How to reconstruct a scan; immutable and validated when made (``SettingsError``).
 
     Attributes
     ----------
@@ -182,6 +182,11 @@ class ReconstructionSettings:
     publish_interval_s: float = 2.0
     pad_mode: str = "edge"
     device: str = "cpu"
+
+    def __post_init__(self):
+        # Direct construction is validated too, so no invalid instance can exist.
+        for name, check in _VALIDATORS.items():
+            object.__setattr__(self, name, check(name, getattr(self, name)))
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:

@@ -83,3 +83,10 @@ def test_merged_keeps_base_and_validates():
         base.merged({"angle_binning": 0})
     with pytest.raises(SettingsError):
         ReconstructionSettings.from_dict(["binning", 2])
+
+
+def test_direct_construction_is_validated_too():
+    with pytest.raises(SettingsError, match="binning"):
+        ReconstructionSettings(binning=0)
+    assert ReconstructionSettings(publish_interval_s=3).publish_interval_s == 3.0
+    assert ReconstructionSettings(phase=" ap ").phase == "ap"
