@@ -24,6 +24,7 @@ from .fbp import RampFilter, angle_weights
 from .flatfield import FlatField
 from .physics import phase_to_delta_px
 
+
 def plan_groups(n_projections: int, angle_binning: int,
                 angles_deg) -> tuple[list[range], np.ndarray, np.ndarray]:
     """Angle groups of a scan, their mean angles and FBP weights (offline and live alike).
