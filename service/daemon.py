@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import queue
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ from holostream.service.control import Control, ControlError
 from holostream.service.ingest import run_ingest
 from holostream.service.notify import Notifier
 from holostream.service.worker import WorkerPool, child_main, free_orphaned_lock, stop_processes
-from holostream.shared.scanbuffers import ScanBuffers, sweep
+from holostream.shared.scanbuffers import sweep
 from holostream.workers.backend import get_backend
 
 log = logging.getLogger(__name__)
@@ -42,29 +40,8 @@ log = logging.getLogger(__name__)
 _POLL_CAP_S = 0.05        # the events queue is not pollable: drain it at least this often
 _SUPERVISE_EVERY_S = 0.5
 _FINAL_STALL_S = 15.0     # give up waiting for group results this long after the last one
-
-
-@dataclass
-class ScanState:
-    """The daemon's view of one open scan (from ``scan_open`` until its final volume)."""
-
-    seq: int
-    scan: dict[str, Any]
-    settings: dict[str, Any]
-    buffers: ScanBuffers
-    next_publish: float
-    groups: dict[int, tuple[float, float, int]] = field(default_factory=dict)  # g -> angle_rad, weight, n
-    failed: set[int] = field(default_factory=set)
-    center_px: float | None = None
-    published_groups: int = 0
-    volume_seq: int = 0
-    complete: dict[str, Any] | None = None
-    last_result: float = field(default_factory=time.monotonic)
-
-    @property
-    def n_used(self) -> int:
-        """Projections in the groups reconstructed so far."""
-        return sum(n for _, _, n in self.groups.values())
+_CRASH_WINDOW_S = 30.0    # this many child deaths within this window: the daemon gives up
+_CRASH_LIMIT = 5
 
 
 class Daemon:
@@ -83,7 +60,7 @@ class Daemon:
         self.last_seq = 0  # highest scan_seq announced so far
         self.notifier = Notifier.from_environ()
         self.backend = get_backend("cpu", threads=1)
-        self.scans: dict[int, ScanState] = {}
+        self.scans: dict[int, pub.LiveScan] = {}
         self.early: dict[int, list[dict]] = {}  # group results that overtook their scan_open
         self.stats: dict[str, Any] = {}
         self.counters = {"scans_completed": 0, "scans_failed": 0, "volumes_published": 0,
@@ -93,6 +70,8 @@ class Daemon:
         self.started = time.time()
         self.stop_requested = False
         self.stop_signal: int | None = None
+        self.exit_code = 0
+        self.deaths: list[float] = []  # when children died (crash-loop detection)
 
     # ---- lifetime --------------------------------------------------------------------
     def run(self) -> int:
@@ -116,12 +95,13 @@ class Daemon:
                      self.config.control.address, self.config.workers.count)
             self._loop()
         finally:
-            log.info("stopping (%s)", signal.Signals(self.stop_signal).name if self.stop_signal else "error")
+            log.info("stopping (%s)", signal.Signals(self.stop_signal).name if self.stop_signal
+                     else self.last_error)
             self.notifier.stopping()
             self._shutdown()
             context.destroy(linger=0)
         log.info("stopped")
-        return 0
+        return self.exit_code
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # only a flag: the loop notices it within one poll (<= 50 ms)
@@ -130,7 +110,7 @@ class Daemon:
 
     def _shutdown(self) -> None:
         self.channels.stop.set()
-        drain = lambda: self._drain_events(apply=False)  # noqa: E731 - children flush on exit
+        drain = lambda: self._drain_queue(self.channels.events)  # noqa: E731 - children flush on exit
         self.pool.stop(timeout_s=3.0, drain=drain)
         if self.ingest is not None:
             stop_processes([self.ingest], timeout_s=2.0, drain=drain)
@@ -173,14 +153,22 @@ class Daemon:
                 self.notifier.watchdog()
 
     # ---- events from ingest and workers ---------------------------------------------
-    def _drain_events(self, apply: bool = True, limit: int = 10_000) -> None:
-        for _ in range(limit):
+    def _drain_events(self) -> None:
+        for _ in range(10_000):  # bounded: control requests must not wait for ever
             try:
                 event = self.channels.events.get_nowait()
             except queue.Empty:
                 return
-            if apply:
-                self._apply(event)
+            self._apply(event)
+
+    @staticmethod
+    def _drain_queue(q) -> None:
+        """Discard whatever ``q`` holds now."""
+        while True:
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                return
 
     def _apply(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -191,7 +179,7 @@ class Daemon:
         elif kind in ("group_done", "group_failed"):
             if state is None:
                 self.early.setdefault(seq, []).append(event)
-            elif event.get("prefix") == state.buffers.prefix:
+            else:
                 self._group_result(state, event)
         elif kind == "scan_complete" and state is not None:
             state.complete = event
@@ -207,92 +195,61 @@ class Daemon:
         seq = int(event["scan_seq"])
         self.last_seq = max(self.last_seq, seq)
         try:
-            buffers = ScanBuffers.attach(event["buffers"])
+            state = pub.LiveScan.open(event, time.monotonic())
         except (OSError, ValueError) as exc:  # ingest gone meanwhile, or a broken description
             self.counters["scans_failed"] += 1
             self.last_error = f"scan {seq}: cannot attach its shared memory: {exc}"
             log.error(self.last_error)
             return
-        interval = float(event["settings"]["publish_interval_s"])
-        state = ScanState(seq, event["scan"], event["settings"], buffers,
-                          next_publish=time.monotonic() + interval)
         self.scans[seq] = state
-        log.info("scan %d open: %s, %d projections", seq, state.scan["scan_id"],
-                 state.scan["n_projections"])
+        log.info("scan %d open: %s, %d projections", seq, state.scan_id, state.scan["n_projections"])
         for early in self.early.pop(seq, []):
-            if early.get("prefix") == buffers.prefix:
-                self._group_result(state, early)
+            self._group_result(state, early)
         self.early = {s: evs for s, evs in self.early.items() if s > seq}
 
-    def _group_result(self, state: ScanState, event: dict[str, Any]) -> None:
-        state.last_result = time.monotonic()
-        group = int(event["group"])
+    def _group_result(self, state: pub.LiveScan, event: dict[str, Any]) -> None:
+        if event.get("prefix") != state.buffers.prefix:
+            return  # a stale result of a dead ingest's scan with the same number
+        state.record(event, time.monotonic())
         if event["type"] == "group_failed":
-            state.failed.add(group)
             self.counters["groups_failed"] += 1
-            self.last_error = f"group {group} of {state.scan['scan_id']}: {event.get('error')}"
-            return
-        state.groups[group] = (math.radians(float(event["angle_deg"])), float(event["weight"]),
-                               int(event["n_projections"]))
-        self.pool.groups_done[int(event["worker"])] += 1
-        state.center_px = float(event["center_px"])
+            self.last_error = f"group {event['group']} of {state.scan_id}: {event.get('error')}"
+        else:
+            self.pool.groups_done[int(event["worker"])] += 1
 
     # ---- publishing ------------------------------------------------------------------
-    def _advance(self, state: ScanState, now: float) -> None:
+    def _advance(self, state: pub.LiveScan, now: float) -> None:
         """Publish a live volume when due, or the final one once every result is in."""
         if state.complete is None:
-            if now >= state.next_publish:
-                state.next_publish = now + float(state.settings["publish_interval_s"])
-                if len(state.groups) > state.published_groups:
-                    self._publish_live(state)
+            if state.live_due(now):
+                volume = state.live_volume()
+                if volume is not None:
+                    self._send(state, volume, final=False)
             return
-        if state.complete.get("aborted"):
-            why = state.complete.get("error") or "aborted"
-            log.info("scan %s: no final volume (%s)", state.scan["scan_id"], why)
-            self.last_error = f"scan {state.scan['scan_id']}: {why}"
+        aborted = bool(state.complete.get("aborted"))
+        missing = state.missing()
+        if missing and not aborted and now - state.last_result < _FINAL_STALL_S:
+            return  # results still on their way (events and done travel separately)
+        if aborted or not state.groups:
+            why = state.complete.get("error") or ("aborted" if aborted else "no projection was reconstructed")
+            log.warning("scan %s: no final volume (%s)", state.scan_id, why)
+            self.last_error = f"scan {state.scan_id}: {why}"
             self.counters["scans_failed"] += 1
             self._drop(state)
             return
-        expected = set(state.complete.get("groups_arrived", []))
-        waiting = expected - set(state.groups) - state.failed
-        if waiting and now - state.last_result < _FINAL_STALL_S:
-            return
-        if waiting:
+        if missing:
             log.warning("scan %s: %d group(s) never came back; finishing without them",
-                        state.scan["scan_id"], len(waiting))
-        self._publish_final(state)
-
-    def _publish_live(self, state: ScanState) -> None:
-        state.published_groups = len(state.groups)
-        volume = pub.live_volume(state.buffers.volume, state.buffers.weights)
-        if volume is not None:
-            self._send(state, volume, final=False)
-
-    def _publish_final(self, state: ScanState) -> None:
-        if not state.groups:
-            self.counters["scans_failed"] += 1
-            self.last_error = f"scan {state.scan['scan_id']}: no projection was reconstructed"
-            log.error(self.last_error)
-            self._drop(state)
-            return
-        groups = np.array(sorted(state.groups))
-        angles = np.array([state.groups[g][0] for g in groups])
-        used = np.array([state.groups[g][1] for g in groups])
-        volume = pub.final_volume(state.buffers.volume, state.buffers.weights,
-                                  state.buffers.sinogram, groups, angles, used,
-                                  state.center_px, self.backend)
+                        state.scan_id, len(missing))
+        volume = state.final_volume(self.backend)
         header = self._send(state, volume, final=True)
         self.last_final = (header, volume)
         self.counters["scans_completed"] += 1
-        log.info("scan %s final volume %s from %d/%d projections", header["scan_id"],
+        log.info("scan %s final volume %s from %d/%d projections", state.scan_id,
                  header["shape"], header["n_projections_used"], header["n_projections_expected"])
         self._drop(state)
 
-    def _send(self, state: ScanState, volume: np.ndarray, final: bool) -> dict[str, Any]:
-        header = pub.volume_header(state.scan, state.settings, scan_seq=state.seq,
-                                   seq=state.volume_seq, final=final, n_used=state.n_used,
-                                   shape=volume.shape)
-        state.volume_seq += 1
+    def _send(self, state: pub.LiveScan, volume: np.ndarray, final: bool) -> dict[str, Any]:
+        header = state.header(volume, final)
         self.publisher.publish_volume(header, volume)
         self.publisher.publish_preview(header, volume)
         self.counters["volumes_published"] += 1
@@ -307,12 +264,11 @@ class Daemon:
                 log.error(self.last_error)
         return header
 
-    def _drop(self, state: ScanState) -> None:
+    def _drop(self, state: pub.LiveScan) -> None:
         """Forget a scan: tell ingest, unmap and unlink its shared memory."""
         self.scans.pop(state.seq, None)
         self.channels.commands.put({"type": "release", "scan_seq": state.seq})
-        state.buffers.unlink()
-        state.buffers.close()
+        state.close()
 
     # ---- supervision -----------------------------------------------------------------
     def _start_ingest(self) -> None:
@@ -326,29 +282,43 @@ class Daemon:
         self.ingest.start()
 
     def _supervise(self) -> None:
+        """Replace dead children; give up (exit 1) when they keep dying."""
         if self.stop_requested:
             return
-        if self.pool.replace_dead():
-            self.last_error = "a worker died and was replaced"
-        if not self.ingest.is_alive():
-            self.last_error = (f"ingest process died (exit code {self.ingest.exitcode}); "
-                               "open scans failed, ingest restarted")
-            log.error(self.last_error)
-            for state in list(self.scans.values()):
-                self.counters["scans_failed"] += 1
-                self._drop(state)
-            self.early.clear()
-            # ingest is the only reader of done and commands: a lock held now is orphaned
-            for lock in (self.channels.done._rlock, self.channels.commands._rlock,
-                         self.channels.tasks._wlock, self.channels.events._wlock):
-                free_orphaned_lock(lock, grace_s=0.5)
-            while True:  # group tasks of the dead ingest's scans are void
-                try:
-                    self.channels.tasks.get_nowait()
-                except queue.Empty:
-                    break
-            self.ingest_restarts += 1
-            self._start_ingest()
+        dead_workers = self.pool.dead()
+        ingest_dead = not self.ingest.is_alive()
+        now = time.monotonic()
+        self.deaths = [t for t in self.deaths if now - t < _CRASH_WINDOW_S]
+        self.deaths += [now] * (len(dead_workers) + ingest_dead)
+        if len(self.deaths) >= _CRASH_LIMIT:  # e.g. no GPU, or the ingest address is taken
+            self.last_error = (f"{len(self.deaths)} child processes died within "
+                               f"{_CRASH_WINDOW_S:.0f} s: giving up (see the log above)")
+            log.critical(self.last_error)
+            self.stop_requested, self.exit_code = True, 1
+            return
+        if dead_workers:
+            self.pool.replace(dead_workers)
+            self.last_error = f"worker(s) {dead_workers} died and were replaced"
+        if ingest_dead:
+            self._restart_ingest()
+
+    def _restart_ingest(self) -> None:
+        """A dead ingest: its open scans failed; a new ingest numbers its scans above them."""
+        self.last_error = (f"ingest process died (exit code {self.ingest.exitcode}); "
+                           "open scans failed, ingest restarted")
+        log.error(self.last_error)
+        for state in list(self.scans.values()):
+            self.counters["scans_failed"] += 1
+            self._drop(state)
+        self.early.clear()
+        # ingest is the only reader of done and commands: a lock held now is orphaned
+        for lock in (self.channels.done._rlock, self.channels.commands._rlock,
+                     self.channels.tasks._wlock, self.channels.events._wlock):
+            free_orphaned_lock(lock, grace_s=0.5)
+        self._drain_queue(self.channels.tasks)  # group tasks of the dead ingest's scans are void
+        self._drain_queue(self.channels.commands)
+        self.ingest_restarts += 1
+        self._start_ingest()
 
     # ---- control ---------------------------------------------------------------------
     def _handlers(self) -> dict[str, Any]:

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import zmq
 
 from holostream.service.config import PublishConfig
+from holostream.shared.scanbuffers import ScanBuffers
 from holostream.workers import fbp
 from holostream.workers.backend import Backend
 
@@ -210,3 +213,90 @@ def save_volume_h5(path: str | os.PathLike, header: dict[str, Any], volume: np.n
             if value is not None:
                 dset.attrs[key] = value
     os.replace(tmp, path)  # readers never see a half-written file
+
+
+@dataclass
+class LiveScan:
+    """One scan as the daemon follows it, from ``scan_open`` to its final volume.
+
+    The workers report every group (``group_done``/``group_failed`` events: angle, weight,
+    projections, worker); ingest reports the end (``scan_complete``). This keeps both and
+    assembles the volumes from the scan's shared memory.
+    """
+
+    seq: int
+    scan: dict[str, Any]
+    settings: dict[str, Any]
+    buffers: ScanBuffers
+    next_publish: float
+    groups: dict[int, tuple[float, float, int]] = field(default_factory=dict)  # g -> rad, weight, n
+    failed: set[int] = field(default_factory=set)
+    center_px: float = 0.0
+    published_groups: int = 0
+    volume_seq: int = 0
+    complete: dict[str, Any] | None = None
+    last_result: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def open(cls, event: dict[str, Any], now: float) -> "LiveScan":
+        """Attach the buffers of a ``scan_open`` event (raises OSError/ValueError if gone)."""
+        buffers = ScanBuffers.attach(event["buffers"])
+        return cls(int(event["scan_seq"]), event["scan"], event["settings"], buffers,
+                   next_publish=now + float(event["settings"]["publish_interval_s"]))
+
+    @property
+    def scan_id(self) -> str:
+        return self.scan["scan_id"]
+
+    @property
+    def n_used(self) -> int:
+        """Projections in the groups reconstructed so far."""
+        return sum(n for _, _, n in self.groups.values())
+
+    def record(self, event: dict[str, Any], now: float) -> None:
+        """Take one ``group_done`` or ``group_failed`` event of this scan."""
+        self.last_result = now
+        group = int(event["group"])
+        if event["type"] == "group_failed":
+            self.failed.add(group)
+            return
+        self.groups[group] = (math.radians(float(event["angle_deg"])), float(event["weight"]),
+                              int(event["n_projections"]))
+        self.center_px = float(event["center_px"])
+
+    def live_due(self, now: float) -> bool:
+        """True once per ``publish_interval_s`` when new groups arrived since the last volume."""
+        if now < self.next_publish:
+            return False
+        self.next_publish = now + float(self.settings["publish_interval_s"])
+        return len(self.groups) > self.published_groups
+
+    def missing(self) -> set[int]:
+        """Groups ingest saw finished whose result has not reached the daemon yet."""
+        arrived = set((self.complete or {}).get("groups_arrived", []))
+        return arrived - set(self.groups) - self.failed
+
+    def live_volume(self) -> np.ndarray | None:
+        """The current normalised sum of the partials (None before the first group)."""
+        self.published_groups = len(self.groups)
+        return live_volume(self.buffers.volume, self.buffers.weights)
+
+    def final_volume(self, backend: Backend) -> np.ndarray:
+        """The one-shot FBP of the groups that arrived (see :func:`final_volume`)."""
+        groups = np.array(sorted(self.groups))
+        angles = np.array([self.groups[g][0] for g in groups])
+        used = np.array([self.groups[g][1] for g in groups])
+        return final_volume(self.buffers.volume, self.buffers.weights, self.buffers.sinogram,
+                            groups, angles, used, self.center_px, backend)
+
+    def header(self, volume: np.ndarray, final: bool) -> dict[str, Any]:
+        """The header of this scan's next volume message."""
+        header = volume_header(self.scan, self.settings, scan_seq=self.seq, seq=self.volume_seq,
+                               final=final, n_used=self.n_used, shape=volume.shape)
+        self.volume_seq += 1
+        return header
+
+    def close(self) -> None:
+        """Unlink and unmap the scan's shared memory."""
+        self.buffers.unlink()
+        self.buffers.close()

@@ -101,12 +101,14 @@ class ScanWork:
 
     def close(self) -> None:
         """Detach from the scan's shared memory (the daemon unlinks it)."""
-        self.accumulator = self.shared_volume = None
+        # drop every view first (the pipeline may hold dark/flat views), or the unmap fails
+        self.pipeline = self.accumulator = self.shared_volume = None
         self.buffers.close()
 
 
-def _release(cache: dict[str, ScanWork], keep: str | None = None) -> None:
-    for key in [k for k in cache if k != keep]:
+def _release(cache: dict[str, ScanWork]) -> None:
+    """Close every cached scan."""
+    for key in list(cache):
         cache.pop(key).close()
         log.debug("released buffers %s", key)
 
@@ -161,6 +163,7 @@ def run_worker(worker_id: int, settings_device: str, channels: Channels, threads
     log.info("worker %d ready on %s", worker_id, backend.name)
     cache: dict[str, ScanWork] = {}
     wait = _MIN_WAIT_S
+    parent = os.getppid()
     try:
         while not channels.stop.is_set():
             try:
@@ -172,6 +175,9 @@ def run_worker(worker_id: int, settings_device: str, channels: Channels, threads
                 wait = min(2 * wait, _MAX_WAIT_S)
                 if cache and time.monotonic() - max(w.last_used for w in cache.values()) > _IDLE_RELEASE_S:
                     _release(cache)
+                if os.getppid() != parent:  # the daemon was killed: nobody will say stop
+                    log.error("worker %d: daemon (pid %d) is gone; exiting", worker_id, parent)
+                    break
                 continue
             wait = _MIN_WAIT_S
             if task.get("type") == "stop":
@@ -272,9 +278,12 @@ class WorkerPool:
         for w in range(self.count):
             self._spawn(w)
 
-    def replace_dead(self) -> list[int]:
-        """Restart the workers that exited; returns their ids (logged, counted)."""
-        dead = [w for w, p in self.processes.items() if not p.is_alive()]
+    def dead(self) -> list[int]:
+        """Ids of the workers that have exited."""
+        return [w for w, p in self.processes.items() if not p.is_alive()]
+
+    def replace(self, dead: list[int]) -> None:
+        """Restart the workers ``dead`` (logged, counted) with the same ids."""
         if dead:  # a worker killed mid-send or mid-receive may have left a queue locked
             for lock in (self.channels.tasks._rlock, self.channels.done._wlock,
                          self.channels.events._wlock):
@@ -285,7 +294,6 @@ class WorkerPool:
             self.processes[w].join(0)
             self.restarts[w] += 1
             self._spawn(w)
-        return dead
 
     def status(self) -> list[dict[str, Any]]:
         """One ``{"id", "pid", "alive", "restarts", "groups_done"}`` per worker."""

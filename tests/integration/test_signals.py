@@ -1,15 +1,20 @@
-"""Stopping and surviving: SIGTERM mid-scan, and a worker killed with SIGKILL."""
+"""Stopping and surviving: SIGTERM mid-scan, killed children, abort, failures at start."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
 
 from holostream.service.stream import stream_scan
+from holostream.workers.backend import gpu_available
 
 pytestmark = pytest.mark.integration
 
@@ -149,3 +154,37 @@ def test_abort_command_drops_the_open_scan(tmp_path, serve, small_scan_data):
         serve.wait_for(lambda: not serve.shm(daemon.proc.pid), 10, "its shared memory to go")
     finally:
         daemon.close()
+
+
+def test_startup_failures_exit_nonzero_with_the_reason(tmp_path, serve):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[workers]\ncount = 0\n")
+    cli = [sys.executable, "-m", "holostream.service.cli", "serve"]
+    result = subprocess.run([*cli, "--config", str(bad)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "workers.count" in result.stderr
+
+    with socket.socket() as taken:  # the control port is in use
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([*cli, "--control", f"tcp://127.0.0.1:{port}",
+                                 "--publish", f"tcp://127.0.0.1:{serve.free_port()}",
+                                 "--ingest", f"tcp://127.0.0.1:{serve.free_port()}"],
+                                capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and "cannot bind" in result.stderr
+
+
+@pytest.mark.skipif(gpu_available(), reason="needs a machine without a GPU")
+def test_workers_that_cannot_start_make_the_daemon_give_up(tmp_path, serve):
+    config = tmp_path / "gpu.toml"
+    ports = [serve.free_port() for _ in range(3)]
+    config.write_text(f'[ingest]\naddress = "tcp://127.0.0.1:{ports[0]}"\n'
+                      f'[publish]\naddress = "tcp://127.0.0.1:{ports[1]}"\n'
+                      f'[control]\naddress = "tcp://127.0.0.1:{ports[2]}"\n'
+                      '[workers]\ncount = 2\ndevice = "gpu"\n')
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "holostream.service.cli", "serve", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "no CUDA device" in result.stderr and "giving up" in result.stderr
+    assert time.monotonic() - start < 30
