@@ -113,7 +113,8 @@ class PublishConfig:
     address: str = _opt("tcp://127.0.0.1:5560", _address, "PUB socket address (bound)")
     sndhwm: int = _opt(4, _integer(1, 1 << 20),
                        "send high-water mark: a slow subscriber loses messages beyond it")
-    status_interval_s: float = _opt(1.0, _seconds(0.05, 60.0), "seconds between status messages")
+    status_interval_s: float = _opt(1.0, _seconds(0.05, 1.0),
+                                    "seconds between status messages (the protocol promises <= 1)")
     output_dir: str | None = _opt(None, _optional_dir,
                                   "write each final volume to DIR/<scan_id>.h5 (empty: do not write)")
     save_intermediate: bool = _opt(False, _boolean, "also write the live volumes to output_dir")

@@ -24,7 +24,7 @@ import zmq
 
 from holostream.service.config import PublishConfig
 from holostream.shared.scanbuffers import ScanBuffers
-from holostream.workers import fbp
+from holostream.workers import fbp, phasing
 from holostream.workers.backend import Backend
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ def volume_header(scan: dict[str, Any], settings: dict[str, Any], *, scan_seq: i
         ``(nz, ny, nx)`` of the float32 payload.
     """
     binning = int(settings["binning"])
+    chain = phasing.default_chain(settings["phase"], int(settings["iterations"]), float(scan["delta_beta"]))
     return {
         "type": "volume", "scan_id": scan["scan_id"], "scan_seq": scan_seq, "seq": seq,
         "final": bool(final),
@@ -60,7 +61,8 @@ def volume_header(scan: dict[str, Any], settings: dict[str, Any], *, scan_seq: i
         "voxel_size_m": float(scan["pixel_size_m"]) * binning,
         "timestamp": time.time(),
         "binning": binning, "angle_binning": int(settings["angle_binning"]),
-        "phase": settings["phase"], "iterations": int(settings["iterations"]),
+        "phase": settings["phase"], "phase_chain": phasing.format_chain(chain) if chain else "none",
+        "iterations": int(settings["iterations"]),
         "filter": settings["filter"], "cor_px": float(scan.get("cor_px") or 0.0),
         "delta_beta": float(scan["delta_beta"]), "energy_kev": float(scan["energy_kev"]),
         "distance_m": float(scan["distance_m"]), "pixel_size_m": float(scan["pixel_size_m"]),

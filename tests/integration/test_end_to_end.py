@@ -102,7 +102,7 @@ def test_live_volumes_then_final_equal_to_offline(live, small_scan, small_scan_d
     assert header["n_projections_used"] == header["n_projections_expected"] == 90
     assert header["shape"] == [64, 64, 64] and header["quantity"] == "delta"
     assert header["voxel_size_m"] == pytest.approx(2e-6)
-    assert header["phase"] == "paganin" and header["delta_beta"] == DELTA_BETA
+    assert header["phase"] == header["phase_chain"] == "paganin" and header["delta_beta"] == DELTA_BETA
     assert_same_volume(final, offline(small_scan_data))
     assert cylinder_correlation(final, small_scan.ground_truth) >= 0.97
     # [publish] output_dir: the final volume is also on disk, with its header as attributes

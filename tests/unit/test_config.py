@@ -59,6 +59,7 @@ def test_example_file_loads_and_documents_every_key():
         ({"ingest": {"max_frame_bytes": True}}, "ingest.max_frame_bytes"),
         ({"publish": {"sndhwm": -1}}, "publish.sndhwm"),
         ({"publish": {"status_interval_s": 0}}, "publish.status_interval_s"),
+        ({"publish": {"status_interval_s": 5}}, "publish.status_interval_s"),
         ({"publish": {"output_dir": 3}}, "publish.output_dir"),
         ({"publish": {"save_intermediate": "yes"}}, "publish.save_intermediate"),
         ({"control": {"address": "http://localhost"}}, "control.address"),
