@@ -105,5 +105,5 @@ def run(args: argparse.Namespace) -> int:
             if not args.json:
                 print(flush=True)
             time.sleep(args.watch)  # the user's chosen refresh period
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C, or the reader (e.g. `head`) left
         return 0

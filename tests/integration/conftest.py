@@ -97,10 +97,10 @@ class Daemon:
             return status if status["workers"] and all(w["alive"] for w in status["workers"]) else None
         return wait_for(ready, timeout_s, "the daemon to answer on its control socket")
 
-    def terminate(self, timeout_s: float = 10.0) -> tuple[int, float]:
-        """SIGTERM; returns (exit code, seconds it took)."""
+    def terminate(self, timeout_s: float = 10.0, signum: int = signal.SIGTERM) -> tuple[int, float]:
+        """Send ``signum`` (SIGTERM); returns (exit code, seconds it took to exit)."""
         start = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(signum)
         try:
             code = self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:

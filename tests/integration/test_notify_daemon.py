@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import time
 
@@ -37,7 +38,7 @@ def test_ready_watchdog_status_and_stopping(tmp_path, serve):
         assert daemon.status()["state"] == "idle"
         receive_until(sock, "WATCHDOG=1", 5, seen)
         assert any(line.startswith("STATUS=") for m in seen for line in m.splitlines())
-        code, _ = daemon.terminate(timeout_s=10)
+        code, _ = daemon.terminate(timeout_s=10, signum=signal.SIGINT)  # Ctrl-C stops it too
         assert code == 0
         receive_until(sock, "STOPPING=1", 5, seen)
         ready_at = next(i for i, m in enumerate(seen) if "READY=1" in m.splitlines())
