@@ -119,11 +119,11 @@ class Daemon:
 class Subscriber:
     """A SUB client of the daemon's publish socket."""
 
-    def __init__(self, address: str, topics=(b"volume", b"status")):
+    def __init__(self, address: str, topics=(b"volume", b"status"), rcvhwm: int = 1000):
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 1000)
+        self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
         for topic in topics:
             self.sock.setsockopt(zmq.SUBSCRIBE, topic)
         self.sock.connect(address)

@@ -37,7 +37,10 @@ def live(tmp_path_factory, serve):
         daemon.wait_ready()
         sub = serve.Subscriber(daemon.publish)
         sub.wait_connected()
+        # a subscriber that never reads: it must lose messages, never slow the daemon down
+        stalled = serve.Subscriber(daemon.publish, topics=(b"",), rcvhwm=1)
         yield daemon, sub
+        stalled.close()
         sub.close()
         code, _ = daemon.terminate()
         assert code == 0
