@@ -5,9 +5,9 @@ Each worker takes group tasks from the one ``tasks`` queue all workers share, ru
 from the shared-memory ring), writes the filtered projection into the scan's
 ``sinogram[group]``, adds its back-projection into its own partial ``volume[w]`` and its
 angle weight into ``weights[w]``. It then tells ingest (``done``: free the slots) and the
-daemon (``group_done`` on ``events``: the group's angle and weight, so the daemon can build
-the final volume of exactly the groups that arrived). A failing task is reported with its
-reason and the worker goes on.
+daemon (``group_done`` on ``events``, once the group is in ``volume[w]``: its angle and
+weight, so the daemon can build the final volume of exactly the groups that arrived). A
+failing task is reported with its reason and the worker goes on.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ _MIN_WAIT_S = 0.001
 _MAX_WAIT_S = 0.02
 # Cached scans are let go after this long without a task (frees their shared memory).
 _IDLE_RELEASE_S = 10.0
+# A device-side accumulator is copied to shared memory at most this often while busy.
+_COMMIT_EVERY_S = 0.5
 
 
 def choose_backend(device: str, threads: int = 1) -> Backend:
@@ -52,6 +54,13 @@ def choose_backend(device: str, threads: int = 1) -> Backend:
 
 class ScanWork:
     """What one worker keeps per scan: the attached buffers and the pipeline built for it.
+
+    Groups are back-projected into ``accumulator``; :meth:`commit` makes them visible to
+    the daemon: ``volume[w]`` and ``weights[w]`` updated together, then one
+    ``group_done`` event per group. On the CPU the accumulator *is* ``volume[w]`` and
+    every group is committed at once; on a GPU the accumulator lives on the device and is
+    copied back when the worker is idle or every ``_COMMIT_EVERY_S``, not after every
+    group (a whole-volume copy each time would cost more than the back-projection).
 
     Parameters
     ----------
@@ -77,27 +86,39 @@ class ScanWork:
             distance_m=self.scan.distance_m, pixel_size_m=self.scan.pixel_size_m,
             delta_beta=self.scan.delta_beta, backend=backend, pad_mode=settings.pad_mode)
         self.center_px = self.pipeline.center_px(self.scan.cor_px)
-        # On the CPU the accumulator *is* the shared-memory partial; on a GPU it is a device
-        # copy written back after every group, so the daemon always reads a whole sum.
         self.shared_volume = self.buffers.volume[worker_id]
         self.accumulator = backend.asarray(self.shared_volume)
         self.in_place = self.accumulator is self.shared_volume
-        self.last_used = time.monotonic()
+        self.uncommitted: list[dict[str, Any]] = []  # group_done events not yet visible
+        self.uncommitted_weight = 0.0
+        self.last_used = self.last_commit = time.monotonic()
 
     def run(self, task: dict[str, Any]) -> None:
-        """Reconstruct one group task into ``sinogram[group]``, ``volume[w]``, ``weights[w]``."""
+        """Reconstruct one group task into ``sinogram[group]`` and the accumulator."""
         self.last_used = time.monotonic()
         slots = list(task["slots"])
         raw = self.backend.asarray(self.buffers.ring[slots])
         filtered = self.pipeline.process(raw, list(task["indices"]))
         self.buffers.sinogram[task["group"]] = self.backend.to_host(filtered)
         angle_rad = np.array([math.radians(float(task["angle_deg"]))])
-        weight = np.array([float(task["weight"])])
-        fbp.backproject(self.accumulator, filtered[None], angle_rad, weight, self.center_px,
-                        self.backend)
+        weight = float(task["weight"])
+        fbp.backproject(self.accumulator, filtered[None], angle_rad, np.array([weight]),
+                        self.center_px, self.backend)
+        self.uncommitted_weight += weight
+
+    def due(self, idle: bool) -> bool:
+        """Whether :meth:`commit` should run now (always on the CPU, where it costs nothing)."""
+        return bool(self.uncommitted) and (
+            self.in_place or idle or time.monotonic() - self.last_commit >= _COMMIT_EVERY_S)
+
+    def commit(self) -> list[dict[str, Any]]:
+        """Publish the accumulated groups to shared memory; returns their ``group_done`` events."""
         if not self.in_place:
             self.shared_volume[...] = self.backend.to_host(self.accumulator)
-        self.buffers.weights[self.worker_id] += float(task["weight"])
+        self.buffers.weights[self.worker_id] += self.uncommitted_weight
+        events, self.uncommitted, self.uncommitted_weight = self.uncommitted, [], 0.0
+        self.last_commit = time.monotonic()
+        return events
 
     def close(self) -> None:
         """Detach from the scan's shared memory (the daemon unlinks it)."""
@@ -106,8 +127,17 @@ class ScanWork:
         self.buffers.close()
 
 
-def _release(cache: dict[str, ScanWork]) -> None:
-    """Close every cached scan."""
+def _commit(cache: dict[str, ScanWork], channels: Channels, idle: bool) -> None:
+    """Commit what is due and tell the daemon which groups are now in ``volume[w]``."""
+    for work in cache.values():
+        if work.due(idle):
+            for event in work.commit():
+                channels.events.put(event)
+
+
+def _release(cache: dict[str, ScanWork], channels: Channels) -> None:
+    """Commit and close every cached scan."""
+    _commit(cache, channels, idle=True)
     for key in list(cache):
         cache.pop(key).close()
         log.debug("released buffers %s", key)
@@ -115,32 +145,33 @@ def _release(cache: dict[str, ScanWork]) -> None:
 
 def _handle(worker_id: int, task: dict[str, Any], cache: dict[str, ScanWork], backend: Backend,
             channels: Channels) -> None:
-    """Run one group task and report it to ingest (``done``) and the daemon (``events``)."""
+    """Run one group task; tell ingest (``done``: free the slots) and, on failure, the daemon."""
     start = time.perf_counter()
     seq = int(task["scan_seq"])
     # keyed by the buffers' prefix, unique per scan even across an ingest restart
     key = str(task["buffers"]["prefix"])
     error = None
-    center_px = None
     try:
         if key not in cache:
-            _release(cache)  # tasks come in order: an earlier scan's are over for this worker
+            _release(cache, channels)  # tasks come in order: earlier scans are over for us
             cache[key] = ScanWork(worker_id, task, backend)
         cache[key].run(task)
-        center_px = cache[key].center_px
     except Exception as exc:  # noqa: BLE001 - any failure is reported with its reason; the worker goes on
         error = f"{type(exc).__name__}: {exc}"
         log.exception("worker %d: group %s of scan %d failed", worker_id, task.get("group"), seq)
     seconds = time.perf_counter() - start
-    ok = error is None
-    channels.events.put({"type": "group_done" if ok else "group_failed", "scan_seq": seq,
-                         "prefix": key, "group": task["group"], "angle_deg": task["angle_deg"],
-                         "weight": task["weight"], "n_projections": len(task["indices"]),
-                         "center_px": center_px, "worker": worker_id, "error": error,
-                         "seconds": seconds})
-    channels.done.put({"type": "done" if ok else "failed", "scan_seq": seq, "group": task["group"],
-                       "slots": task["slots"], "worker": worker_id, "error": error,
-                       "seconds": seconds})
+    event = {"type": "group_done" if error is None else "group_failed", "scan_seq": seq,
+             "prefix": key, "group": task["group"], "angle_deg": task["angle_deg"],
+             "weight": task["weight"], "n_projections": len(task["indices"]),
+             "center_px": cache[key].center_px if key in cache else None,
+             "worker": worker_id, "error": error, "seconds": seconds}
+    if error is None:
+        cache[key].uncommitted.append(event)  # sent once the group is visible in volume[w]
+    else:
+        channels.events.put(event)
+    channels.done.put({"type": "done" if error is None else "failed", "scan_seq": seq,
+                       "group": task["group"], "slots": task["slots"], "worker": worker_id,
+                       "error": error, "seconds": seconds})
 
 
 def run_worker(worker_id: int, settings_device: str, channels: Channels, threads: int = 1) -> None:
@@ -169,12 +200,13 @@ def run_worker(worker_id: int, settings_device: str, channels: Channels, threads
             try:
                 task = channels.tasks.get_nowait()
             except queue.Empty:
+                _commit(cache, channels, idle=True)
                 # not stop.wait(): a process killed while waiting on a multiprocessing Event
                 # leaves a sleeper behind, and the daemon's stop.set() would wait for it forever
                 time.sleep(wait)
                 wait = min(2 * wait, _MAX_WAIT_S)
                 if cache and time.monotonic() - max(w.last_used for w in cache.values()) > _IDLE_RELEASE_S:
-                    _release(cache)
+                    _release(cache, channels)
                 if os.getppid() != parent:  # the daemon was killed: nobody will say stop
                     log.error("worker %d: daemon (pid %d) is gone; exiting", worker_id, parent)
                     break
@@ -186,8 +218,9 @@ def run_worker(worker_id: int, settings_device: str, channels: Channels, threads
                 log.error("worker %d: ignoring task of unknown type %r", worker_id, task.get("type"))
                 continue
             _handle(worker_id, task, cache, backend, channels)
+            _commit(cache, channels, idle=False)
     finally:
-        _release(cache)
+        _release(cache, channels)
         log.info("worker %d stopped", worker_id)
 
 
