@@ -387,7 +387,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ingest", metavar="ADDR", help="PULL address, overrides [ingest] address")
     parser.add_argument("--publish", metavar="ADDR", help="PUB address, overrides [publish] address")
     parser.add_argument("--control", metavar="ADDR", help="REP address, overrides [control] address")
-    parser.add_argument("--workers", metavar="N", type=int, help="worker processes, overrides [workers] count")
+    parser.add_argument("--workers", metavar="N", type=int,
+                        help="worker processes, overrides [workers] count")
 
 
 def run(args: argparse.Namespace) -> int:

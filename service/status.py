@@ -56,15 +56,18 @@ def format_status(status: dict[str, Any]) -> str:
     lines.append(f"frames           received {status.get('frames_received', 0)}, "
                  f"rejected {status.get('frames_rejected', 0)}, dropped {status.get('frames_dropped', 0)}")
     ingest = status.get("ingest") or {}
-    rates = {k: v for k, v in ingest.items() if "rate" in k or "fill" in k or "per_s" in k}
-    if rates:
-        lines.append("ingest           " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
-                                                    for k, v in rates.items()))
+    if ingest:
+        lines.append(f"ingest           {ingest.get('state')}, {ingest.get('frames_per_s', 0.0):.1f} frames/s, "
+                     f"{ingest.get('bytes_per_s', 0.0) / 1e6:.1f} MB/s, "
+                     f"ring {100 * ingest.get('ring_fill', 0.0):.0f}% full, "
+                     f"{ingest.get('in_flight', 0)} group(s) in the workers")
     lines.append(f"scans            completed {status.get('scans_completed', 0)}, "
-                 f"failed {status.get('scans_failed', 0)}, volumes published {status.get('volumes_published', 0)}")
+                 f"failed {status.get('scans_failed', 0)}, "
+                 f"volumes published {status.get('volumes_published', 0)}")
     workers = status.get("workers") or []
     alive = sum(1 for w in workers if w.get("alive"))
-    lines.append(f"workers          {alive}/{len(workers)} alive, restarts {status.get('worker_restarts', 0)}; "
+    lines.append(f"workers          {alive}/{len(workers)} alive, "
+                 f"restarts {status.get('worker_restarts', 0)}; "
                  f"ingest restarts {status.get('ingest_restarts', 0)}")
     if status.get("settings"):
         lines.append("settings         " + ", ".join(f"{k}={v}" for k, v in status["settings"].items()))
@@ -98,8 +101,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"holostream status: daemon refused: {reply.get('error')}", file=sys.stderr)
                 return 1
             status = reply["status"]
-            print(json.dumps(status, indent=None if args.watch else 2) if args.json else format_status(status),
-                  flush=True)
+            text = json.dumps(status, indent=None if args.watch else 2) if args.json else format_status(status)
+            print(text, flush=True)
             if not args.watch:
                 return 0
             if not args.json:

@@ -183,8 +183,8 @@ def test_workers_that_cannot_start_make_the_daemon_give_up(tmp_path, serve):
                       f'[control]\naddress = "tcp://127.0.0.1:{ports[2]}"\n'
                       '[workers]\ncount = 2\ndevice = "gpu"\n')
     start = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "holostream.service.cli", "serve", "--config", str(config)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "holostream.service.cli", "serve",
+                             "--config", str(config)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stderr
     assert "no CUDA device" in result.stderr and "giving up" in result.stderr
     assert time.monotonic() - start < 30
