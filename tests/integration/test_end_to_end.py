@@ -164,7 +164,7 @@ def test_scan_ending_early_is_the_reconstruction_of_the_arrived_angles(live, sma
     assert header["angle_binning"] == 3
     arrived = dataclasses.replace(small_scan_data, projections=small_scan_data.projections[:n_send],
                                   angles_deg=small_scan_data.angles_deg[:n_send])
-    # the two groups beside the missing 58° wedge each get half of it as weight, as in
+    # the two groups beside the missing wedge each get half of it as weight, as in
     # the one-shot FBP of these angles; with the planned weights they would not
     assert_same_volume(final, offline(arrived, angle_binning=3))
 
