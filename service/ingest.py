@@ -20,6 +20,7 @@ import logging
 import queue
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,25 +39,25 @@ log = logging.getLogger(__name__)
 POLL_MS = 50  # longest wait for the socket before looking at done/commands/stop again
 BATCH = 64  # messages read in one go before looking at the queues
 STATS_INTERVAL_S = 0.25
-IN_FLIGHT_TIMEOUT_S = 120.0  # a group not done by then is taken as lost (dead worker)
+LOST_AFTER_S = 60.0  # least time a group in a worker's hands may take before it counts as lost
 LOGGED_REJECTIONS_PER_S = 10  # all are counted; this many per second are logged
 
 
-class OpenScan:
-    """Book-keeping of the scan being received: ring slots, references, angle groups.
+@dataclass
+class InFlight:
+    """A group sent to the workers: its slots stay taken until its ``done``."""
 
-    Parameters
-    ----------
-    seq : int
-        Scan number of this ingest (part of the buffer names).
-    info : ScanInfo
-    settings : ReconstructionSettings
-        Server settings merged with the scan's overrides.
-    buffers : ScanBuffers
-    groups : list of range
-        Projection indices of each angle group.
-    group_angles_deg, weights : sequence of float
-        Planned mean angle (degrees) and FBP weight (rad) of each group.
+    slots: list[int]
+    indices: list[int]
+    order: int  # dispatch order; tasks leave the queue in this order
+    picked_at: float | None = None  # when it was surely in a worker's hands
+
+
+class OpenScan:
+    """Book-keeping of the scan being received: ring slots, dark/flat sums, angle groups.
+
+    ``groups`` are the projection indices of each angle group; ``group_angles_deg`` and
+    ``weights`` their planned mean angles (degrees) and FBP weights (rad).
     """
 
     def __init__(self, seq: int, info: ScanInfo, settings: ReconstructionSettings,
@@ -77,8 +78,8 @@ class OpenScan:
         self.seen: dict[str, set[int]] = {"dark": set(), "flat": set(), "projection": set()}
         self.reference_ready = False
         self.ready: list[int] = []  # complete groups waiting for the reference
-        self.dispatched: set[int] = set()
-        self.in_flight: dict[int, tuple[list[int], list[int], float]] = {}  # g -> slots, indices, t0
+        self.in_flight: dict[int, InFlight] = {}
+        self.dispatched = 0
         self.groups_done: list[int] = []
         self.n_projections_used = 0
         self.ending = False
@@ -127,6 +128,7 @@ class Ingest:
         self.rejected = Counter()
         self._rate_mark = (time.monotonic(), 0, 0)
         self._log_window = [time.monotonic(), 0]  # start, rejections in this second
+        self.group_seconds = 0.0  # running mean of a group's time in a worker
 
     # ------------------------------------------------------------------ flow control
     def accepting(self) -> bool:
@@ -167,6 +169,9 @@ class Ingest:
                 self.abort_scan("scan_abort received")
         except ProtocolError as exc:
             self.reject(exc)
+        except Exception as exc:  # noqa: BLE001 - a bug here must not end the ingest (and the scan)
+            log.exception("message could not be handled")
+            self.reject(ProtocolError(f"internal error: {type(exc).__name__}: {exc}", "internal_error"))
 
     def reject(self, exc: ProtocolError) -> None:
         """Log, count and report one rejected message."""
@@ -209,13 +214,15 @@ class Ingest:
         angles = info.all_angles_deg()
         if angles is None:  # angles come with the frames; plan with uniform placeholders
             angles = np.linspace(0.0, 180.0, info.n_projections, endpoint=False)
-        groups, group_angles, weights = plan_groups(info.n_projections, settings.angle_binning, angles)
         rows, cols = info.shape
         b = settings.binning
         if b > min(rows, cols):
             raise ProtocolError(f"binning {b} exceeds the {rows}x{cols} frame", "settings")
-        group_size = max(len(g) for g in groups)
-        n_slots = max(min(self.config.ring_slots, info.n_projections), group_size)
+        try:
+            groups, group_angles, weights = plan_groups(info.n_projections, settings.angle_binning, angles)
+        except ValueError as exc:
+            raise ProtocolError(f"scan_start {info.scan_id}: {exc}", "bad_field") from exc
+        n_slots = max(min(self.config.ring_slots, info.n_projections), max(len(g) for g in groups))
         specs = layout(info.shape, info.dtype, n_slots, len(groups), (rows // b, cols // b), self.n_workers)
         seq = self.next_seq
         try:
@@ -275,8 +282,8 @@ class Ingest:
             angle = scan.group_angles_deg[g]
         else:  # angles from the frames, or a partial group
             angle = float(np.mean([scan.angle_of[i] for i in indices]))
-        scan.dispatched.add(g)
-        scan.in_flight[g] = (slots, indices, time.monotonic())
+        scan.in_flight[g] = InFlight(slots, indices, scan.dispatched)
+        scan.dispatched += 1
         self.channels.tasks.put({"type": "group", "scan_seq": scan.seq, "scan": scan.task_scan,
                                  "settings": scan.settings.to_dict(), "buffers": scan.buffers.description(),
                                  "group": g, "slots": slots, "indices": indices, "angle_deg": angle,
@@ -347,11 +354,16 @@ class Ingest:
         if scan is None or msg.get("scan_seq") != scan.seq or msg.get("group") not in scan.in_flight:
             log.debug("ignoring done for scan %s group %s", msg.get("scan_seq"), msg.get("group"))
             return
-        slots, indices, _ = scan.in_flight.pop(msg["group"])
-        scan.free_slots.extend(slots)
+        task = scan.in_flight.pop(msg["group"])
+        scan.free_slots.extend(task.slots)
+        now = time.monotonic()
+        for other in scan.in_flight.values():  # sent earlier, so already taken by a worker
+            if other.order < task.order and other.picked_at is None:
+                other.picked_at = now
         if msg.get("type") == "done":
             scan.groups_done.append(msg["group"])
-            scan.n_projections_used += len(indices)
+            scan.n_projections_used += len(task.indices)
+            self.group_seconds = 0.9 * self.group_seconds + 0.1 * float(msg.get("seconds") or 0.0)
             self.channels.events.put({"type": "progress", "scan_seq": scan.seq,
                                       "groups_done": len(scan.groups_done)})
         else:
@@ -361,16 +373,24 @@ class Ingest:
         self.finish_if_idle()
 
     def reclaim_lost(self, now: float) -> None:
-        """Take groups in flight for too long as lost (their worker died), so nothing waits forever."""
+        """Free the slots of groups whose worker died, so that a scan never waits forever.
+
+        A group counts as lost once it has been in a worker's hands (the task queue was seen
+        empty, or a group sent after it came back) for far longer than groups take.
+        """
         scan = self.scan
-        if scan is None:
+        if scan is None or not scan.in_flight:
             return
-        for g, (slots, _, t0) in list(scan.in_flight.items()):
-            if now - t0 > IN_FLIGHT_TIMEOUT_S:
-                log.error("scan %s group %d not done after %.0f s: taken as lost", scan.info.scan_id, g,
-                          IN_FLIGHT_TIMEOUT_S)
+        queue_empty = self.channels.tasks.empty()
+        limit = max(LOST_AFTER_S, 20 * self.group_seconds)
+        for g, task in list(scan.in_flight.items()):
+            if task.picked_at is None and queue_empty:
+                task.picked_at = now
+            if task.picked_at is not None and now - task.picked_at > limit:
+                log.error("scan %s group %d not done %.0f s after a worker took it: taken as lost",
+                          scan.info.scan_id, g, limit)
                 del scan.in_flight[g]
-                scan.free_slots.extend(slots)
+                scan.free_slots.extend(task.slots)
                 self.counts["lost_groups"] += 1
         self.finish_if_idle()
 
