@@ -107,6 +107,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="give up after S seconds without a volume (exit 1 if --count was not reached)")
 
 
+def _next_message(sock: zmq.Socket, deadline: float | None):
+    """The next well-formed message as ``(topic, header, arrays)``; None once ``deadline`` passes."""
+    while True:
+        wait_ms = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
+        if not sock.poll(wait_ms, zmq.POLLIN):
+            return None
+        try:
+            return decode(sock.recv_multipart())
+        except (MessageError, ValueError, KeyError) as exc:
+            print(f"holostream subscribe: bad message skipped: {exc}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     """Receive until ``--count`` volumes, ``--timeout`` or Ctrl-C."""
     for folder in (args.save_h5, args.save_png):
@@ -119,29 +131,25 @@ def run(args: argparse.Namespace) -> int:
     sock.connect(args.publish)
     for topic in (b"volume", b"preview"):
         sock.setsockopt(zmq.SUBSCRIBE, topic)
-    received = 0
-    last = time.monotonic()
-    last_name = None  # the volume whose preview cuts may still come
+
+    def volume_deadline() -> float | None:
+        return None if args.timeout is None else time.monotonic() + args.timeout
+
+    received, deadline = 0, volume_deadline()
+    awaited_preview = None  # name of the last volume while its preview cuts are still to come
     try:
         while True:
-            if args.count is not None and received >= args.count:
-                # the preview follows its volume: wait a moment for it when PNGs are wanted
-                if not (args.save_png and last_name) or time.monotonic() - last > 2.0:
-                    break
-            wait_s = args.timeout if args.timeout is not None else None
-            if args.count is not None and received >= args.count:
-                wait_s = 0.1
-            if not sock.poll(None if wait_s is None else wait_s * 1000, zmq.POLLIN):
-                if args.count is not None and received >= args.count:
-                    continue
+            finished = args.count is not None and received >= args.count
+            if finished and awaited_preview is None:
+                return 0
+            message = _next_message(sock, deadline)
+            if message is None:
+                if finished:
+                    return 0  # the preview of the last volume was lost; the volumes are in
                 print(f"holostream subscribe: no volume from {args.publish} within {args.timeout:g} s",
                       file=sys.stderr)
                 return 1 if args.count is not None else 0
-            try:
-                topic, header, arrays = decode(sock.recv_multipart())
-            except (MessageError, ValueError, KeyError) as exc:
-                print(f"holostream subscribe: bad message skipped: {exc}", file=sys.stderr)
-                continue
+            topic, header, arrays = message
             if args.final_only and not header.get("final"):
                 continue
             name = f"{header['scan_id']}_{header.get('scan_seq', 0)}_{header['seq']}"
@@ -149,19 +157,21 @@ def run(args: argparse.Namespace) -> int:
                 if args.save_png:
                     for axis, cut in zip("zyx", arrays):
                         write_png(Path(args.save_png) / f"{name}_{axis}.png", cut)
-                if name == last_name:
-                    last_name = None
+                if name == awaited_preview:
+                    awaited_preview = None
                 continue
-            if args.count is not None and received >= args.count:
+            if finished:
                 continue
-            last, last_name = time.monotonic(), name
             received += 1
             print(summary(header), flush=True)
             if args.save_h5:
                 save_volume_h5(Path(args.save_h5) / f"{name}.h5", header, arrays[0])
+            awaited_preview = name if args.save_png else None
+            # the preview is sent right after its volume: a short wait once the count is reached
+            last = args.count is not None and received >= args.count
+            deadline = time.monotonic() + 2.0 if last else volume_deadline()
     except KeyboardInterrupt:
-        pass
+        return 0
     finally:
         sock.close(linger=0)
         context.term()
-    return 0
