@@ -4,15 +4,17 @@ The ingest process creates them at ``scan_start``; workers and the daemon attach
 Segments are named ``<prefix>_<part>`` with ``prefix = holostream_<daemon pid>_<scan seq>``
 so the daemon can :func:`sweep` its own leftovers from ``/dev/shm``.
 
-Lifetime is explicit: whoever :meth:`~ScanBuffers.unlink` s removes the segments; Python's
-resource tracker is kept out of it in every process (it would otherwise unlink a segment
-when the first attaching process exits, or warn about "leaked" segments that another
-process still owns). The daemon sweeps at exit, which also covers crashed children.
+Lifetime is explicit: whoever calls :meth:`~ScanBuffers.unlink` removes the segments;
+Python's resource tracker is kept out of it in every process (it would otherwise unlink a
+segment when the first attaching process exits, or warn about "leaked" segments that another
+process still owns). The daemon sweeps at exit, which also covers crashed children. Linux
+only: segments are the files of ``/dev/shm``.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import sys
 from dataclasses import dataclass
@@ -82,26 +84,45 @@ def layout(frame_shape: tuple[int, int], frame_dtype: str, n_slots: int, n_group
     }
 
 
-def _untrack(shm: SharedMemory) -> None:
-    # Before 3.13 every SharedMemory registers itself; take it back so that no tracker acts.
-    resource_tracker.unregister(shm._name, "shared_memory")
+class _Attached:
+    """An existing segment mapped straight from ``/dev/shm`` (Python < 3.13).
+
+    ``SharedMemory(name)`` registers the segment with the resource tracker that all
+    processes of the daemon share, and unregistering it afterwards races with the other
+    attaching processes (the tracker then prints KeyError tracebacks). Mapping the file
+    directly keeps the tracker out of it; on Linux a POSIX shared-memory object is that file.
+    """
+
+    def __init__(self, name: str):
+        fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
+        try:
+            self.size = os.fstat(fd).st_size
+            self._mmap = mmap.mmap(fd, self.size)
+        finally:
+            os.close(fd)
+        self.buf = memoryview(self._mmap)
+
+    def close(self) -> None:
+        self.buf.release()  # raises BufferError while numpy views still use it
+        self._mmap.close()
 
 
-def _open(name: str, size: int | None) -> SharedMemory:
-    """Create (``size`` given) or attach a segment that no resource tracker knows about."""
-    create = size is not None
+def _create(name: str, size: int) -> SharedMemory:
+    """A new segment that no resource tracker will unlink or warn about."""
     if _TRACK_KEYWORD:
-        return SharedMemory(name, create=create, size=size or 0, track=False)
-    shm = SharedMemory(name, create=create, size=size or 0)
-    _untrack(shm)
+        return SharedMemory(name, create=True, size=size, track=False)
+    shm = SharedMemory(name, create=True, size=size)
+    # Before 3.13 every SharedMemory registers itself; take it back at once (one process,
+    # one name: nothing can interleave).
+    resource_tracker.unregister(shm._name, "shared_memory")
     return shm
 
 
-def _unlink(shm: SharedMemory) -> None:
-    if not _TRACK_KEYWORD:
-        # SharedMemory.unlink() unregisters; register first so the tracker's books balance.
-        resource_tracker.register(shm._name, "shared_memory")
-    shm.unlink()
+def _attach(name: str) -> SharedMemory | _Attached:
+    """Map an existing segment without involving the resource tracker."""
+    if _TRACK_KEYWORD:
+        return SharedMemory(name, track=False)
+    return _Attached(name)
 
 
 def shm_free_bytes() -> int:
@@ -118,10 +139,10 @@ class ScanBuffers:
     ``volume``, ``weights`` are the arrays of :func:`layout`; ``arrays`` maps every part.
     """
 
-    def __init__(self, prefix: str, specs: dict[str, PartSpec], segments: dict[str, SharedMemory]):
+    def __init__(self, prefix: str, specs: dict[str, PartSpec], segments: dict[str, Any]):
         self.prefix = prefix
         self.specs = specs
-        self._segments = segments
+        self._segments: dict[str, SharedMemory | _Attached] = segments
         self.arrays: dict[str, np.ndarray] = {
             part: np.ndarray(spec.shape, dtype=spec.dtype, buffer=segments[part].buf)
             for part, spec in specs.items()
@@ -177,11 +198,11 @@ class ScanBuffers:
         segments: dict[str, SharedMemory] = {}
         try:
             for part, spec in specs.items():
-                segments[part] = _open(f"{prefix}_{part}", max(spec.nbytes, 1))
+                segments[part] = _create(f"{prefix}_{part}", max(spec.nbytes, 1))
         except BaseException:
-            for shm in segments.values():
+            for part, shm in segments.items():
                 shm.close()
-                _unlink(shm)
+                os.unlink(os.path.join(SHM_DIR, f"{prefix}_{part}"))
             raise
         # tmpfs pages start as zeros; nothing to clear
         return cls(prefix, specs, segments)
@@ -191,10 +212,10 @@ class ScanBuffers:
         """Attach the segments named in :meth:`description` (another process's buffers)."""
         prefix = description["prefix"]
         specs = {part: PartSpec(d["dtype"], tuple(d["shape"])) for part, d in description["parts"].items()}
-        segments: dict[str, SharedMemory] = {}
+        segments: dict[str, Any] = {}
         try:
             for part in specs:
-                segments[part] = _open(f"{prefix}_{part}", None)
+                segments[part] = _attach(f"{prefix}_{part}")
         except BaseException:
             for shm in segments.values():
                 shm.close()
@@ -225,16 +246,11 @@ class ScanBuffers:
 
     def unlink(self) -> None:
         """Remove the segments from ``/dev/shm`` (mappings stay valid until closed)."""
-        for part, spec in self.specs.items():
-            name = f"{self.prefix}_{part}"
+        for part in self.specs:
             try:
-                shm = self._segments.get(part)
-                if shm is None:  # already closed here: reopen just to unlink
-                    shm = _open(name, None)
-                    shm.close()
-                _unlink(shm)
+                os.unlink(os.path.join(SHM_DIR, f"{self.prefix}_{part}"))
             except FileNotFoundError:
-                log.debug("segment %s already unlinked", name)
+                log.debug("segment %s_%s already unlinked", self.prefix, part)
 
     def __enter__(self) -> "ScanBuffers":
         return self
