@@ -64,7 +64,7 @@ class Daemon:
         self.early: dict[int, list[dict]] = {}  # group results that overtook their scan_open
         self.stats: dict[str, Any] = {}
         self.counters = {"scans_completed": 0, "scans_failed": 0, "volumes_published": 0,
-                         "groups_failed": 0, "rejected": 0}
+                         "groups_failed": 0, "rejected": 0, "ingest_reports": 0}
         self.last_error: str | None = None
         self.last_final: tuple[dict, np.ndarray] | None = None
         self.started = time.time()
@@ -185,6 +185,7 @@ class Daemon:
             state.complete = event
         elif kind == "stats":
             self.stats = {k: v for k, v in event.items() if k != "type"}
+            self.counters["ingest_reports"] += 1
         elif kind == "rejected":
             self.counters["rejected"] += 1
             self.last_error = f"rejected: {event.get('reason')}"

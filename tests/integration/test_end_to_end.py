@@ -169,7 +169,7 @@ def test_scan_ending_early_is_the_reconstruction_of_the_arrived_angles(live, sma
     assert_same_volume(final, offline(arrived, angle_binning=3))
 
 
-def test_control_requests_are_answered(live, small_scan_data):
+def test_control_requests_are_answered(live, small_scan_data, serve):
     daemon, sub = live
     bogus = daemon.ask({"cmd": "bogus"})
     assert not bogus["ok"] and "unknown cmd" in bogus["error"]
@@ -183,7 +183,10 @@ def test_control_requests_are_answered(live, small_scan_data):
     assert good["ok"] and good["settings"]["filter"] == "hann"
     assert daemon.status()["settings"]["filter"] == "hann"
     assert daemon.ask({"cmd": "config"})["config"]["reconstruction"]["filter"] == "hann"
-    send_first_projections(daemon.ingest, small_scan_data, "after_set", 10)  # the next scan uses it
+    # "from the next scan": ingest takes the command on its next turn; two reports later it has
+    reports = daemon.status()["ingest_reports"]
+    serve.wait_for(lambda: daemon.status()["ingest_reports"] >= reports + 2, 10, "ingest's next reports")
+    send_first_projections(daemon.ingest, small_scan_data, "after_set", 10)
     assert sub.volumes_until_final("after_set", timeout_s=30)[-1][0]["filter"] == "hann"
     assert daemon.ask({"cmd": "set", "params": {"filter": "ram-lak"}})["ok"]  # as the other tests expect
 
