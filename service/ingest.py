@@ -195,6 +195,8 @@ class Ingest:
         return scan
 
     def _scan_start(self, info: ScanInfo) -> None:
+        # a `set` answered before this scan_start was sent must apply to it
+        _drain(self.channels.commands, self.on_command)
         try:
             settings = self.settings.merged(info.reconstruction)
         except SettingsError as exc:
