@@ -42,6 +42,7 @@ _SUPERVISE_EVERY_S = 0.5
 _FINAL_STALL_S = 15.0     # give up waiting for group results this long after the last one
 _CRASH_WINDOW_S = 30.0    # this many child deaths within this window: the daemon gives up
 _CRASH_LIMIT = 5
+_INGEST_SILENT_S = 10.0   # ingest reports 4 times a second; silent this long, it is hung
 
 
 class Daemon:
@@ -57,6 +58,7 @@ class Daemon:
                                self.log_level)
         self.ingest: BaseProcess | None = None
         self.ingest_restarts = 0
+        self.ingest_heard = time.monotonic()  # last stats event from ingest
         self.last_seq = 0  # highest scan_seq announced so far
         self.notifier = Notifier.from_environ()
         self.backend = get_backend("cpu", threads=1)
@@ -186,6 +188,7 @@ class Daemon:
         elif kind == "stats":
             self.stats = {k: v for k, v in event.items() if k != "type"}
             self.counters["ingest_reports"] += 1
+            self.ingest_heard = time.monotonic()
         elif kind == "rejected":
             self.counters["rejected"] += 1
             self.last_error = f"rejected: {event.get('reason')}"
@@ -281,12 +284,18 @@ class Daemon:
             args=(self.log_level, run_ingest, self.config.ingest, self.settings,
                   self.config.workers.count, self.prefix, self.channels, first_seq))
         self.ingest.start()
+        self.ingest_heard = time.monotonic() + 10.0  # allow for its start (imports, bind)
 
     def _supervise(self) -> None:
         """Replace dead children; give up (exit 1) when they keep dying."""
         if self.stop_requested:
             return
         dead_workers = self.pool.dead()
+        self._drain_events()  # a long final volume must not make ingest look silent
+        if self.ingest.is_alive() and time.monotonic() - self.ingest_heard > _INGEST_SILENT_S:
+            log.error("ingest (pid %d) silent for %.0f s: killing it", self.ingest.pid, _INGEST_SILENT_S)
+            self.ingest.kill()
+            self.ingest.join(2.0)
         ingest_dead = not self.ingest.is_alive()
         now = time.monotonic()
         self.deaths = [t for t in self.deaths if now - t < _CRASH_WINDOW_S]

@@ -188,3 +188,21 @@ def test_workers_that_cannot_start_make_the_daemon_give_up(tmp_path, serve):
     assert result.returncode == 1, result.stderr
     assert "no CUDA device" in result.stderr and "giving up" in result.stderr
     assert time.monotonic() - start < 30
+
+
+def test_hung_ingest_is_killed_and_restarted(tmp_path, serve):
+    daemon = serve.Daemon(tmp_path)
+    try:
+        status = daemon.wait_ready()
+        serve.wait_for(lambda: daemon.status()["ingest_reports"] > 0, 15, "ingest's first report")
+        os.kill(status["ingest_pid"], signal.SIGSTOP)  # alive, but silent
+        restarted = serve.wait_for(lambda: (s := daemon.status())["ingest_restarts"] == 1 and s, 30,
+                                   "the silent ingest to be replaced")
+        assert restarted["ingest_pid"] != status["ingest_pid"] and not pid_alive(status["ingest_pid"])
+        assert "silent" in daemon.log.read_text()
+        reports = restarted["ingest_reports"]
+        serve.wait_for(lambda: daemon.status()["ingest_reports"] > reports, 15, "the new ingest to report")
+        code, _ = daemon.terminate(timeout_s=10)
+        assert code == 0
+    finally:
+        daemon.close()
