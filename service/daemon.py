@@ -317,10 +317,9 @@ class Daemon:
         self.last_error = (f"ingest process died (exit code {self.ingest.exitcode}); "
                            "open scans failed, ingest restarted")
         log.error(self.last_error)
-        for state in list(self.scans.values()):
-            self.counters["scans_failed"] += 1
+        for state in [s for s in self.scans.values() if s.complete is None]:
+            self.counters["scans_failed"] += 1  # complete ones only wait for the workers
             self._drop(state)
-        self.early.clear()
         # ingest is the only reader of done and commands: a lock held now is orphaned
         for lock in (self.channels.done._rlock, self.channels.commands._rlock,
                      self.channels.tasks._wlock, self.channels.events._wlock):
