@@ -101,8 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"PUB address of the daemon (default {DEFAULT_PUBLISH})")
     parser.add_argument("--count", metavar="N", type=int, help="exit after N volumes")
     parser.add_argument("--final-only", action="store_true", help="only final volumes count, print and save")
-    parser.add_argument("--save-h5", metavar="DIR", help="write each volume to DIR/<scan_id>_<seq>.h5")
-    parser.add_argument("--save-png", metavar="DIR", help="write the three preview cuts as PNG to DIR")
+    parser.add_argument("--save-h5", metavar="DIR", help="write each volume to DIR/<scan_id>_<scan_seq>_<seq>.h5")
+    parser.add_argument("--save-png", metavar="DIR", help="write the preview cuts to DIR/<scan_id>_<scan_seq>_<seq>_{z,y,x}.png")
     parser.add_argument("--timeout", metavar="S", type=float,
                         help="give up after S seconds without a volume (exit 1 if --count was not reached)")
 
