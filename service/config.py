@@ -77,10 +77,14 @@ def _optional_dir(value: Any) -> str | None:
     return value
 
 
-def _opt(default: Any, check: Callable[[Any], Any], help_text: str, **kw: Any) -> Any:
+def _opt(default: Any, check: Callable[[Any], Any], help_text: str) -> Any:
+    """A dataclass field whose metadata is its schema: ``check`` (validate) and ``help``.
+
+    ``default`` may be a zero-argument function, called when the section is built.
+    """
     meta = {"check": check, "help": help_text}
-    if "default_factory" in kw:
-        return field(default_factory=kw["default_factory"], metadata=meta)
+    if callable(default):
+        return field(default_factory=default, metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -131,8 +135,7 @@ class ControlConfig:
 class WorkersConfig:
     """``[workers]``: the reconstruction worker processes."""
 
-    count: int = _opt(None, _integer(1, 256), "worker processes (default min(4, cores))",
-                      default_factory=default_worker_count)
+    count: int = _opt(default_worker_count, _integer(1, 256), "worker processes (default min(4, cores))")
     device: str = _opt("cpu", _choice("cpu", "gpu", "auto"),
                        "cpu, gpu, or auto (gpu when cupy sees one, chosen inside each worker)")
 
