@@ -91,10 +91,6 @@ class Daemon:
         try:
             self.pool.start()
             self._start_ingest()
-            self.notifier.ready()
-            log.info("serving: ingest %s, publish %s, control %s, %d workers",
-                     self.config.ingest.address, self.config.publish.address,
-                     self.config.control.address, self.config.workers.count)
             self._loop()
         finally:
             log.info("stopping (%s)", signal.Signals(self.stop_signal).name if self.stop_signal
@@ -132,6 +128,7 @@ class Daemon:
         now = time.monotonic()
         next_status, next_supervise, next_watchdog = now, now + _SUPERVISE_EVERY_S, now
         watchdog_s = self.notifier.watchdog_interval_s() if self.config.service.watchdog else None
+        ready = False
         while not self.stop_requested:
             deadlines = [next_status, next_supervise, now + _POLL_CAP_S]
             deadlines += [s.next_publish for s in self.scans.values() if s.complete is None]
@@ -139,6 +136,12 @@ class Daemon:
             if dict(poller.poll(timeout_ms)).get(self.control.socket):
                 self.control.handle()
             self._drain_events()
+            if not ready and self.counters["ingest_reports"]:  # ingest has bound its socket
+                ready = True
+                self.notifier.ready()
+                log.info("serving: ingest %s, publish %s, control %s, %d workers",
+                         self.config.ingest.address, self.config.publish.address,
+                         self.config.control.address, self.config.workers.count)
             now = time.monotonic()
             for state in list(self.scans.values()):
                 self._advance(state, now)

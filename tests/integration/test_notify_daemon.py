@@ -34,8 +34,9 @@ def test_ready_watchdog_status_and_stopping(tmp_path, serve):
     try:
         seen: list[str] = []
         receive_until(sock, "READY=1", 30, seen)
-        # READY=1 comes once the sockets are bound: the control socket answers now
-        assert daemon.status()["state"] == "idle"
+        # READY=1 comes once every socket is bound (ingest's too, it has reported)
+        status = daemon.status()
+        assert status["state"] == "idle" and status["ingest_reports"] >= 1
         receive_until(sock, "WATCHDOG=1", 5, seen)
         assert any(line.startswith("STATUS=") for m in seen for line in m.splitlines())
         code, _ = daemon.terminate(timeout_s=10, signum=signal.SIGINT)  # Ctrl-C stops it too

@@ -173,6 +173,17 @@ def test_startup_failures_exit_nonzero_with_the_reason(tmp_path, serve):
                                 capture_output=True, text=True, timeout=30)
     assert result.returncode == 1 and "cannot bind" in result.stderr
 
+    with socket.socket() as taken:  # the ingest port is in use: ingest cannot start, again and again
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([*cli, "--ingest", f"tcp://127.0.0.1:{port}", "--workers", "1",
+                                 "--publish", f"tcp://127.0.0.1:{serve.free_port()}",
+                                 "--control", f"tcp://127.0.0.1:{serve.free_port()}"],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Address already in use" in result.stderr
+    assert "giving up" in result.stderr and "serving" not in result.stderr  # never READY
+
 
 @pytest.mark.skipif(gpu_available(), reason="needs a machine without a GPU")
 def test_workers_that_cannot_start_make_the_daemon_give_up(tmp_path, serve):
