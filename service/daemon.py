@@ -31,6 +31,7 @@ from holostream.service.config import Config, ConfigError, load_config
 from holostream.service.control import Control, ControlError
 from holostream.service.ingest import run_ingest
 from holostream.service.notify import Notifier
+from holostream.service.status import status_line
 from holostream.service.worker import WorkerPool, child_main, free_orphaned_lock, stop_processes
 from holostream.shared.scanbuffers import sweep
 from holostream.workers.backend import get_backend
@@ -152,7 +153,7 @@ class Daemon:
                 next_status = now + self.config.publish.status_interval_s
                 status = self.status()
                 self.publisher.publish_status(status)
-                self.notifier.status(_status_line(status))
+                self.notifier.status(status_line(status))
             if watchdog_s and now >= next_watchdog:
                 next_watchdog = now + watchdog_s
                 self.notifier.watchdog()
@@ -383,13 +384,6 @@ class Daemon:
             "settings": self.settings.to_dict(), "last_error": self.last_error,
             "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
         }
-
-
-def _status_line(status: dict[str, Any]) -> str:
-    if status["state"] == "reconstructing":
-        return (f"reconstructing {status['scan_id']}: {status['n_projections_used']}/"
-                f"{status['n_projections_expected']} projections")
-    return f"{status['state']}; {status['scans_completed']} scans done"
 
 
 # ---- command line ------------------------------------------------------------------------

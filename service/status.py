@@ -47,6 +47,14 @@ def request(address: str, message: dict[str, Any], timeout_s: float = 2.0,
         sock.close(linger=0)
 
 
+def status_line(status: dict[str, Any]) -> str:
+    """One line about a status dict (systemd's STATUS=, shown by ``systemctl status``)."""
+    if status["state"] == "reconstructing":
+        return (f"reconstructing {status['scan_id']}: {status['n_projections_used']}/"
+                f"{status['n_projections_expected']} projections")
+    return f"{status['state']}; {status['scans_completed']} scans done"
+
+
 def format_status(status: dict[str, Any]) -> str:
     """Human-readable lines of a status dict."""
     lines = [f"state            {status.get('state')}"]
