@@ -77,14 +77,17 @@ class ScanWork:
         self.scan = ScanInfo.from_dict(task["scan"])
         settings = ReconstructionSettings.from_dict(task["settings"])
         self.buffers = ScanBuffers.attach(task["buffers"])
-        dark, flat = self.buffers.reference[0], self.buffers.reference[1]
-        self.pipeline = ProjectionPipeline(
-            tuple(self.scan.shape), backend.asarray(dark), backend.asarray(flat),
-            binning=settings.binning,
-            chain=default_chain(settings.phase, settings.iterations, self.scan.delta_beta),
-            filter=settings.filter, energy_kev=self.scan.energy_kev,
-            distance_m=self.scan.distance_m, pixel_size_m=self.scan.pixel_size_m,
-            delta_beta=self.scan.delta_beta, backend=backend, pad_mode=settings.pad_mode)
+        try:
+            self.pipeline = ProjectionPipeline(
+                tuple(self.scan.shape), backend.asarray(self.buffers.reference[0]),
+                backend.asarray(self.buffers.reference[1]), binning=settings.binning,
+                chain=default_chain(settings.phase, settings.iterations, self.scan.delta_beta),
+                filter=settings.filter, energy_kev=self.scan.energy_kev,
+                distance_m=self.scan.distance_m, pixel_size_m=self.scan.pixel_size_m,
+                delta_beta=self.scan.delta_beta, backend=backend, pad_mode=settings.pad_mode)
+        except BaseException:
+            self.buffers.close()  # a task that cannot run must not pin the scan's memory
+            raise
         self.center_px = self.pipeline.center_px(self.scan.cor_px)
         self.shared_volume = self.buffers.volume[worker_id]
         self.accumulator = backend.asarray(self.shared_volume)
