@@ -239,7 +239,8 @@ class Daemon:
         if missing and not aborted and now - state.last_result < _FINAL_STALL_S:
             return  # results still on their way (events and done travel separately)
         if aborted or not state.groups:
-            why = state.complete.get("error") or ("aborted" if aborted else "no projection was reconstructed")
+            why = state.complete.get("error") or ("aborted" if aborted else
+                                                  f"no projection was reconstructed ({state.first_error})")
             log.warning("scan %s: no final volume (%s)", state.scan_id, why)
             self.last_error = f"scan {state.scan_id}: {why}"
             self.counters["scans_failed"] += 1

@@ -233,6 +233,7 @@ class LiveScan:
     next_publish: float
     groups: dict[int, tuple[float, float, int]] = field(default_factory=dict)  # g -> rad, weight, n
     failed: set[int] = field(default_factory=set)
+    first_error: str | None = None  # why the first failed group failed
     center_px: float = 0.0
     published_groups: int = 0
     volume_seq: int = 0
@@ -261,6 +262,7 @@ class LiveScan:
         group = int(event["group"])
         if event["type"] == "group_failed":
             self.failed.add(group)
+            self.first_error = self.first_error or f"group {group}: {event.get('error')}"
             return
         self.groups[group] = (math.radians(float(event["angle_deg"])), float(event["weight"]),
                               int(event["n_projections"]))

@@ -169,6 +169,20 @@ def test_scan_ending_early_is_the_reconstruction_of_the_arrived_angles(live, sma
     assert_same_volume(final, offline(arrived, angle_binning=3))
 
 
+def test_scan_that_workers_cannot_reconstruct_fails_with_the_reason(live, small_scan_data, serve):
+    daemon, sub = live
+    before = daemon.status()
+    # valid chain syntax (ingest accepts it), but a step the workers do not know
+    send_first_projections(daemon.ingest, small_scan_data, "bad_chain", 6,
+                           {"phase": "paganin, wobble**2"})
+    status = serve.wait_for(lambda: (s := daemon.status())["scans_failed"] > before["scans_failed"] and s,
+                            30, "the scan to fail")
+    assert status["groups_failed"] - before["groups_failed"] == 6
+    assert "no projection was reconstructed" in status["last_error"] and "wobble" in status["last_error"]
+    assert all(w["alive"] and w["restarts"] == 0 for w in status["workers"])  # they carried on
+    assert status["scans_completed"] == before["scans_completed"]
+
+
 def test_control_requests_are_answered(live, small_scan_data, serve):
     daemon, sub = live
     bogus = daemon.ask({"cmd": "bogus"})
