@@ -147,7 +147,7 @@ def _release(cache: dict[str, ScanWork], channels: Channels) -> None:
 
 
 def _handle(worker_id: int, task: dict[str, Any], cache: dict[str, ScanWork], backend: Backend,
-            channels: Channels) -> None:
+            channels: Channels, failed_scans: set[str]) -> None:
     """Run one group task; tell ingest (``done``: free the slots) and, on failure, the daemon."""
     start = time.perf_counter()
     seq = int(task["scan_seq"])
@@ -161,7 +161,10 @@ def _handle(worker_id: int, task: dict[str, Any], cache: dict[str, ScanWork], ba
         cache[key].run(task)
     except Exception as exc:  # noqa: BLE001 - any failure is reported with its reason; the worker goes on
         error = f"{type(exc).__name__}: {exc}"
-        log.exception("worker %d: group %s of scan %d failed", worker_id, task.get("group"), seq)
+        # the traceback once per scan; the same failure on every group is one line each
+        log.error("worker %d: group %s of scan %d failed: %s", worker_id, task.get("group"), seq, error,
+                  exc_info=key not in failed_scans)
+        failed_scans.add(key)
     seconds = time.perf_counter() - start
     event = {"type": "group_done" if error is None else "group_failed", "scan_seq": seq,
              "prefix": key, "group": task["group"], "angle_deg": task["angle_deg"],
@@ -196,6 +199,7 @@ def run_worker(worker_id: int, settings_device: str, channels: Channels, threads
     backend = choose_backend(settings_device, threads)
     log.info("worker %d ready on %s", worker_id, backend.name)
     cache: dict[str, ScanWork] = {}
+    failed_scans: set[str] = set()  # scans (buffer prefixes) that had a failed group here
     wait = _MIN_WAIT_S
     parent = os.getppid()
     try:
@@ -220,7 +224,7 @@ def run_worker(worker_id: int, settings_device: str, channels: Channels, threads
             if task.get("type") != "group":
                 log.error("worker %d: ignoring task of unknown type %r", worker_id, task.get("type"))
                 continue
-            _handle(worker_id, task, cache, backend, channels)
+            _handle(worker_id, task, cache, backend, channels, failed_scans)
             _commit(cache, channels, idle=False)
     finally:
         _release(cache, channels)
