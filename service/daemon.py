@@ -328,7 +328,7 @@ class Daemon:
         # ingest is the only reader of done and commands: a lock held now is orphaned
         for lock in (self.channels.done._rlock, self.channels.commands._rlock,
                      self.channels.tasks._wlock, self.channels.events._wlock):
-            free_orphaned_lock(lock, grace_s=0.5)
+            free_orphaned_lock(lock, grace_s=2.0)
         self._drain_queue(self.channels.tasks)  # group tasks of the dead ingest's scans are void
         self._drain_queue(self.channels.commands)
         self.ingest_restarts += 1

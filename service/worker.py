@@ -269,9 +269,10 @@ def free_orphaned_lock(lock: Any, grace_s: float) -> bool:
     """Release a multiprocessing lock that a killed process left held; True if it was.
 
     Queue locks are held only for the instant of one small send or receive (workers never
-    block inside ``Queue.get``), so a lock still taken after ``grace_s`` belongs to a
-    process that died holding it, and every other user of that queue would wait for ever.
-    Only for the queues' own ``_rlock``/``_wlock``, right after a child died.
+    block inside ``Queue.get``), so a lock still taken after ``grace_s`` (seconds, far
+    longer than any such instant) belongs to a process that died holding it, and every
+    other user of that queue would wait for ever. Only for the queues' own
+    ``_rlock``/``_wlock``, right after a child died; a free lock costs no wait.
     """
     if lock is None:
         return False
@@ -327,7 +328,7 @@ class WorkerPool:
         if dead:  # a worker killed mid-send or mid-receive may have left a queue locked
             for lock in (self.channels.tasks._rlock, self.channels.done._wlock,
                          self.channels.events._wlock):
-                free_orphaned_lock(lock, grace_s=0.5)
+                free_orphaned_lock(lock, grace_s=2.0)
         for w in dead:
             log.error("worker %d (pid %s) died with exit code %s: replacing it",
                       w, self.processes[w].pid, self.processes[w].exitcode)
