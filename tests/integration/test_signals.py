@@ -13,7 +13,9 @@ import time
 import numpy as np
 import pytest
 
+from holostream.service.channels import spawn_context
 from holostream.service.stream import stream_scan
+from holostream.service.worker import free_orphaned_lock
 from holostream.workers.backend import gpu_available
 
 pytestmark = pytest.mark.integration
@@ -217,3 +219,28 @@ def test_hung_ingest_is_killed_and_restarted(tmp_path, serve):
         assert code == 0
     finally:
         daemon.close()
+
+
+def _hold_lock_and_wait(lock, held) -> None:
+    lock.acquire()
+    held.set()
+    time.sleep(60)  # killed long before
+
+
+def test_queue_lock_left_by_a_killed_process_is_freed():
+    ctx = spawn_context()
+    tasks = ctx.Queue()
+    held = ctx.Event()
+    child = ctx.Process(target=_hold_lock_and_wait, args=(tasks._rlock, held))
+    child.start()
+    try:
+        assert held.wait(30)
+        os.kill(child.pid, signal.SIGKILL)
+        child.join(10)
+        tasks.put({"type": "stop"})
+        assert free_orphaned_lock(tasks._rlock, grace_s=0.5)
+        assert tasks.get(timeout=5) == {"type": "stop"}  # readable again
+        assert not free_orphaned_lock(tasks._rlock, grace_s=0.5)  # a free lock is left alone
+    finally:
+        child.kill()
+        child.join()
