@@ -201,20 +201,17 @@ def final_volume(partials: np.ndarray, weights: np.ndarray, sinogram: np.ndarray
 
 
 def save_volume_h5(path: str | os.PathLike, header: dict[str, Any], volume: np.ndarray) -> None:
-    """Write ``volume`` (float32 ``(nz, ny, nx)``) to HDF5 dataset ``/volume``.
+    """Write ``volume`` (float32 ``(nz, ny, nx)``) as the offline ``reconstruct`` does.
 
-    The header's fields become attributes of the dataset (lists as arrays, None left
-    out); ``voxel_size_m`` is there, so the file is self-describing.
+    Same layout as :func:`holostream.service.nxio.write_volume` (dataset ``/volume``);
+    the header's fields become its attributes. Written to a temporary name first, so a
+    reader never sees a half-written file.
     """
-    import h5py
+    from holostream.service.nxio import write_volume
 
     tmp = f"{os.fspath(path)}.part"
-    with h5py.File(tmp, "w") as fh:
-        dset = fh.create_dataset("volume", data=np.asarray(volume, dtype=np.float32))
-        for key, value in header.items():
-            if value is not None:
-                dset.attrs[key] = value
-    os.replace(tmp, path)  # readers never see a half-written file
+    write_volume(tmp, volume, header)
+    os.replace(tmp, path)
 
 
 @dataclass
