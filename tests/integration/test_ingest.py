@@ -166,7 +166,7 @@ def test_groups_wait_for_references_then_dispatch_with_the_sent_frames(make_inge
 def test_full_ring_blocks_the_sender_and_loses_nothing(make_ingest):
     ing = make_ingest(ring_slots=2, rcvhwm=1, sndhwm=1)
     n = 40
-    info = scan_info(n_projections=n, shape=(512, 512), n_darks=1, n_flats=1)
+    info = scan_info(n_projections=n, shape=(1024, 1024), n_darks=1, n_flats=1)  # 80 MB: beyond any socket buffers
     darks, flats, projections = frames_of(info)
     ing.send(encode_scan_start(info))
     ing.send(encode_frame("s1", "dark", 0, darks[0]))
