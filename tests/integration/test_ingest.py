@@ -276,3 +276,36 @@ def test_abort_and_new_scan_start_close_the_open_scan(make_ingest):
     assert complete["scan_id"] == "second" and complete["aborted"] and complete["groups_arrived"] == []
     ing.channels.commands.put({"type": "release", "scan_seq": complete["scan_seq"]})
     assert ing.event("stats")["state"] == "idle"
+
+
+def test_commands_change_settings_for_the_next_scan_and_abort_it(make_ingest):
+    ing = make_ingest(ring_slots=8)
+    ing.channels.commands.put({"type": "settings", "settings": {"binning": 2}})
+    info = scan_info(n_projections=4, scan_id="binned")
+    darks, flats, projections = frames_of(info)
+    ing.send(encode_scan_start(info))
+    opened = ing.event("scan_open")
+    assert opened["settings"]["binning"] == 2
+    assert opened["buffers"]["parts"]["volume"]["shape"] == [2, 8, 12, 12]
+    for kind, stack in (("dark", darks), ("flat", flats)):
+        for i, image in enumerate(stack):
+            ing.send(encode_frame("binned", kind, i, image))
+    ing.send(encode_frame("binned", "projection", 2, projections[2]))
+    cache: dict = {}
+    task = ing.task()
+    check_task(task, info, 2, darks, flats, projections, cache)
+    ing.send(encode_frame("binned", "projection", 3, projections[3]))
+    ing.event("stats", where=lambda e: e["in_flight"] == 2)
+    ing.channels.commands.put({"type": "abort"})
+    ing.event("stats", where=lambda e: e["state"] == "finishing")  # waits for the groups in flight
+    # read once the aborted scan is complete: no scan is open for it any more
+    ing.send(encode_frame("binned", "projection", 0, projections[0]))
+    second = ing.task()
+    ing.done(task)
+    ing.done(second)
+    complete = ing.event("scan_complete")
+    assert complete["aborted"] and complete["groups_arrived"] == [2, 3]
+    stats = ing.event("stats", where=lambda e: e["rejected"] > 0)
+    assert stats["rejected_by_reason"] == {"unknown_scan": 1} and stats["state"] == "idle"
+    for b in cache.values():
+        b.close()
