@@ -175,19 +175,43 @@ def stream_scan(socket_address: str, scan_data, scan_id: str, fps: float | None 
     return StreamResult(frames, nbytes, time.monotonic() - start)
 
 
+_SIM_PIXEL_SIZE_M = 1.0e-6
+
+
+def simulated_phantom(size: int, seed: int = 0):
+    """The random phantom behind :func:`simulated_scan_data` (δ/β = 200 everywhere)."""
+    from holostream.workers.phantom import random_phantom
+
+    return random_phantom(seed, radius_m=0.35 * size * _SIM_PIXEL_SIZE_M,
+                          height_m=0.6 * size * _SIM_PIXEL_SIZE_M, n_objects=6)
+
+
 def simulated_scan_data(size: int, n_projections: int, n_darks: int = 5, n_flats: int = 5,
                         seed: int = 0):
-    """A small simulated scan of a random phantom, as ScanData (geometry of simulate_scan)."""
+    """A small simulated scan of :func:`simulated_phantom`, as ScanData.
+
+    ``size`` × ``size`` frames of 1 µm pixels, 5 cm at 17.5 keV, angles evenly over 180°.
+    """
     from holostream.service.nxio import scan_data_from_simulation
-    from holostream.workers.phantom import random_phantom
     from holostream.workers.simulate import simulate_scan
 
-    pixel_size_m = 1.0e-6
-    phantom = random_phantom(seed, radius_m=0.35 * size * pixel_size_m,
-                             height_m=0.6 * size * pixel_size_m, n_objects=6)
-    scan = simulate_scan(phantom, n_projections=n_projections, rows=size, cols=size,
-                         pixel_size_m=pixel_size_m, n_darks=n_darks, n_flats=n_flats, seed=seed)
+    scan = simulate_scan(simulated_phantom(size, seed), n_projections=n_projections, rows=size, cols=size,
+                         pixel_size_m=_SIM_PIXEL_SIZE_M, n_darks=n_darks, n_flats=n_flats, seed=seed)
     return scan_data_from_simulation(scan)
+
+
+def simulated_truth(size: int, binning: int = 1, seed: int = 0) -> np.ndarray:
+    """Ground truth δ of :func:`simulated_scan_data` on the grid of a reconstruction with ``binning``.
+
+    Returns
+    -------
+    ndarray of shape (size // binning, size // binning, size // binning), float32
+        ``[z, y, x]``, as the service publishes volumes.
+    """
+    n = size // binning
+    # binned row k averages detector rows k·b … k·b + b - 1 (as in simulate_scan)
+    z0_m = ((binning - 1) / 2 - (size - 1) / 2) * _SIM_PIXEL_SIZE_M
+    return simulated_phantom(size, seed).voxelize(n, n, _SIM_PIXEL_SIZE_M * binning, z0_m)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
