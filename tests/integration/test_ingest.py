@@ -309,3 +309,30 @@ def test_commands_change_settings_for_the_next_scan_and_abort_it(make_ingest):
     assert stats["rejected_by_reason"] == {"unknown_scan": 1} and stats["state"] == "idle"
     for b in cache.values():
         b.close()
+
+
+def test_angles_sent_with_the_frames_reach_the_tasks(make_ingest):
+    ing = make_ingest(ring_slots=8)
+    info = scan_info(n_projections=4, angle_start_deg=None, angle_step_deg=None,
+                     reconstruction={"angle_binning": 2})
+    darks, flats, projections = frames_of(info)
+    measured_deg = [0.3, 44.9, 90.2, 135.1]  # what the rotation stage reported
+    ing.send(encode_scan_start(info))
+    for kind, stack in (("dark", darks), ("flat", flats)):
+        for i, image in enumerate(stack):
+            ing.send(encode_frame("s1", kind, i, image))
+    ing.send(encode_frame("s1", "projection", 0, projections[0]))  # no angle: rejected
+    for i in (3, 2, 1, 0):
+        ing.send(encode_frame("s1", "projection", i, projections[i], angle_deg=measured_deg[i]))
+    cache: dict = {}
+    tasks = sorted((ing.task(), ing.task()), key=lambda t: t["group"])
+    for task, members in zip(tasks, ([0, 1], [2, 3])):
+        check_task(task, info, 1, darks, flats, projections, cache)
+        assert sorted(task["indices"]) == members
+        assert task["angle_deg"] == pytest.approx(np.mean([measured_deg[i] for i in members]))
+        ing.done(task)
+    ing.send(encode_scan_end("s1"))
+    assert ing.event("scan_complete")["n_projections_used"] == 4
+    assert ing.event("stats", where=lambda e: e["rejected"] > 0)["rejected_by_reason"] == {"missing_angle": 1}
+    for b in cache.values():
+        b.close()
