@@ -220,10 +220,12 @@ class ScanBuffers:
             for shm in segments.values():
                 shm.close()
             raise
-        for part, spec in specs.items():
-            if segments[part].size < spec.nbytes:
-                raise ValueError(f"segment {prefix}_{part} has {segments[part].size} bytes, "
-                                 f"{spec.nbytes} expected")
+        short = [f"{prefix}_{part} has {segments[part].size} bytes, {spec.nbytes} expected"
+                 for part, spec in specs.items() if segments[part].size < spec.nbytes]
+        if short:
+            for shm in segments.values():
+                shm.close()
+            raise ValueError("shared memory smaller than described: " + "; ".join(short))
         return cls(prefix, specs, segments)
 
     def description(self) -> dict[str, Any]:

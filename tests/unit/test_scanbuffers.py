@@ -142,3 +142,15 @@ def test_create_refuses_more_than_dev_shm_holds(prefix):
     with pytest.raises(MemoryError, match="GB of shared memory"):
         ScanBuffers.create(prefix, huge)
     assert leftovers(prefix) == []
+
+
+def test_attach_checks_sizes_against_the_description(prefix):
+    buffers = ScanBuffers.create(prefix, small_layout())
+    description = buffers.description()
+    description["parts"]["ring"]["shape"] = [30, 8, 10]
+    with pytest.raises(ValueError, match=f"{prefix}_ring has 480 bytes, 4800 expected"):
+        ScanBuffers.attach(description)
+    buffers.close()
+    buffers.unlink()
+    with pytest.raises(FileNotFoundError):
+        ScanBuffers.attach(buffers.description())
