@@ -202,6 +202,9 @@ class Ingest:
             settings = self.settings.merged(info.reconstruction)
         except SettingsError as exc:
             raise ProtocolError(f"scan_start reconstruction: {exc}", "settings") from exc
+        if settings.binning > min(info.shape):
+            raise ProtocolError(f"binning {settings.binning} exceeds the {info.shape[0]}x{info.shape[1]} frame",
+                                "settings")
         if self.scan is not None and not (self.scan.ending or self.scan.aborted):
             if self.scan.info.scan_id == info.scan_id:
                 raise ProtocolError(f"scan {info.scan_id!r} is already open", "duplicate")
@@ -219,8 +222,6 @@ class Ingest:
             angles = np.linspace(0.0, 180.0, info.n_projections, endpoint=False)
         rows, cols = info.shape
         b = settings.binning
-        if b > min(rows, cols):
-            raise ProtocolError(f"binning {b} exceeds the {rows}x{cols} frame", "settings")
         try:
             groups, group_angles, weights = plan_groups(info.n_projections, settings.angle_binning, angles)
         except ValueError as exc:
