@@ -286,3 +286,27 @@ def sweep(prefix: str) -> list[str]:
     if removed:
         log.info("swept %d shared-memory segment(s) %s*", len(removed), prefix)
     return removed
+
+
+def sweep_orphans() -> list[str]:
+    """Unlink ``holostream_<pid>_*`` segments whose daemon process no longer exists.
+
+    A daemon killed with SIGKILL cannot sweep its own; the next one can call this at start.
+    Liveness is judged by ``/proc/<pid>``, so all daemons sharing ``/dev/shm`` must share
+    one PID namespace (true on one host without containers).
+
+    Returns
+    -------
+    list of str
+        The names removed.
+    """
+    dead: set[str] = set()
+    try:
+        names = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        pid = name.split("_")[1] if name.startswith("holostream_") and name.count("_") >= 2 else ""
+        if pid.isdigit() and pid not in dead and not os.path.exists(f"/proc/{pid}"):
+            dead.add(pid)
+    return [name for pid in sorted(dead) for name in sweep(f"holostream_{pid}_")]

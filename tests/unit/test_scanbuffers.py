@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from holostream.service.channels import spawn_context
-from holostream.shared.scanbuffers import ScanBuffers, layout, sweep
+from holostream.shared.scanbuffers import ScanBuffers, layout, sweep, sweep_orphans
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs POSIX shared memory")
 
@@ -154,3 +154,18 @@ def test_attach_checks_sizes_against_the_description(prefix):
     buffers.unlink()
     with pytest.raises(FileNotFoundError):
         ScanBuffers.attach(buffers.description())
+
+
+def test_sweep_orphans_removes_segments_of_dead_daemons_only(prefix):
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, timeout=30)
+    dead_pid = int(proc.stdout)  # that process has exited
+    orphan = ScanBuffers.create(f"holostream_{dead_pid}_7", small_layout())
+    orphan.close()
+    alive = ScanBuffers.create(prefix, small_layout())
+    removed = sweep_orphans()
+    assert sorted(n for n in removed if n.startswith(f"holostream_{dead_pid}_7_")) == sorted(
+        f"holostream_{dead_pid}_7_{part}" for part in small_layout())
+    assert leftovers(f"holostream_{dead_pid}_") == [] and len(leftovers(prefix)) == 5
+    alive.close()
+    alive.unlink()
