@@ -86,8 +86,11 @@ class OpenScan:
         self.ending = False
         self.aborted = False
         self.error: str | None = None
-        # Workers need the scan's geometry, not a list of 100 000 angles in every task.
-        self.task_scan = {k: v for k, v in info.to_dict().items() if k != "angles_deg"}
+        # What every task repeats, built once. Workers need the scan's geometry, not a list
+        # of 100 000 angles in every task.
+        self.task_base = {"type": "group", "scan_seq": seq,
+                          "scan": {k: v for k, v in info.to_dict().items() if k != "angles_deg"},
+                          "settings": settings.to_dict(), "buffers": buffers.description()}
 
     @property
     def n_slots(self) -> int:
@@ -288,10 +291,8 @@ class Ingest:
             angle = float(np.mean([scan.angle_of[i] for i in indices]))
         scan.in_flight[g] = InFlight(slots, indices, scan.dispatched)
         scan.dispatched += 1
-        self.channels.tasks.put({"type": "group", "scan_seq": scan.seq, "scan": scan.task_scan,
-                                 "settings": scan.settings.to_dict(), "buffers": scan.buffers.description(),
-                                 "group": g, "slots": slots, "indices": indices, "angle_deg": angle,
-                                 "weight": scan.weights[g]})
+        self.channels.tasks.put({**scan.task_base, "group": g, "slots": slots, "indices": indices,
+                                 "angle_deg": angle, "weight": scan.weights[g]})
 
     def _dispatch_ready(self) -> None:
         scan = self.scan
