@@ -28,15 +28,13 @@ import math
 
 import numpy as np
 
-from .fresnel import fresnel_number, frequency_squared
-from .padding import Padding
-from .physics import wavelength_m
+from .paganin import FourierFilterRetrieval
 
 #: χ (radians) where the regularisation starts / ends its move from alpha_low to alpha_high.
 TRANSITION_CHI = (math.pi / 4, 3 * math.pi / 4)
 
 
-class CTF:
+class CTF(FourierFilterRetrieval):
     """Intensity → phase by the regularised homogeneous CTF inverse; set up once.
 
     Parameters
@@ -68,52 +66,20 @@ class CTF:
         ``A / (2 (A² + α))`` on the ``rfft2`` half grid.
     """
 
-    def __init__(
-        self,
-        shape,
-        pixel_size_m: float,
-        distance_m: float,
-        energy_kev: float,
-        delta_beta: float,
-        backend,
-        pad_mode: str = "edge",
-        alpha_low: float = 1e-7,
-        alpha_high: float = 1e-2,
-        margin: float = 0.5,
-    ):
-        fresnel_number(pixel_size_m, distance_m, energy_kev)  # validates the three numbers
-        if not delta_beta > 0:
-            raise ValueError(f"delta_beta must be > 0, got {delta_beta!r}")
+    def __init__(self, shape, pixel_size_m: float, distance_m: float, energy_kev: float,
+                 delta_beta: float, backend, pad_mode: str = "edge", alpha_low: float = 1e-7,
+                 alpha_high: float = 1e-2, margin: float = 0.5):
+        super().__init__(shape, pixel_size_m, distance_m, energy_kev, delta_beta, backend, pad_mode, margin)
         if not (alpha_low >= 0 and alpha_high > 0):
             raise ValueError(
                 f"need alpha_low >= 0 and alpha_high > 0, got {alpha_low!r}, {alpha_high!r}"
             )
-        self.backend = backend
-        self.delta_beta = float(delta_beta)
-        self.padding = Padding(shape, backend, mode=pad_mode, margin=margin)
-        f2 = frequency_squared(self.padding.padded_shape, pixel_size_m, half=True)
-        chi = math.pi * wavelength_m(energy_kev) * distance_m * f2
+        chi = math.pi * self.lambda_z * self.frequency_squared
         ctf = np.sin(chi) + np.cos(chi) / self.delta_beta
         t = np.clip((chi - TRANSITION_CHI[0]) / (TRANSITION_CHI[1] - TRANSITION_CHI[0]), 0, 1)
         step = t * t * (3.0 - 2.0 * t)
         alpha = alpha_low + (alpha_high - alpha_low) * step
         self.filter = backend.asarray((ctf / (2.0 * (ctf**2 + alpha))).astype(np.float32))
-
-    def __call__(self, intensity):
-        """Phase from flat-corrected intensity.
-
-        Parameters
-        ----------
-        intensity : ndarray of shape (..., rows, cols), float32
-            Flat-corrected intensity (≈ 1 where there is no object), on this backend.
-
-        Returns
-        -------
-        ndarray of shape (..., rows, cols), float32
-            Phase φ in radians (negative in matter).
-        """
-        padded = self.padding.pad(intensity.astype(np.float32, copy=False))
-        return self.padding.crop(self.phase_padded(padded)).copy()
 
     def phase_padded(self, padded_intensity):
         """Phase on the padded grid, for iterative methods that continue from it.

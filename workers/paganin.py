@@ -12,6 +12,7 @@ matter. The filter is real and even, so real FFTs over the padded grid suffice.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import numpy as np
 
@@ -23,7 +24,47 @@ from .physics import wavelength_m
 MIN_INTENSITY = 1e-6
 
 
-class Paganin:
+class FourierFilterRetrieval(ABC):
+    """Shared set-up of the single-distance Fourier filters (Paganin, CTF).
+
+    Validates the geometry, plans the padding and keeps ``|f|²`` (cycles²/m²) on the
+    ``rfft2`` half grid of the padded shape and ``λz`` (m²); a subclass builds its filter
+    from them and implements :meth:`phase_padded`.
+    """
+
+    def __init__(self, shape, pixel_size_m: float, distance_m: float, energy_kev: float,
+                 delta_beta: float, backend, pad_mode: str = "edge", margin: float = 0.5):
+        fresnel_number(pixel_size_m, distance_m, energy_kev)  # validates the three numbers
+        if not delta_beta > 0:
+            raise ValueError(f"delta_beta must be > 0, got {delta_beta!r}")
+        self.backend = backend
+        self.delta_beta = float(delta_beta)
+        self.padding = Padding(shape, backend, mode=pad_mode, margin=margin)
+        self.frequency_squared = frequency_squared(self.padding.padded_shape, pixel_size_m, half=True)
+        self.lambda_z = wavelength_m(energy_kev) * distance_m
+
+    def __call__(self, intensity):
+        """Phase from flat-corrected intensity.
+
+        Parameters
+        ----------
+        intensity : ndarray of shape (..., rows, cols), float32
+            Flat-corrected intensity (≈ 1 where there is no object), on this backend.
+
+        Returns
+        -------
+        ndarray of shape (..., rows, cols), float32
+            Phase φ in radians (negative in matter).
+        """
+        padded = self.padding.pad(intensity.astype(np.float32, copy=False))
+        return self.padding.crop(self.phase_padded(padded)).copy()
+
+    @abstractmethod
+    def phase_padded(self, padded_intensity):
+        """Phase on the padded grid (``self.padding.padded_shape``); see subclasses."""
+
+
+class Paganin(FourierFilterRetrieval):
     """Intensity → phase by the Paganin filter; filter and padding set up once.
 
     Parameters
@@ -51,42 +92,11 @@ class Paganin:
         ``1 / (1 + πλz(δ/β)|f|²)`` on the ``rfft2`` half grid.
     """
 
-    def __init__(
-        self,
-        shape,
-        pixel_size_m: float,
-        distance_m: float,
-        energy_kev: float,
-        delta_beta: float,
-        backend,
-        pad_mode: str = "edge",
-        margin: float = 0.5,
-    ):
-        fresnel_number(pixel_size_m, distance_m, energy_kev)  # validates the three numbers
-        if not delta_beta > 0:
-            raise ValueError(f"delta_beta must be > 0, got {delta_beta!r}")
-        self.backend = backend
-        self.delta_beta = float(delta_beta)
-        self.padding = Padding(shape, backend, mode=pad_mode, margin=margin)
-        f2 = frequency_squared(self.padding.padded_shape, pixel_size_m, half=True)
-        length2 = math.pi * wavelength_m(energy_kev) * distance_m * self.delta_beta
-        self.filter = backend.asarray((1.0 / (1.0 + length2 * f2)).astype(np.float32))
-
-    def __call__(self, intensity):
-        """Phase from flat-corrected intensity.
-
-        Parameters
-        ----------
-        intensity : ndarray of shape (..., rows, cols), float32
-            Flat-corrected intensity (≈ 1 where there is no object), on this backend.
-
-        Returns
-        -------
-        ndarray of shape (..., rows, cols), float32
-            Phase φ in radians (negative in matter).
-        """
-        padded = self.padding.pad(intensity.astype(np.float32, copy=False))
-        return self.padding.crop(self.phase_padded(padded)).copy()
+    def __init__(self, shape, pixel_size_m: float, distance_m: float, energy_kev: float,
+                 delta_beta: float, backend, pad_mode: str = "edge", margin: float = 0.5):
+        super().__init__(shape, pixel_size_m, distance_m, energy_kev, delta_beta, backend, pad_mode, margin)
+        length2 = math.pi * self.lambda_z * self.delta_beta
+        self.filter = backend.asarray((1.0 / (1.0 + length2 * self.frequency_squared)).astype(np.float32))
 
     def phase_padded(self, padded_intensity):
         """Phase on the padded grid, for iterative methods that continue from it.
