@@ -29,6 +29,9 @@ from holostream.workers.backend import Backend
 
 log = logging.getLogger(__name__)
 
+#: Weight changes below this (radians; weights are >= π/100 000) are float noise, not gaps.
+_WEIGHT_TOLERANCE_RAD = 1e-9
+
 
 def volume_header(scan: dict[str, Any], settings: dict[str, Any], *, scan_seq: int, seq: int,
                   final: bool, n_used: int, shape: tuple[int, ...]) -> dict[str, Any]:
@@ -191,12 +194,14 @@ def final_volume(partials: np.ndarray, weights: np.ndarray, sinogram: np.ndarray
     diff = wanted - np.asarray(used_weights, dtype=np.float64)
     data = partials.sum(axis=0, dtype=np.float32)
     total = float(np.sum(weights))
-    if np.max(np.abs(diff)) > 1e-12:
+    # only the neighbours of a gap change weight: a scan cut short corrects two groups
+    changed = np.flatnonzero(np.abs(diff) > _WEIGHT_TOLERANCE_RAD)
+    if changed.size:
         correction = backend.xp.zeros(data.shape, dtype=np.float32)
-        fbp.backproject(correction, backend.asarray(sinogram[groups]), angles_rad, diff,
-                        center_px, backend)
+        fbp.backproject(correction, backend.asarray(sinogram[groups[changed]]),
+                        np.asarray(angles_rad)[changed], diff[changed], center_px, backend)
         data += backend.to_host(correction)
-        total += float(diff.sum())
+        total += float(diff[changed].sum())
     return fbp.combine_partials(data[None], [total])
 
 
