@@ -1,0 +1,47 @@
+"""Device-memory estimate of a scan: the reference workload fits a 16 GB card, absurd ones are refused."""
+
+import numpy as np
+import pytest
+
+from holostream.workers.backend import get_backend
+from holostream.workers.memory import check_fits, estimate_device_bytes, padded_side
+from holostream.workers.padding import Padding
+
+GB = 1_000_000_000
+
+
+def test_padded_side_is_what_the_phase_retrieval_allocates():
+    for n in (64, 100, 682, 1024):
+        assert (padded_side(n), padded_side(n)) == Padding((n, n), get_backend("cpu")).padded_shape
+
+
+def test_reference_workload_fits_16_gb_with_a_batch_of_64():
+    est = estimate_device_bytes((2048, 2048), binning=3, angle_binning=3, batch=64)
+    assert est.volume == 682 ** 3 * 4
+    assert est.total < 16 * GB
+    check_fits(est, 16 * GB)
+
+
+def test_estimate_grows_with_batch_and_shrinks_with_binning():
+    small = estimate_device_bytes((2048, 2048), 3, 3, batch=8).total
+    big = estimate_device_bytes((2048, 2048), 3, 3, batch=64).total
+    unbinned = estimate_device_bytes((2048, 2048), 1, 1, batch=8).total
+    assert small < big and small < unbinned
+
+
+def test_a_scan_that_cannot_fit_is_refused_with_the_reason():
+    est = estimate_device_bytes((4096, 4096), binning=1, angle_binning=1, batch=16)
+    assert est.volume == 4096 ** 3 * 4  # 275 GB of volume alone
+    with pytest.raises(MemoryError, match=r"needs .* GB .*volume"):
+        check_fits(est, 80 * GB)
+
+
+@pytest.mark.parametrize("bad", [dict(binning=0, angle_binning=1), dict(binning=1, angle_binning=0)])
+def test_bad_binning_is_an_error(bad):
+    with pytest.raises(ValueError):
+        estimate_device_bytes((64, 64), **bad)
+
+
+def test_volume_estimate_matches_a_real_allocation():
+    est = estimate_device_bytes((128, 128), binning=2, angle_binning=1)
+    assert est.volume == np.zeros((64, 64, 64), np.float32).nbytes

@@ -1,0 +1,103 @@
+"""Device-memory estimate of one scan's reconstruction, before any frame arrives.
+
+The live service must refuse a scan whose reconstruction cannot fit on the GPU with the
+reason, at ``scan_start``, rather than fail half-way. The estimate follows what the plan
+objects allocate: raw frames of a batch of angle groups, dark and flat, binned intensities,
+the padded complex64 waves of the phasing loop (wave, propagated wave, Fresnel kernel and
+FFT work space), ramp-filter work space and the float32 volume accumulator.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .padding import smooth_size
+
+#: complex64 arrays of the padded grid alive at once per projection in AP/RAAR (object wave,
+#: detector wave, RAAR's previous iterate, FFT work space).
+WAVES_PER_PROJECTION = 4
+#: cuFFT/VkFFT plans need work space of the order of one batch of the transformed arrays.
+FFT_WORKSPACE_FACTOR = 1.0
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes needed on the device, by part (all ints, bytes)."""
+
+    raw_frames: int
+    references: int
+    intensities: int
+    phasing: int
+    filtering: int
+    volume: int
+
+    @property
+    def total(self) -> int:
+        """Sum of all parts, bytes."""
+        return (self.raw_frames + self.references + self.intensities + self.phasing
+                + self.filtering + self.volume)
+
+    def describe(self) -> str:
+        """One line, GB per part, for a refusal message."""
+        parts = ", ".join(f"{name} {getattr(self, name) / 1e9:.2f}" for name in
+                          ("raw_frames", "references", "intensities", "phasing", "filtering", "volume"))
+        return f"{self.total / 1e9:.2f} GB ({parts} GB)"
+
+
+def padded_side(n: int, margin: float = 0.5) -> int:
+    """Padded length of the phase-retrieval grid for ``n`` pixels (as ``padding.Padding``)."""
+    return smooth_size(n + 2 * math.ceil(margin * n / 2))
+
+
+def estimate_device_bytes(raw_shape: tuple[int, int], binning: int, angle_binning: int,
+                          batch: int = 1, raw_itemsize: int = 2, margin: float = 0.5,
+                          ramp_padding_factor: int = 2) -> MemoryEstimate:
+    """Estimate the device memory of reconstructing one scan.
+
+    Parameters
+    ----------
+    raw_shape : tuple of int
+        ``(rows, cols)`` of the detector frames.
+    binning, angle_binning : int
+        Pixel and angle binning.
+    batch : int
+        Angle groups processed together in one call.
+    raw_itemsize : int
+        Bytes per raw pixel (2 for uint16); flat-field works in float32 on top of it.
+    margin : float
+        Padding fraction of the phase retrieval.
+    ramp_padding_factor : int
+        Zero-padding factor of the ramp filter.
+
+    Returns
+    -------
+    MemoryEstimate
+    """
+    rows, cols = raw_shape
+    if binning < 1 or angle_binning < 1 or batch < 1:
+        raise ValueError("binning, angle_binning and batch must be >= 1")
+    rows_b, cols_b = rows // binning, cols // binning
+    frames = batch * angle_binning
+    raw = frames * rows * cols * (raw_itemsize + 4)  # the frames and their float32 transmission
+    references = 2 * rows * cols * 4
+    intensities = batch * rows_b * cols_b * 4 * 2  # binned intensity and phase
+    side_r, side_c = padded_side(rows_b, margin), padded_side(cols_b, margin)
+    wave = side_r * side_c * 8
+    phasing = int(batch * wave * (WAVES_PER_PROJECTION + FFT_WORKSPACE_FACTOR) + wave)  # + kernel
+    ramp_cols = smooth_size(ramp_padding_factor * cols_b)
+    filtering = batch * rows_b * (ramp_cols * 4 + (ramp_cols // 2 + 1) * 8)
+    volume = rows_b * cols_b * cols_b * 4
+    return MemoryEstimate(raw, references, intensities, phasing, filtering, volume)
+
+
+def check_fits(estimate: MemoryEstimate, available_bytes: int, reserve: float = 0.1) -> None:
+    """Raise ``MemoryError`` with the reason when ``estimate`` exceeds the usable memory.
+
+    ``reserve`` is the fraction of ``available_bytes`` kept free for the CUDA context,
+    plan caches and fragmentation.
+    """
+    usable = int(available_bytes * (1.0 - reserve))
+    if estimate.total > usable:
+        raise MemoryError(f"needs {estimate.describe()}, but only {usable / 1e9:.2f} GB of the device's "
+                          f"{available_bytes / 1e9:.2f} GB are usable")
