@@ -12,7 +12,6 @@ dropped and counted.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
@@ -26,8 +25,6 @@ from holostream.service.config import PublishConfig
 from holostream.shared.scanbuffers import ScanBuffers
 from holostream.workers import fbp, phasing
 from holostream.workers.backend import Backend
-
-log = logging.getLogger(__name__)
 
 #: Weight changes below this (radians; weights are >= π/100 000) are float noise, not gaps.
 _WEIGHT_TOLERANCE_RAD = 1e-9
