@@ -38,6 +38,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="best of N runs per figure")
     parser.add_argument("--no-peers", action="store_true", help="skip nabu and astra-toolbox")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
+    parser.add_argument("--ingest", action="store_true",
+                        help="also measure ingest throughput of 2048x2048 uint16 frames against a bare "
+                             "pyzmq PUSH/PULL loop (separate sender process)")
+    parser.add_argument("--ingest-frames", type=int, default=200, help="frames per ingest run (default 200)")
 
 
 @dataclass
@@ -262,6 +266,10 @@ def run(args) -> int:
                        "seconds_per_volume": per_projection * n_volume,
                        "note": "sum of the stage rates; flat-field+binning counted angle_binning "
                                "times per projection"}
+    if args.ingest:
+        from holostream.service.ingestbench import compare
+
+        report["ingest"] = compare(args.ingest_frames, repeat=args.repeat)
     if not args.no_peers and args.device == "cpu":
         report["peers"] = peer_comparison(preset["size"], min(preset["n_projections"], 360), args.repeat)
     text = json.dumps(report, indent=2)
