@@ -42,6 +42,9 @@ def add_arguments(parser) -> None:
                         help="also measure ingest throughput of 2048x2048 uint16 frames against a bare "
                              "pyzmq PUSH/PULL loop (separate sender process)")
     parser.add_argument("--ingest-frames", type=int, default=200, help="frames per ingest run (default 200)")
+    parser.add_argument("--pool", type=int, nargs="?", const=0, default=None, metavar="N",
+                        help="also measure dark/flat + 3x3 + 3-angle binning of 2048² uint16 frames on N "
+                             "processes at once (default N: all cores), in GB/s of raw frames")
 
 
 @dataclass
@@ -94,8 +97,7 @@ def synthetic_intensity(size: int, n: int, seed: int = 0) -> np.ndarray:
 def stage_timings(backend, preset: dict, batch: int, iterations: int, repeat: int) -> dict:
     """Time each stage of the chain on ``batch`` projections at the preset's size."""
     from holostream.workers import fbp
-    from holostream.workers.binning import bin_pixels
-    from holostream.workers.flatfield import FlatField
+    from holostream.workers.flatfield import CPU_CHUNK_ROWS, FlatField
     from holostream.workers.phasing import PhaseRetrieval, default_chain
 
     xp, size, b = backend.xp, preset["size"], preset["binning"]
@@ -110,7 +112,8 @@ def stage_timings(backend, preset: dict, batch: int, iterations: int, repeat: in
     dark = backend.asarray(np.full((raw_side, raw_side), 100, np.float32))
     flat = backend.asarray(np.full((raw_side, raw_side), 1000, np.float32))
     flatfield = FlatField(dark, flat, backend)
-    t = best_time(lambda: bin_pixels(flatfield(raw), b, xp), repeat, sync)
+    chunk = CPU_CHUNK_ROWS if backend.name == "cpu" else None
+    t = best_time(lambda: flatfield.binned(raw, b, chunk_rows=chunk), repeat, sync)
     out["flatfield+binning"] = _row(Timing(t, batch), raw_bytes=raw.nbytes)
 
     intensity = backend.asarray(synthetic_intensity(size, batch))
@@ -230,6 +233,46 @@ def disk_sinogram(size: int, nz: int, angles_rad, seed: int = 3):
     return sinogram, image.astype(np.float32)
 
 
+def _binning_process(barrier, results, n_frames: int, side: int, b: int, k: int) -> None:
+    """One pool process: flat-field, bin b×b and average groups of k of ``n_frames`` raw frames."""
+    from holostream.workers.backend import get_backend
+    from holostream.workers.flatfield import CPU_CHUNK_ROWS, FlatField
+
+    backend = get_backend("cpu", threads=1)
+    raw = np.random.default_rng(0).integers(900, 1100, (n_frames, side, side), dtype=np.uint16)
+    flatfield = FlatField(np.full((side, side), 100, np.float32), np.full((side, side), 1000, np.float32), backend)
+    flatfield.binned(raw[:k], b, chunk_rows=CPU_CHUNK_ROWS)  # warm-up
+    barrier.wait()
+    t0 = time.perf_counter()
+    for start in range(0, n_frames, k):
+        flatfield.binned(raw[start : start + k], b, chunk_rows=CPU_CHUNK_ROWS).mean(axis=0)
+    results.put(time.perf_counter() - t0)
+
+
+def pool_binning_throughput(processes: int, frames_per_process: int = 48, side: int = 2048,
+                            b: int = 3, k: int = 3) -> dict:
+    """Raw GB/s of dark/flat correction + b×b and k-angle binning on ``processes`` processes at once.
+
+    Each process works on frames already in its memory (as the worker pool reads the
+    shared-memory ring); the wall time is the slowest process's.
+    """
+    from holostream.service.channels import spawn_context
+
+    ctx = spawn_context()
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=_binning_process, args=(barrier, results, frames_per_process, side, b, k))
+             for _ in range(processes)]
+    for p in procs:
+        p.start()
+    seconds = max(results.get(timeout=600) for _ in procs)
+    for p in procs:
+        p.join()
+    raw_bytes = processes * frames_per_process * side * side * 2
+    return {"processes": processes, "frames": processes * frames_per_process, "frame_side": side,
+            "binning": b, "angle_binning": k, "seconds": seconds, "raw_GB_per_s": raw_bytes / seconds / 1e9,
+            "frames_per_s": processes * frames_per_process / seconds}
+
+
 def machine() -> dict:
     """Name the machine the figures come from."""
     cpu = platform.processor() or platform.machine()
@@ -266,6 +309,8 @@ def run(args) -> int:
                        "seconds_per_volume": per_projection * n_volume,
                        "note": "sum of the stage rates; flat-field+binning counted angle_binning "
                                "times per projection"}
+    if args.pool is not None:
+        report["pool_binning"] = pool_binning_throughput(args.pool or len(os.sched_getaffinity(0)))
     if args.ingest:
         from holostream.service.ingestbench import compare
 

@@ -83,3 +83,20 @@ def test_shape_mismatches_say_expected_and_got():
         correction(np.ones((4, 3)))
     with pytest.raises(ValueError, match="min_denominator"):
         FlatField(np.zeros((4, 4)), np.ones((4, 4)), BACKEND, min_denominator=-1)
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 1, 7, 48, 10_000])
+def test_binned_in_chunks_equals_correct_then_bin(chunk_rows):
+    from holostream.workers.binning import bin_pixels
+
+    backend = get_backend("cpu")
+    rng = np.random.default_rng(5)
+    dark = rng.uniform(90, 110, (50, 38)).astype(np.float32)
+    flat = rng.uniform(800, 1200, (50, 38)).astype(np.float32)
+    flat[3, 4] = dark[3, 4]  # a dead pixel: no information there
+    raw = rng.integers(0, 1500, (4, 50, 38)).astype(np.uint16)
+    ff = FlatField(dark, flat, backend)
+    expected = bin_pixels(ff(raw), 3, np)
+    got = ff.binned(raw, 3, chunk_rows=chunk_rows)
+    assert got.shape == (4, 16, 12)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
