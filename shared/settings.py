@@ -28,14 +28,12 @@ _MAX_ANGLE_BINNING = 10_000
 _MAX_ITERATIONS = 100_000
 _MAX_PUBLISH_INTERVAL_S = 86_400.0
 
-# One chain step: ``name``, optional ``**count``, optional ``(key=value, ...)``.
-_STEP = re.compile(
-    r"""^(?P<name>[a-z][a-z0-9_-]*)
-        (?:\s*\*\*\s*(?P<count>\d+))?
-        (?:\s*\((?P<params>[^()]*)\))?$""",
-    re.VERBOSE,
-)
-_PARAM = re.compile(r"^[a-z_][a-z0-9_]*\s*=\s*[^=\s][^=]*$")
+# The chain grammar, whole: steps ``name[**count][(key=value, ...)]`` separated by commas.
+# Only the syntax is checked here (shared/ knows no step names); the worker's
+# ``phasing.parse_chain`` checks names and parameters.
+_KEY_VALUE = r"[a-z_][a-z0-9_]*\s*=\s*[^=,()\s][^=,()]*"
+_STEP = rf"[a-z][a-z0-9_-]*(?:\s*\*\*\s*[1-9][0-9]*)?(?:\s*\(\s*(?:{_KEY_VALUE}(?:\s*,\s*{_KEY_VALUE})*)?\s*\))?"
+_CHAIN = re.compile(rf"\s*{_STEP}(?:\s*,\s*{_STEP})*\s*")
 
 
 class SettingsError(ValueError):
@@ -55,46 +53,13 @@ class SettingsError(ValueError):
         super().__init__(f"setting {key!r}: {reason}")
 
 
-def split_chain(text: str) -> list[str]:
-    """Split chain text at the commas that are outside parentheses.
-
-    Returns the stripped step texts, e.g. ``"paganin, ap**8(delta_beta=200, x=1)"`` gives
-    ``["paganin", "ap**8(delta_beta=200, x=1)"]``. Raises ``ValueError`` on unbalanced
-    parentheses.
-    """
-    steps, depth, start = [], 0, 0
-    for i, char in enumerate(text):
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-            if depth < 0:
-                raise ValueError(f"unbalanced ')' at character {i}")
-        elif char == "," and depth == 0:
-            steps.append(text[start:i].strip())
-            start = i + 1
-    if depth != 0:
-        raise ValueError("unbalanced '(' in chain")
-    steps.append(text[start:].strip())
-    return steps
-
-
 def check_chain_syntax(text: str) -> None:
     """Check that ``text`` reads as a phase chain; raise ``ValueError`` with the reason."""
-    steps = split_chain(text)
-    for step in steps:
-        if not step:
-            raise ValueError("empty step in chain (two commas in a row, or a trailing comma)")
-        match = _STEP.match(step)
-        if match is None:
-            raise ValueError(f"step {step!r} is not of the form name[**count][(key=value, ...)]")
-        if match["count"] is not None and int(match["count"]) < 1:
-            raise ValueError(f"step {step!r}: the repeat count must be >= 1")
-        params = match["params"]
-        if params is not None and params.strip():
-            for item in params.split(","):
-                if not _PARAM.match(item.strip()):
-                    raise ValueError(f"step {step!r}: parameter {item.strip()!r} is not key=value")
+    if not _CHAIN.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not a chain of steps name[**count][(key=value, ...)] separated by commas "
+            "(counts >= 1, no empty steps)"
+        )
 
 
 def _integer(key: str, value: Any, low: int, high: int) -> int:
