@@ -39,25 +39,12 @@ class CTF(FourierFilterRetrieval):
 
     Parameters
     ----------
-    shape : tuple of int
-        ``(rows, cols)`` of the input images.
-    pixel_size_m : float
-        Pixel size in metres.
-    distance_m : float
-        Sample–detector (effective, plane-wave) distance in metres.
-    energy_kev : float
-        Photon energy in keV.
-    delta_beta : float
-        δ/β of the material, > 0.
-    backend : Backend
-    pad_mode : {"edge", "reflect", "constant1"}
-        See :class:`workers.padding.Padding`.
+    shape, pixel_size_m, distance_m, energy_kev, delta_beta, backend, pad_mode, margin
+        As for :class:`~holostream.workers.paganin.FourierFilterRetrieval`.
     alpha_low, alpha_high : float
         Tikhonov regularisation below / above the first CTF maximum (see module doc).
         Defaults: 1e-7 biases the scale by ≤ 1 % up to δ/β = 300; 1e-2 bounds the gain at
         the CTF zeros to 2.5 (1e-1 gave the same accuracy on simulated spheres).
-    margin : float
-        Padding fraction, see :class:`workers.padding.Padding`.
 
     Attributes
     ----------

@@ -30,6 +30,24 @@ class FourierFilterRetrieval(ABC):
     Validates the geometry, plans the padding and keeps ``|f|²`` (cycles²/m²) on the
     ``rfft2`` half grid of the padded shape and ``λz`` (m²); a subclass builds its filter
     from them and implements :meth:`phase_padded`.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        ``(rows, cols)`` of the input images.
+    pixel_size_m : float
+        Pixel size in metres.
+    distance_m : float
+        Sample–detector (effective, plane-wave) distance in metres.
+    energy_kev : float
+        Photon energy in keV.
+    delta_beta : float
+        δ/β of the (single) material, > 0.
+    backend : Backend
+    pad_mode : {"edge", "reflect", "constant1"}
+        See :class:`workers.padding.Padding`.
+    margin : float
+        Padding fraction, see :class:`workers.padding.Padding`.
     """
 
     def __init__(self, shape, pixel_size_m: float, distance_m: float, energy_kev: float,
@@ -69,21 +87,8 @@ class Paganin(FourierFilterRetrieval):
 
     Parameters
     ----------
-    shape : tuple of int
-        ``(rows, cols)`` of the input images.
-    pixel_size_m : float
-        Pixel size in metres.
-    distance_m : float
-        Sample–detector (effective, plane-wave) distance in metres.
-    energy_kev : float
-        Photon energy in keV.
-    delta_beta : float
-        δ/β of the (single) material, > 0.
-    backend : Backend
-    pad_mode : {"edge", "reflect", "constant1"}
-        See :class:`workers.padding.Padding`.
-    margin : float
-        Padding fraction, see :class:`workers.padding.Padding`.
+    shape, pixel_size_m, distance_m, energy_kev, delta_beta, backend, pad_mode, margin
+        As for :class:`FourierFilterRetrieval`; ``delta_beta`` is that of the single material.
 
     Attributes
     ----------
