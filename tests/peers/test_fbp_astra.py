@@ -12,6 +12,8 @@ import time
 import numpy as np
 import pytest
 
+from analytic import N, ellipse_image, ellipse_sinogram
+
 from holostream.workers.backend import get_backend
 from holostream.workers.fbp import reconstruct
 
@@ -19,40 +21,7 @@ astra = pytest.importorskip("astra")
 
 pytestmark = pytest.mark.peers
 
-N, NZ, N_ANGLES = 128, 64, 180
-# (x0, y0, semi-axis a, semi-axis b, rotation phi, value): pixels relative to the axis
-ELLIPSES = [(0.0, 0.0, 44.0, 36.0, 0.3, 1.0), (18.0, -10.0, 12.0, 12.0, 0.0, 0.5),
-            (-20.0, 14.0, 14.0, 7.0, -0.8, -0.4)]
-
-
-def _area_left_of(t, r):
-    t = np.clip(t, -r, r)
-    return t * np.sqrt(r * r - t * t) + r * r * np.arcsin(t / r)
-
-
-def exact_sinogram(angles):
-    """Pixel-integrated line integrals of ELLIPSES, (n_angles, cols) float64."""
-    a_ = angles[:, None]
-    t = np.arange(N)[None, :] - (N - 1) / 2
-    sino = np.zeros((angles.size, N))
-    for x0, y0, a, b, phi, value in ELLIPSES:
-        rho = np.hypot(a * np.cos(a_ - phi), b * np.sin(a_ - phi))
-        s = t - (x0 * np.cos(a_) + y0 * np.sin(a_))
-        sino += value * a * b / rho**2 * (_area_left_of(s + 0.5, rho) - _area_left_of(s - 0.5, rho))
-    return sino
-
-
-def exact_image(supersample=4):
-    sub = (np.arange(N * supersample) + 0.5) / supersample - 0.5 - (N - 1) / 2
-    y, x = np.meshgrid(sub, sub, indexing="ij")
-    image = np.zeros_like(x)
-    for x0, y0, a, b, phi, value in ELLIPSES:
-        xr = (x - x0) * np.cos(phi) + (y - y0) * np.sin(phi)
-        yr = -(x - x0) * np.sin(phi) + (y - y0) * np.cos(phi)
-        image += value * ((xr / a) ** 2 + (yr / b) ** 2 <= 1.0)
-    return image.reshape(N, supersample, N, supersample).mean(axis=(1, 3))
-
-
+NZ, N_ANGLES = 64, 180
 def astra_fbp_volume(sinogram, angles, projector):
     """Slice-by-slice astra CPU FBP of (n_angles, nz, cols), in our [z, y, x] orientation."""
     vol_geom = astra.create_vol_geom(N, N)
@@ -89,8 +58,8 @@ def test_fbp_agrees_with_astra_and_is_as_accurate_and_as_fast(projector):
     angles = np.linspace(0, np.pi, N_ANGLES, endpoint=False)
     # slices differ by a factor so a slice mix-up would show
     scale = np.linspace(0.5, 1.5, NZ)
-    sinogram = (exact_sinogram(angles)[:, None, :] * scale[None, :, None]).astype(np.float32)
-    truth = exact_image()[None] * scale[:, None, None]
+    sinogram = ellipse_sinogram(angles, nz=1) * scale[None, :, None].astype(np.float32)
+    truth = ellipse_image()[None] * scale[:, None, None]
     c = np.arange(N) - (N - 1) / 2
     fov = np.hypot(*np.meshgrid(c, c, indexing="ij")) < N / 2 - 2
 
