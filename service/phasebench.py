@@ -159,8 +159,9 @@ class NewtonProposal:
     behind HoToPy's Tikhonov solver without its adjoint and line search. The iterate with
     the smallest residual is kept (the frozen linearisation can overshoot at large z after
     ~10 steps); then ``ap_steps`` AP iterations with the δ/β constraint clean up the high
-    frequencies. One Newton step costs one forward propagation and one real filter, about
-    half an AP iteration; 5 + 5 costs what the default ``ap`` (10) does.
+    frequencies. One Newton step (one forward propagation, one real filter) costs about
+    what an AP iteration does (≈2.3 ms at 384² padded, one core): 5 + 5 costs what the
+    default ``ap`` (10) does, and 1–3 Newton steps alone already beat it.
 
     Parameters
     ----------
