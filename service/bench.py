@@ -42,6 +42,9 @@ def add_arguments(parser) -> None:
                         help="also measure ingest throughput of 2048x2048 uint16 frames against a bare "
                              "pyzmq PUSH/PULL loop (separate sender process)")
     parser.add_argument("--ingest-frames", type=int, default=200, help="frames per ingest run (default 200)")
+    parser.add_argument("--phase-peers", action="store_true",
+                        help="also score our phase retrieval against HoToPy's (when installed) on simulated "
+                             "holograms: error, correlation, scale and time per projection")
     parser.add_argument("--pool", type=int, nargs="?", const=0, default=None, metavar="N",
                         help="also measure dark/flat + 3x3 + 3-angle binning of 2048² uint16 frames on N "
                              "processes at once (default N: all cores), in GB/s of raw frames")
@@ -309,6 +312,10 @@ def run(args) -> int:
                        "seconds_per_volume": per_projection * n_volume,
                        "note": "sum of the stage rates; flat-field+binning counted angle_binning "
                                "times per projection"}
+    if args.phase_peers:
+        from holostream.service.phasebench import compare_phase_retrieval
+
+        report["phase_peers"] = compare_phase_retrieval(repeat=args.repeat)
     if args.pool is not None:
         report["pool_binning"] = pool_binning_throughput(args.pool or len(os.sched_getaffinity(0)))
     if args.ingest:
