@@ -1,4 +1,4 @@
-"""Phase-retrieval chains: a start (Paganin or CTF), then AP / RAAR iterations.
+"""Phase-retrieval chains: a start (Paganin or CTF), then Newton / AP / RAAR iterations.
 
 A chain is data, written like PyNX operator chains read right to left, but in the order
 they run: ``"paganin, ap**8(delta_beta=200), ap**2"`` means a Paganin start, 8
@@ -17,6 +17,12 @@ Iterations work on the padded grid with the object wave ``ψ = exp(-B + iφ)``:
   ``phase_max`` / ``phase_min`` clip φ (``phase_max=0``: δ ≥ 0).
 - AP: ``ψ ← P_o P_d ψ``. RAAR (``beta``, default 0.75):
   ``ψ ← β (ψ + P_o(2 P_d ψ − ψ)) + (1 − 2β) P_d ψ``.
+- ``newton**k``: up to k quasi-Newton steps on the homogeneous-object model
+  ``ψ = exp((i + β/δ)φ)``, ``φ ← φ + CTF⁻¹_α[mask · (I − |Dψ|²)]`` with the mask 1 on the
+  measured pixels only, keeping per projection the iterate of smallest residual
+  (:class:`workers.ctf.NewtonRefinement`). ``delta_beta`` defaults to the retrieval's δ/β,
+  ``alpha_high`` to ``NEWTON_ALPHA_HIGH``, ``alpha_low`` to the CTF's. Later AP / RAAR steps
+  continue from ``ψ = min(exp(φ/(δ/β)), 1) · exp(iφ)``.
 
 The phase is tracked as a real, unwrapped array: a new wave ``w`` gets
 ``φ_w = φ + angle(w · conj(ψ))`` relative to the current ``(ψ, φ)``, so thick samples
@@ -26,26 +32,43 @@ is the phase of the last iterate, cropped to the input shape.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 import numpy as np
 
-from .ctf import CTF
+from .ctf import CTF, NewtonRefinement
 from .fresnel import FresnelPropagator
 from .paganin import MIN_INTENSITY, Paganin
 from .padding import Padding
 
 START_STEPS = ("paganin", "ctf")
-ITERATION_STEPS = ("ap", "raar")
+ITERATION_STEPS = ("ap", "raar", "newton")
 #: Parameters each step accepts (all numbers).
 STEP_PARAMS = {
     "paganin": ("delta_beta",),
     "ctf": ("delta_beta", "alpha_low", "alpha_high"),
     "ap": ("delta_beta", "phase_min", "phase_max"),
     "raar": ("beta", "delta_beta", "phase_min", "phase_max"),
+    "newton": ("delta_beta", "alpha_low", "alpha_high"),
+}
+#: Allowed values of each parameter: (test, what it must be).
+_PARAM_RANGES = {
+    "delta_beta": (lambda v: v > 0, "> 0"),
+    "alpha_low": (lambda v: v >= 0, ">= 0"),
+    "alpha_high": (lambda v: v > 0, "> 0"),
+    "beta": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "phase_min": (math.isfinite, "finite"),
+    "phase_max": (math.isfinite, "finite"),
 }
 RAAR_BETA = 0.75
+#: CTF regularisation above the first maximum of the ``newton`` step (gain ≤ 0.14 at the
+#: CTF zeros): the best of 0.3, 1, 3 and 10 on service/phasebench.py's phantoms.
+NEWTON_ALPHA_HIGH = 3.0
+#: The chain recommended for thick, near-homogeneous samples, at the cost of ``ap`` with 10
+#: iterations (docs/phase-retrieval.md); ``delta_beta`` of the ``ap`` steps is the sample's.
+RECOMMENDED_CHAIN = "paganin, newton**5(alpha_high=3), ap**5(delta_beta=200)"
 
 _TOKEN = re.compile(r"^\s*([A-Za-z_]\w*)\s*(?:\*\*\s*(\d+)\s*)?(?:\((.*)\))?\s*$", re.DOTALL)
 
@@ -56,11 +79,18 @@ class Step:
 
     Parameters
     ----------
-    name : {"paganin", "ctf", "ap", "raar"}
+    name : {"paganin", "ctf", "ap", "raar", "newton"}
     count : int
         Repetitions, ≥ 1 (1 for start steps).
     params : tuple of (str, float)
         Keyword parameters; stored sorted by key, so equal steps compare equal.
+
+    Raises
+    ------
+    ValueError
+        Unknown name or parameter, a count < 1 (or > 1 for a start step), a value out of
+        range (``delta_beta``, ``alpha_high`` > 0, ``alpha_low`` ≥ 0, ``beta`` in (0, 1], all
+        finite) or ``phase_min > phase_max``.
     """
 
     name: str
@@ -81,9 +111,15 @@ class Step:
                     f"step {self.name!r} has no parameter {key!r}; "
                     f"accepted: {', '.join(STEP_PARAMS[self.name])}"
                 )
-        object.__setattr__(
-            self, "params", tuple(sorted((k, float(v)) for k, v in params.items()))
-        )
+        values = {key: float(value) for key, value in params.items()}
+        for key, value in values.items():
+            test, allowed = _PARAM_RANGES[key]
+            if not (math.isfinite(value) and test(value)):
+                raise ValueError(f"step {self.name!r}: {key} must be {allowed}, got {value!r}")
+        if values.get("phase_min", -math.inf) > values.get("phase_max", math.inf):
+            raise ValueError(f"step {self.name!r}: phase_min {values['phase_min']!r} > "
+                             f"phase_max {values['phase_max']!r}")
+        object.__setattr__(self, "params", tuple(sorted(values.items())))
 
     def param(self, key: str, default: float | None = None) -> float | None:
         """Value of parameter ``key``, or ``default`` when the step does not set it."""
@@ -185,7 +221,7 @@ def default_chain(phase: str, iterations: int, delta_beta: float) -> tuple[Step,
         return ()
     if phase in START_STEPS:
         return (Step(phase),)
-    if phase in ITERATION_STEPS:
+    if phase in ("ap", "raar"):
         free = round(iterations / 5)
         steps = [Step("paganin")]
         if iterations - free:
@@ -194,6 +230,12 @@ def default_chain(phase: str, iterations: int, delta_beta: float) -> tuple[Step,
             steps.append(Step(phase, free))
         return tuple(steps)
     return parse_chain(phase)
+
+
+def recommended_chain(delta_beta: float) -> str:
+    """:data:`RECOMMENDED_CHAIN` for a sample of δ/β ``delta_beta`` (the ``ap`` constraint's)."""
+    *head, last = parse_chain(RECOMMENDED_CHAIN)
+    return format_chain((*head, Step(last.name, last.count, (("delta_beta", delta_beta),))))
 
 
 class PhaseRetrieval:
@@ -246,10 +288,18 @@ class PhaseRetrieval:
                 alphas = {k: v for k, v in start.params if k.startswith("alpha")}
                 self._start = CTF(*geometry, self._start_delta_beta, backend, pad_mode,
                                   margin=margin, **alphas)
+        self._newton = {}
         if len(self.chain) > 1:
             self._propagator = FresnelPropagator(
                 self.padding.padded_shape, pixel_size_m, distance_m, energy_kev, backend
             )
+            region = tuple(slice(o, o + n) for o, n in zip(self.padding.offset, self.padding.shape))
+            for step in self.chain[1:]:
+                if step.name == "newton" and step.params not in self._newton:
+                    alphas = {"alpha_high": NEWTON_ALPHA_HIGH,
+                              **{k: v for k, v in step.params if k.startswith("alpha")}}
+                    self._newton[step.params] = NewtonRefinement(
+                        self._propagator, region, step.param("delta_beta", self.delta_beta), **alphas)
 
     def __call__(self, intensity):
         """Phase of flat-corrected intensity.
@@ -279,9 +329,15 @@ class PhaseRetrieval:
     def _iterate(self, padded_intensity, phase):
         xp = self.backend.xp
         measured = xp.sqrt(xp.maximum(padded_intensity, np.float32(0)))
-        modulus = xp.minimum(xp.exp(phase / np.float32(self._start_delta_beta)), np.float32(1))
-        psi = _polar(modulus, phase, xp)
+        psi, delta_beta = None, self._start_delta_beta
         for step in self.chain[1:]:
+            if step.name == "newton":
+                phase = self._newton[step.params](padded_intensity, phase, step.count)
+                psi, delta_beta = None, step.param("delta_beta", self.delta_beta)
+                continue
+            if psi is None:
+                modulus = xp.minimum(xp.exp(phase / np.float32(delta_beta)), np.float32(1))
+                psi = _polar(modulus, phase, xp)
             beta = np.float32(step.param("beta", RAAR_BETA))
             for _ in range(step.count):
                 detector = self._detector_projection(psi, measured)
