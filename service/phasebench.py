@@ -13,8 +13,8 @@ linear (CTF) and TIE (Paganin) models break down. The truth is ``-(2π/λ)∫δ 
 over each pixel, on the same supersampled grid as the simulation.
 
 holostream runs ``paganin``, ``ctf``, ``ap`` and ``raar`` (:func:`default_chain`, 10
-iterations: 8 with the δ/β constraint, 2 without) and ``newton+ap``, a proposed chain
-(:class:`NewtonProposal`) at the cost of ``ap``. HoToPy (``hotopy.holo``, torch on CPU,
+iterations: 8 with the δ/β constraint, 2 without) and ``newton+ap``, the recommended chain
+(``phasing.RECOMMENDED_CHAIN``) at the cost of ``ap``. HoToPy (``hotopy.holo``, torch on CPU,
 float32, the same thread count as our FFTs) runs ``Paganin``, ``CTF`` and the nonlinear
 ``Tikhonov`` (Huhn et al., Opt. Express 30, 32871, 2022) with β/δ = 1/200 and two-level
 regularisation ``alpha = (0, 0.3)``: no low-frequency term (the δ/β coupling fixes the low
@@ -47,12 +47,10 @@ import numpy as np
 
 from holostream.workers.backend import get_backend
 from holostream.workers.binning import bin_pixels
-from holostream.workers.ctf import CTF
 from holostream.workers.fresnel import FresnelPropagator, fresnel_number
 from holostream.workers.padding import Padding
-from holostream.workers.paganin import Paganin
 from holostream.workers.phantom import random_phantom
-from holostream.workers.phasing import PhaseRetrieval, default_chain
+from holostream.workers.phasing import PhaseRetrieval, default_chain, recommended_chain
 from holostream.workers.physics import wavelength_m
 from holostream.workers.simulate import HologramSimulator, ScanGeometry
 
@@ -137,81 +135,15 @@ def score(phase: np.ndarray, truth: np.ndarray) -> dict:
 def our_methods(shape, distance_m: float, delta_beta: float, backend) -> dict:
     """holostream's retrievals, set up once: name → ``f(intensity) -> phase`` (numpy float32).
 
-    ``paganin``, ``ctf``, ``ap``, ``raar`` as the service runs them, and ``newton+ap``, the
-    :class:`NewtonProposal` measured here before it goes into ``workers/phasing.py``.
+    ``paganin``, ``ctf``, ``ap``, ``raar`` as the service runs them (:func:`default_chain`),
+    and ``newton+ap``, the recommended chain (:func:`recommended_chain`: Paganin, 5 Newton
+    steps, 5 AP iterations with the δ/β constraint).
     """
     geometry = (shape, PIXEL_SIZE_M, distance_m, ENERGY_KEV, delta_beta, backend)
     methods = {name: PhaseRetrieval(default_chain(name, ITERATIONS, delta_beta), *geometry)
                for name in ("paganin", "ctf", "ap", "raar")}
-    methods["newton+ap"] = NewtonProposal(*geometry)
+    methods["newton+ap"] = PhaseRetrieval(recommended_chain(delta_beta), *geometry)
     return methods
-
-
-class NewtonProposal:
-    """Proposed start for iterative chains: Paganin, CTF-preconditioned Newton steps, then AP.
-
-    Each Newton step corrects the phase by the regularised CTF inverse of the intensity
-    residual on the detector area (the padding margin is not data)::
-
-        φ ← φ + CTF⁻¹_α[ mask · (I − |D exp((i + β/δ)φ)|²) ]
-
-    i.e. the homogeneous-object forward model linearised at φ = 0, the quasi-Newton idea
-    behind HoToPy's Tikhonov solver without its adjoint and line search. The iterate with
-    the smallest residual is kept (the frozen linearisation can overshoot at large z after
-    ~10 steps); then ``ap_steps`` AP iterations with the δ/β constraint clean up the high
-    frequencies. One Newton step (one forward propagation, one real filter) costs about
-    what an AP iteration does (≈2.3 ms at 384² padded, one core): 5 + 5 costs what the
-    default ``ap`` (10) does, and 1–3 Newton steps alone already beat it.
-
-    Parameters
-    ----------
-    shape, pixel_size_m, distance_m, energy_kev, delta_beta, backend
-        As :class:`~holostream.workers.phasing.PhaseRetrieval`.
-    newton_steps, ap_steps : int
-    alpha_high : float
-        CTF regularisation above the first maximum (gain ≤ 0.14 at the CTF zeros with 3,
-        the best of 0.3, 1, 3, 10 here).
-    """
-
-    def __init__(self, shape, pixel_size_m: float, distance_m: float, energy_kev: float,
-                 delta_beta: float, backend, newton_steps: int = 5, ap_steps: int = 5,
-                 alpha_high: float = 3.0):
-        geometry = (shape, pixel_size_m, distance_m, energy_kev, delta_beta, backend)
-        self.backend = backend
-        self.paganin = Paganin(*geometry)
-        self.ctf = CTF(*geometry, alpha_high=alpha_high)
-        self.padding = self.paganin.padding
-        self.propagator = FresnelPropagator(self.padding.padded_shape, pixel_size_m, distance_m,
-                                            energy_kev, backend)
-        self.ap = PhaseRetrieval(f"paganin, ap**{ap_steps}(delta_beta={delta_beta:g})", *geometry)
-        self.newton_steps = newton_steps
-        self.absorption = np.float32(1.0 / delta_beta)
-        mask = np.zeros(self.padding.padded_shape, np.float32)
-        (top, left), (rows, cols) = self.padding.offset, self.padding.shape
-        mask[top : top + rows, left : left + cols] = 1.0
-        self.mask = backend.asarray(mask)
-
-    def __call__(self, intensity):
-        """Phase φ (radians, float32, shape of ``intensity`` (rows, cols)) of one hologram."""
-        xp = self.backend.xp
-        padded = self.padding.pad(intensity.astype(np.float32, copy=False))
-        phase = self.paganin.phase_padded(padded)
-        best, best_norm = phase, math.inf
-        for step in range(self.newton_steps + 1):
-            modulus = xp.exp(phase * self.absorption)
-            wave = self.propagator.forward(
-                modulus * xp.cos(phase) + (modulus * xp.sin(phase)) * np.complex64(1j))
-            residual = (padded - (wave.real**2 + wave.imag**2)) * self.mask
-            norm = float(xp.vdot(residual, residual))
-            if norm >= best_norm:
-                break
-            best, best_norm = phase, norm
-            if step < self.newton_steps:
-                correction = self.backend.rfft2(residual)
-                correction *= self.ctf.filter
-                phase = phase + self.backend.irfft2(correction, s=self.padding.padded_shape)
-        # AP continues from our iterate; PhaseRetrieval has no public entry for a given start
-        return self.padding.crop(self.ap._iterate(padded, best)).copy()
 
 
 def hotopy_methods(shape, distance_m: float, delta_beta: float, threads: int) -> dict:
