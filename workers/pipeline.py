@@ -6,6 +6,10 @@ Offline ``holostream reconstruct`` and the live workers both run
     raw counts (k, rows, cols) ─ flat-field ─ bin b×b ─ mean of the k frames (angle binning)
     ─ phase retrieval (chain) ─ φ → ∫δ dl / voxel ─ ramp filter → (rows_b, cols_b) float32
 
+:meth:`ProjectionPipeline.transmission` is the part before the phase retrieval and
+:meth:`ProjectionPipeline.filtered_from_transmission` the part from it on, so the live
+service can run them in different processes (CPU workers, one GPU process).
+
 The result goes to :class:`~holostream.workers.fbp.VolumeAccumulator` (or
 :func:`~holostream.workers.fbp.backproject`) with the group's mean angle and the weight
 from :func:`plan_groups`.
@@ -162,7 +166,31 @@ class ProjectionPipeline:
         if len(raws) != len(indices) or len(raws) == 0:
             raise ValueError(f"need one index array per group, got {len(raws)} and {len(indices)}")
         xp = self.backend.xp
-        stack = xp.stack([self.transmission(r, i) for r, i in zip(raws, indices)])
+        return self.filtered_from_transmission(
+            xp.stack([self.transmission(r, i) for r, i in zip(raws, indices)]))
+
+    def filtered_from_transmission(self, stack):
+        """Filtered δ projections of a stack of binned transmissions, in one call.
+
+        The second half of the pipeline: phase retrieval, φ → ∫δ dl / voxel, ramp filter.
+        The live service's split mode runs it in the process that owns the GPU, on
+        batches of groups whose :meth:`transmission` the CPU workers computed.
+
+        Parameters
+        ----------
+        stack : array of shape (n, rows_b, cols_b) or (rows_b, cols_b)
+            Flat-fielded, binned, group-averaged transmissions (:meth:`transmission`),
+            numpy or backend.
+
+        Returns
+        -------
+        array of shape (n, rows_b, cols_b) (or (rows_b, cols_b) for one), float32, on the backend
+            Ramp-filtered ``∫δ dl / voxel_size_m``, ready for back-projection.
+        """
+        xp = self.backend.xp
+        stack = xp.asarray(stack, dtype=xp.float32)
+        if stack.ndim not in (2, 3) or tuple(stack.shape[-2:]) != self.binned_shape:
+            raise ValueError(f"transmission stack shape: expected (n, *{self.binned_shape}), got {stack.shape}")
         phase = self.phase(stack)
         return self.ramp(phase_to_delta_px(phase, self.energy_kev, self.voxel_size_m))
 
