@@ -138,6 +138,12 @@ class WorkersConfig:
     count: int = _opt(default_worker_count, _integer(1, 256), "worker processes (default min(4, cores))")
     device: str = _opt("cpu", _choice("cpu", "gpu", "auto"),
                        "cpu, gpu, or auto (gpu when cupy sees one, chosen inside each worker)")
+    mode: str = _opt("auto", _choice("auto", "pool", "split"),
+                     "pool: every worker runs the whole chain; split: workers flat-field and bin, "
+                     "one reconstructor process phases and back-projects in batches on device; "
+                     "auto: split when device resolves to gpu, else pool")
+    batch: int = _opt(16, _integer(1, 4096),
+                      "split mode: angle groups the reconstructor phases and back-projects in one call")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,12 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SHM_DIR = "/dev/shm"
+#: Split mode: the ``handoff`` row of a group is ``(state, angle_deg, weight (rad),
+#: n_projections, center_px)``; state is one of the three below. Written by the
+#: reconstructor in shared memory, so it survives the reconstructor's death (its queue
+#: messages may not: they leave through a feeder thread).
+HANDOFF_COLUMNS = 5
+HANDOFF_WAITING, HANDOFF_TAKEN, HANDOFF_COMMITTED = 0.0, 1.0, 2.0
 _TRACK_KEYWORD = sys.version_info >= (3, 13)  # SharedMemory(track=False) exists from 3.13
 
 
@@ -38,13 +44,31 @@ class PartSpec:
     shape: tuple[int, ...]
 
     @property
+    def binned(self) -> np.ndarray:
+        """float32 ``(n_groups, rows_b, cols_b)``: binned transmissions (split mode only)."""
+        if "binned" not in self.arrays:
+            raise KeyError(f"scan buffers {self.prefix} have no 'binned' part (pool mode)")
+        return self.arrays["binned"]
+
+    @property
+    def handoff(self) -> np.ndarray:
+        """float64 ``(n_groups, 5)``: state, angle_deg, weight, n_projections, center_px per group.
+
+        Split mode only. State ``HANDOFF_TAKEN`` once the reconstructor holds the group,
+        ``HANDOFF_COMMITTED`` (with the other columns) once it is in ``volume[0]``.
+        """
+        if "handoff" not in self.arrays:
+            raise KeyError(f"scan buffers {self.prefix} have no 'handoff' part (pool mode)")
+        return self.arrays["handoff"]
+
+    @property
     def nbytes(self) -> int:
         """Size of the array (bytes)."""
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
 
 def layout(frame_shape: tuple[int, int], frame_dtype: str, n_slots: int, n_groups: int,
-           binned_shape: tuple[int, int], n_workers: int) -> dict[str, PartSpec]:
+           binned_shape: tuple[int, int], n_workers: int, binned: bool = False) -> dict[str, PartSpec]:
     """The parts of one scan's buffers (docs/architecture.md, "Shared memory of one scan").
 
     Parameters
@@ -60,14 +84,20 @@ def layout(frame_shape: tuple[int, int], frame_dtype: str, n_slots: int, n_group
     binned_shape : (rows_b, cols_b)
         Frame shape after pixel binning.
     n_workers : int
-        One partial volume and weight per worker.
+        Partial volumes (and weights): one per worker in pool mode, one in split mode.
+    binned : bool
+        Add the parts of split mode: ``binned``, the CPU workers' transmissions waiting for
+        the reconstructor process, and ``handoff``, which groups it holds or has added to
+        ``volume[0]``.
 
     Returns
     -------
     dict of str to PartSpec
         ``ring`` (n_slots, rows, cols) frame dtype; ``reference`` float32 (2, rows, cols)
         (dark mean, flat mean); ``sinogram`` float32 (n_groups, rows_b, cols_b);
-        ``volume`` float32 (n_workers, rows_b, cols_b, cols_b); ``weights`` float64 (n_workers,).
+        ``volume`` float32 (n_workers, rows_b, cols_b, cols_b); ``weights`` float64 (n_workers,);
+        with ``binned``, also ``binned`` float32 (n_groups, rows_b, cols_b) and
+        ``handoff`` float64 (n_groups, 5).
     """
     rows, cols = frame_shape
     rows_b, cols_b = binned_shape
@@ -75,13 +105,19 @@ def layout(frame_shape: tuple[int, int], frame_dtype: str, n_slots: int, n_group
                         ("rows", rows), ("cols", cols), ("rows_b", rows_b), ("cols_b", cols_b)):
         if value < 1:
             raise ValueError(f"{name}={value}: every dimension of the scan buffers must be >= 1")
-    return {
+    parts = {
         "ring": PartSpec(np.dtype(frame_dtype).name, (n_slots, rows, cols)),
         "reference": PartSpec("float32", (2, rows, cols)),
         "sinogram": PartSpec("float32", (n_groups, rows_b, cols_b)),
         "volume": PartSpec("float32", (n_workers, rows_b, cols_b, cols_b)),
         "weights": PartSpec("float64", (n_workers,)),
     }
+    if binned:
+        # indexed by group, like sinogram: a slot is never reused within a scan, so a group
+        # whose reconstructor died can never be overwritten while a successor reads it
+        parts["binned"] = PartSpec("float32", (n_groups, rows_b, cols_b))
+        parts["handoff"] = PartSpec("float64", (n_groups, HANDOFF_COLUMNS))
+    return parts
 
 
 class _Attached:
@@ -136,7 +172,8 @@ class ScanBuffers:
 
     Use :meth:`create` (owner) or :meth:`attach` (everyone else); pass
     :meth:`description` through queues. Attributes ``ring``, ``reference``, ``sinogram``,
-    ``volume``, ``weights`` are the arrays of :func:`layout`; ``arrays`` maps every part.
+    ``volume``, ``weights`` (and ``binned`` in split mode) are the arrays of :func:`layout`;
+    ``arrays`` maps every part.
     """
 
     def __init__(self, prefix: str, specs: dict[str, PartSpec], segments: dict[str, Any]):
@@ -173,6 +210,24 @@ class ScanBuffers:
     def weights(self) -> np.ndarray:
         """float64 ``(n_workers,)``: sum of the angle weights (rad) each worker added."""
         return self.arrays["weights"]
+
+    @property
+    def binned(self) -> np.ndarray:
+        """float32 ``(n_groups, rows_b, cols_b)``: binned transmissions (split mode only)."""
+        if "binned" not in self.arrays:
+            raise KeyError(f"scan buffers {self.prefix} have no 'binned' part (pool mode)")
+        return self.arrays["binned"]
+
+    @property
+    def handoff(self) -> np.ndarray:
+        """float64 ``(n_groups, 5)``: state, angle_deg, weight, n_projections, center_px per group.
+
+        Split mode only. State ``HANDOFF_TAKEN`` once the reconstructor holds the group,
+        ``HANDOFF_COMMITTED`` (with the other columns) once it is in ``volume[0]``.
+        """
+        if "handoff" not in self.arrays:
+            raise KeyError(f"scan buffers {self.prefix} have no 'handoff' part (pool mode)")
+        return self.arrays["handoff"]
 
     @property
     def nbytes(self) -> int:
