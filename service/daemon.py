@@ -1,7 +1,7 @@
 """``holostream serve``: the live reconstruction daemon, wired in one place.
 
 The main process spawns one ingest process and N workers (docs/architecture.md, "Live
-service"), then runs one loop on a ``zmq.Poller`` with deadlines: it answers control
+service") and, in split mode, one reconstructor process that owns the device; then it runs one loop on a ``zmq.Poller`` with deadlines: it answers control
 requests, drains the ``events`` queue, publishes live volumes every ``publish_interval_s``
 of a scan while new groups arrive, the final volume when a scan is complete, status every
 ``status_interval_s``, replaces dead children, and keeps systemd informed. SIGTERM/SIGINT
@@ -31,9 +31,10 @@ from holostream.service.config import Config, ConfigError, load_config
 from holostream.service.control import Control, ControlError
 from holostream.service.ingest import run_ingest
 from holostream.service.notify import Notifier
+from holostream.service.reconstructor import ReconstructorProcess, resolve_mode
 from holostream.service.status import status_line
 from holostream.service.worker import WorkerPool, child_main, free_orphaned_lock, stop_processes
-from holostream.shared.scanbuffers import sweep
+from holostream.shared.scanbuffers import HANDOFF_COMMITTED, sweep
 from holostream.workers.backend import get_backend
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,17 @@ class Daemon:
         self.prefix = f"holostream_{os.getpid()}"
         self.channels: Channels = make_channels(spawn_context())
         self.log_level = logging.getLogger().getEffectiveLevel()
-        self.pool = WorkerPool(config.workers.count, config.workers.device, self.channels,
-                               self.log_level)
+        workers = config.workers
+        self.mode = resolve_mode(workers.mode, workers.device)  # "pool" or "split"
+        self.reconstructor: ReconstructorProcess | None = None
+        if self.mode == "split":  # CPU workers bin, one process phases and back-projects
+            reconstruct = spawn_context().Queue()
+            self.pool = WorkerPool(workers.count, "cpu", self.channels, self.log_level, reconstruct)
+            threads = max(1, len(os.sched_getaffinity(0)) // 2)
+            self.reconstructor = ReconstructorProcess(workers.device, workers.batch, self.channels,
+                                                      reconstruct, self.log_level, threads)
+        else:
+            self.pool = WorkerPool(workers.count, workers.device, self.channels, self.log_level)
         self.ingest: BaseProcess | None = None
         self.ingest_restarts = 0
         self.ingest_heard = time.monotonic()  # last stats event from ingest
@@ -91,6 +101,8 @@ class Daemon:
             signal.signal(sig, self._on_signal)
         try:
             self.pool.start()
+            if self.reconstructor is not None:
+                self.reconstructor.start()
             self._start_ingest()
             self._loop()
         finally:
@@ -109,11 +121,20 @@ class Daemon:
 
     def _shutdown(self) -> None:
         self.channels.stop.set()
-        drain = lambda: self._drain_queue(self.channels.events)  # noqa: E731 - children flush on exit
+        queues = [self.channels.events]
+        if self.reconstructor is not None:  # workers flush their binned groups to it on exit
+            queues.append(self.reconstructor.reconstruct)
+
+        def drain() -> None:  # children exit only once their queue feeders have flushed
+            for q in queues:
+                self._drain_queue(q)
+
         self.pool.stop(timeout_s=3.0, drain=drain)
+        if self.reconstructor is not None:
+            self.reconstructor.stop(timeout_s=3.0, drain=lambda: self._drain_queue(self.channels.events))
         if self.ingest is not None:
             stop_processes([self.ingest], timeout_s=2.0, drain=drain)
-        for q in (self.channels.tasks, self.channels.commands):
+        for q in (self.channels.tasks, self.channels.commands, *queues[1:]):
             q.cancel_join_thread()  # nobody reads them any more; never hang on exit
         for state in list(self.scans.values()):
             self._drop(state)
@@ -140,9 +161,9 @@ class Daemon:
             if not ready and self.counters["ingest_reports"]:  # ingest has bound its socket
                 ready = True
                 self.notifier.ready()
-                log.info("serving: ingest %s, publish %s, control %s, %d workers",
+                log.info("serving: ingest %s, publish %s, control %s, %d workers, %s mode",
                          self.config.ingest.address, self.config.publish.address,
-                         self.config.control.address, self.config.workers.count)
+                         self.config.control.address, self.config.workers.count, self.mode)
             now = time.monotonic()
             for state in list(self.scans.values()):
                 self._advance(state, now)
@@ -223,7 +244,9 @@ class Daemon:
             self.counters["groups_failed"] += 1
             self.last_error = f"group {event['group']} of {state.scan_id}: {event.get('error')}"
         else:
-            self.pool.groups_done[int(event["worker"])] += 1
+            self.pool.groups_done[int(event["worker"])] += 1  # the worker that binned it, in split mode
+            if event.get("reconstructor") and self.reconstructor is not None:
+                self.reconstructor.groups_done += 1
 
     # ---- publishing ------------------------------------------------------------------
     def _advance(self, state: pub.LiveScan, now: float) -> None:
@@ -235,6 +258,7 @@ class Daemon:
                     self._send(state, volume, final=False)
             return
         aborted = bool(state.complete.get("aborted"))
+        self._recover_committed(state, now)  # split mode only
         missing = state.missing()
         if missing and not aborted and now - state.last_result < _FINAL_STALL_S:
             return  # results still on their way (events and done travel separately)
@@ -256,6 +280,28 @@ class Daemon:
         log.info("scan %s final volume %s from %d/%d projections", state.scan_id,
                  header["shape"], header["n_projections_used"], header["n_projections_expected"])
         self._drop(state)
+
+    def _recover_committed(self, state: pub.LiveScan, now: float) -> None:
+        """Split mode: record the groups in ``volume[0]`` whose report died with the reconstructor.
+
+        The reconstructor writes each group's ``handoff`` row right after adding it to the
+        volume; a SIGKILL before its queue feeders sent ``group_done`` would otherwise
+        leave groups in the volume that the final re-weighting does not know about.
+        """
+        handoff = state.buffers.arrays.get("handoff")
+        if handoff is None:
+            return
+        rows = np.array(handoff)  # a snapshot
+        unreported = [int(g) for g in np.flatnonzero(rows[:, 0] == HANDOFF_COMMITTED)
+                      if int(g) not in state.groups]
+        for g in unreported:
+            _, angle_deg, weight, n_projections, center_px = rows[g]
+            state.record({"type": "group_done", "group": g, "angle_deg": angle_deg, "weight": weight,
+                          "n_projections": int(n_projections), "center_px": center_px}, now)
+            state.failed.discard(g)
+        if unreported:
+            log.warning("scan %s: groups %s are in the volume but their report was lost; recorded",
+                        state.scan_id, unreported)
 
     def _send(self, state: pub.LiveScan, volume: np.ndarray, final: bool) -> dict[str, Any]:
         header = state.header(volume, final)
@@ -287,7 +333,8 @@ class Daemon:
         self.ingest = spawn_context().Process(
             target=child_main, name="holostream-ingest",
             args=(self.log_level, run_ingest, self.config.ingest, self.settings,
-                  self.config.workers.count, self.prefix, self.channels, first_seq))
+                  self.config.workers.count, self.prefix, self.channels, first_seq,
+                  self.mode == "split"))
         self.ingest.start()
         self.ingest_heard = time.monotonic() + 10.0  # allow for its start (imports, bind)
 
@@ -296,6 +343,7 @@ class Daemon:
         if self.stop_requested:
             return
         dead_workers = self.pool.dead()
+        reconstructor_dead = self.reconstructor is not None and self.reconstructor.dead()
         self._drain_events()  # a long final volume must not make ingest look silent
         if self.ingest.is_alive() and time.monotonic() - self.ingest_heard > _INGEST_SILENT_S:
             log.error("ingest (pid %d) silent for %.0f s: killing it", self.ingest.pid, _INGEST_SILENT_S)
@@ -304,7 +352,7 @@ class Daemon:
         ingest_dead = not self.ingest.is_alive()
         now = time.monotonic()
         self.deaths = [t for t in self.deaths if now - t < _CRASH_WINDOW_S]
-        self.deaths += [now] * (len(dead_workers) + ingest_dead)
+        self.deaths += [now] * (len(dead_workers) + ingest_dead + reconstructor_dead)
         if len(self.deaths) >= _CRASH_LIMIT:  # e.g. no GPU, or the ingest address is taken
             self.last_error = (f"{len(self.deaths)} child processes died within "
                                f"{_CRASH_WINDOW_S:.0f} s: giving up (see the log above)")
@@ -314,6 +362,11 @@ class Daemon:
         if dead_workers:
             self.pool.replace(dead_workers)
             self.last_error = f"worker(s) {dead_workers} died and were replaced"
+        if reconstructor_dead:
+            # ingest first: the groups the dead one held are lost, before a new one takes any
+            self.channels.commands.put({"type": "reconstructor_lost"})
+            self.reconstructor.replace()
+            self.last_error = "the reconstructor died and was replaced; the groups it held are lost"
         if ingest_dead:
             self._restart_ingest()
 
@@ -381,6 +434,8 @@ class Daemon:
             "ingest": self.stats, **self.counters,
             "messages_dropped": self.publisher.dropped,
             "workers": self.pool.status(), "worker_restarts": sum(self.pool.restarts.values()),
+            "mode": self.mode,
+            "reconstructor": self.reconstructor.status() if self.reconstructor is not None else None,
             "ingest_restarts": self.ingest_restarts, "ingest_pid": self.ingest.pid if self.ingest else None,
             "settings": self.settings.to_dict(), "last_error": self.last_error,
             "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),

@@ -4,6 +4,9 @@ One scan is open at a time. Projections are copied once from the ZeroMQ buffer i
 ring slot; darks and flats are summed into their means (``reference``) and need no slot.
 When every projection of an angle group is in the ring and the reference is complete, the
 group goes to the workers as a ``tasks`` message; the workers' ``done`` frees its slots.
+In split mode a group has two stages: the worker's ``binned`` frees its slots once the
+transmission is in the ``binned`` part; the group counts as done at the reconstructor's
+``done``, or as lost when the reconstructor died holding it (its ``handoff`` row says so).
 
 Back-pressure: with no free slot the loop stops reading the socket and waits on ``done``,
 so ZeroMQ's high-water marks hold the sender back. If nothing is in flight and the ring is
@@ -31,7 +34,7 @@ from holostream.service.channels import Channels
 from holostream.shared.messages import (
     Frame, Limits, ProtocolError, ScanAbort, ScanEnd, ScanInfo, ScanStart, parse_message,
 )
-from holostream.shared.scanbuffers import ScanBuffers, layout
+from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers, layout
 from holostream.shared.settings import ReconstructionSettings, SettingsError
 from holostream.workers.pipeline import plan_groups
 
@@ -46,12 +49,14 @@ LOGGED_REJECTIONS_PER_S = 10  # all are counted; this many per second are logged
 
 @dataclass
 class InFlight:
-    """A group sent to the workers: its slots stay taken until its ``done``."""
+    """A group sent to the workers: its slots stay taken until its ``done`` (or ``binned``)."""
 
     slots: list[int]
     indices: list[int]
     order: int  # dispatch order; tasks leave the queue in this order
-    picked_at: float | None = None  # when it was surely in a worker's hands
+    picked_at: float | None = None  # when it was surely in a worker's (reconstructor's) hands
+    stage: str = "raw"  # raw (in a worker) or binned (queued for or held by the reconstructor)
+    binned_at: float = 0.0  # when the worker handed it to the reconstructor (split mode)
 
 
 class OpenScan:
@@ -116,10 +121,11 @@ class Ingest:
     """The state of the ingest loop; :func:`run_ingest` drives it."""
 
     def __init__(self, config, settings: ReconstructionSettings, n_workers: int, prefix: str,
-                 channels: Channels, first_seq: int = 1):
+                 channels: Channels, first_seq: int = 1, split: bool = False):
         self.config = config
         self.settings = settings
-        self.n_workers = n_workers
+        self.split = split
+        self.n_partials = 1 if split else n_workers  # the reconstructor owns the one volume
         self.prefix = prefix
         self.channels = channels
         self.limits = Limits(max_frame_bytes=config.max_frame_bytes)
@@ -144,7 +150,8 @@ class Ingest:
             return not scan.in_flight and self.pending_start is None
         if scan.free_slots or self.config.drop_policy == "drop":
             return True
-        return not scan.in_flight  # stalled: read on so missing darks/flats/members can come
+        # stalled (no group in flight will free a slot): read on so missing darks/flats/members can come
+        return not any(task.slots for task in scan.in_flight.values())
 
     def state(self) -> str:
         """``idle``, ``receiving``, ``blocked`` (back-pressure) or ``finishing``."""
@@ -230,7 +237,8 @@ class Ingest:
         except ValueError as exc:
             raise ProtocolError(f"scan_start {info.scan_id}: {exc}", "bad_field") from exc
         n_slots = max(min(self.config.ring_slots, info.n_projections), max(len(g) for g in groups))
-        specs = layout(info.shape, info.dtype, n_slots, len(groups), (rows // b, cols // b), self.n_workers)
+        specs = layout(info.shape, info.dtype, n_slots, len(groups), (rows // b, cols // b),
+                       self.n_partials, binned=self.split)
         seq = self.next_seq
         try:
             buffers = ScanBuffers.create(f"{self.prefix}_{seq}", specs)
@@ -354,17 +362,27 @@ class Ingest:
 
     # ------------------------------------------------------------------ channels
     def on_done(self, msg: dict[str, Any]) -> None:
-        """A worker finished (or failed) a group: free its slots."""
+        """A worker finished (or failed) a group: free its slots.
+
+        Split mode adds ``binned``: a worker's part is done, free the slots; the group waits
+        for the reconstructor's ``done``.
+        """
         scan = self.scan
         if scan is None or msg.get("scan_seq") != scan.seq or msg.get("group") not in scan.in_flight:
             log.debug("ignoring done for scan %s group %s", msg.get("scan_seq"), msg.get("group"))
             return
-        task = scan.in_flight.pop(msg["group"])
-        scan.free_slots.extend(task.slots)
         now = time.monotonic()
-        for other in scan.in_flight.values():  # sent earlier, so already taken by a worker
-            if other.order < task.order and other.picked_at is None:
-                other.picked_at = now
+        task = scan.in_flight[msg["group"]]
+        scan.free_slots.extend(task.slots)
+        task.slots = []
+        if task.stage == "raw":
+            for other in scan.in_flight.values():  # sent earlier, so already taken by a worker
+                if other.stage == "raw" and other.order < task.order and other.picked_at is None:
+                    other.picked_at = now
+        if msg.get("type") == "binned":
+            task.stage, task.picked_at, task.binned_at = "binned", None, now
+            return
+        del scan.in_flight[msg["group"]]
         if msg.get("type") == "done":
             scan.groups_done.append(msg["group"])
             scan.n_projections_used += len(task.indices)
@@ -375,6 +393,30 @@ class Ingest:
             self.counts["failed_groups"] += 1
             log.error("scan %s group %s failed in worker %s: %s", scan.info.scan_id, msg["group"],
                       msg.get("worker"), msg.get("error"))
+        self.finish_if_idle()
+
+    def reconstructor_lost(self) -> None:
+        """The reconstructor died (split mode): settle the groups it held.
+
+        Its ``handoff`` rows tell: taken and not committed, the group is lost; committed, it
+        is in the volume (its ``done`` died in the queue feeder) and counts as done; neither,
+        it is still queued for the next reconstructor.
+        """
+        scan = self.scan
+        if scan is None or "handoff" not in scan.buffers.arrays:
+            return
+        state = scan.buffers.handoff[:, 0]
+        # any stage: the worker's "binned" may still be on its way, but the worker is done
+        lost = [g for g in scan.in_flight if state[g] == HANDOFF_TAKEN]
+        for g in lost:
+            scan.free_slots.extend(scan.in_flight.pop(g).slots)
+        if lost:
+            self.counts["lost_groups"] += len(lost)
+            log.error("scan %s: groups %s died with the reconstructor", scan.info.scan_id, lost)
+        for g in list(scan.in_flight):
+            if state[g] == HANDOFF_COMMITTED:
+                self.on_done({"type": "done", "scan_seq": scan.seq, "group": g, "slots": [],
+                              "worker": "reconstructor", "seconds": 0.0})
         self.finish_if_idle()
 
     def reclaim_lost(self, now: float) -> None:
@@ -388,9 +430,16 @@ class Ingest:
             return
         queue_empty = self.channels.tasks.empty()
         limit = max(LOST_AFTER_S, 20 * self.group_seconds)
+        handoff = scan.buffers.arrays.get("handoff")
         for g, task in list(scan.in_flight.items()):
-            if task.picked_at is None and queue_empty:
+            if task.picked_at is None and task.stage == "raw" and queue_empty:
                 task.picked_at = now
+            elif task.picked_at is None and task.stage == "binned" and handoff[g, 0] == HANDOFF_TAKEN:
+                task.picked_at = now  # in the reconstructor's hands
+            elif task.picked_at is None and task.stage == "binned" and now - task.binned_at > 2 * limit:
+                # never marked taken: a reconstructor killed between taking it and marking it
+                # (microseconds), or a backlog far beyond any live use
+                task.picked_at = task.binned_at + 2 * limit
             if task.picked_at is not None and now - task.picked_at > limit:
                 log.error("scan %s group %d not done %.0f s after a worker took it: taken as lost",
                           scan.info.scan_id, g, limit)
@@ -400,7 +449,7 @@ class Ingest:
         self.finish_if_idle()
 
     def on_command(self, msg: dict[str, Any]) -> None:
-        """``settings`` (for the next scan), ``abort`` (the open scan) or ``release`` (buffers)."""
+        """``settings`` (next scan), ``abort`` (open scan), ``release`` (buffers), ``reconstructor_lost``."""
         kind = msg.get("type")
         if kind == "settings":
             try:
@@ -414,6 +463,8 @@ class Ingest:
             buffers = self.closed.pop(msg.get("scan_seq"), None)
             if buffers is not None:
                 buffers.close()
+        elif kind == "reconstructor_lost":
+            self.reconstructor_lost()
         else:
             log.error("ignoring unknown command %r", msg)
 
@@ -479,7 +530,7 @@ def _drain(q, handler) -> None:
 
 
 def run_ingest(config, settings: ReconstructionSettings, n_workers: int, prefix: str,
-               channels: Channels, first_seq: int = 1) -> None:
+               channels: Channels, first_seq: int = 1, split: bool = False) -> None:
     """Entry point of the ingest process; returns when ``channels.stop`` is set.
 
     Parameters
@@ -490,15 +541,17 @@ def run_ingest(config, settings: ReconstructionSettings, n_workers: int, prefix:
     settings : ReconstructionSettings
         Server settings; a scan's ``reconstruction`` overrides apply on top.
     n_workers : int
-        Partial volumes to allocate per scan.
+        Partial volumes to allocate per scan in pool mode (one per worker).
     prefix : str
         Shared-memory name prefix, ``holostream_<daemon pid>``; scans get ``<prefix>_<seq>``.
     channels : Channels
     first_seq : int
         Number of the first scan (a restarted ingest continues above the previous one's).
+    split : bool
+        Split mode: one partial volume and a ``binned`` part per scan, two-stage groups.
     """
     _keep_freed_buffers()
-    ingest = Ingest(config, settings, n_workers, prefix, channels, first_seq)
+    ingest = Ingest(config, settings, n_workers, prefix, channels, first_seq, split)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.RCVHWM, config.rcvhwm)

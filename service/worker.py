@@ -8,6 +8,11 @@ angle weight into ``weights[w]``. It then tells ingest (``done``: free the slots
 daemon (``group_done`` on ``events``, once the group is in ``volume[w]``: its angle and
 weight, so the daemon can build the final volume of exactly the groups that arrived). A
 failing task is reported with its reason and the worker goes on.
+
+In split mode (``[workers] mode``) a worker only flat-fields, bins and averages the group
+(:meth:`ProjectionPipeline.transmission`), writes it to ``binned[group]``, hands the group
+to the reconstructor process (``reconstruct`` queue) and tells ingest ``binned`` (free the
+slots); the reconstructor does the rest (:mod:`holostream.service.reconstructor`).
 """
 
 from __future__ import annotations
@@ -52,6 +57,17 @@ def choose_backend(device: str, threads: int = 1) -> Backend:
     return get_backend(device, threads=threads)
 
 
+def build_pipeline(scan: ScanInfo, settings: ReconstructionSettings, buffers: ScanBuffers,
+                   backend: Backend) -> ProjectionPipeline:
+    """The :class:`ProjectionPipeline` of a scan, from its shared dark/flat ``reference``."""
+    return ProjectionPipeline(
+        tuple(scan.shape), backend.asarray(buffers.reference[0]), backend.asarray(buffers.reference[1]),
+        binning=settings.binning, chain=default_chain(settings.phase, settings.iterations, scan.delta_beta),
+        filter=settings.filter, energy_kev=scan.energy_kev, distance_m=scan.distance_m,
+        pixel_size_m=scan.pixel_size_m, delta_beta=scan.delta_beta, backend=backend,
+        pad_mode=settings.pad_mode)
+
+
 class ScanWork:
     """What one worker keeps per scan: the attached buffers and the pipeline built for it.
 
@@ -69,38 +85,43 @@ class ScanWork:
     task : dict
         The first group task of the scan (``scan``, ``settings``, ``buffers``).
     backend : Backend
+    split : bool
+        Split mode: :meth:`run` stops at the binned transmission (no volume of its own).
     """
 
-    def __init__(self, worker_id: int, task: dict[str, Any], backend: Backend):
+    def __init__(self, worker_id: int, task: dict[str, Any], backend: Backend, split: bool = False):
         self.worker_id = worker_id
         self.backend = backend
+        self.split = split
         self.scan = ScanInfo.from_dict(task["scan"])
         settings = ReconstructionSettings.from_dict(task["settings"])
         self.buffers = ScanBuffers.attach(task["buffers"])
         try:
-            self.pipeline = ProjectionPipeline(
-                tuple(self.scan.shape), backend.asarray(self.buffers.reference[0]),
-                backend.asarray(self.buffers.reference[1]), binning=settings.binning,
-                chain=default_chain(settings.phase, settings.iterations, self.scan.delta_beta),
-                filter=settings.filter, energy_kev=self.scan.energy_kev,
-                distance_m=self.scan.distance_m, pixel_size_m=self.scan.pixel_size_m,
-                delta_beta=self.scan.delta_beta, backend=backend, pad_mode=settings.pad_mode)
+            self.pipeline = build_pipeline(self.scan, settings, self.buffers, backend)
         except BaseException:
             self.buffers.close()  # a task that cannot run must not pin the scan's memory
             raise
         self.center_px = self.pipeline.center_px(self.scan.cor_px)
-        self.shared_volume = self.buffers.volume[worker_id]
-        self.accumulator = backend.asarray(self.shared_volume)
+        # split mode: the one partial volume is the reconstructor's
+        self.shared_volume = None if split else self.buffers.volume[worker_id]
+        self.accumulator = None if split else backend.asarray(self.shared_volume)
         self.in_place = self.accumulator is self.shared_volume
         self.uncommitted: list[dict[str, Any]] = []  # group_done events not yet visible
         self.uncommitted_weight = 0.0
         self.last_used = self.last_commit = time.monotonic()
 
     def run(self, task: dict[str, Any]) -> None:
-        """Reconstruct one group task into ``sinogram[group]`` and the accumulator."""
+        """Reconstruct one group task into ``sinogram[group]`` and the accumulator.
+
+        In split mode: only its transmission, into ``binned[group]``.
+        """
         self.last_used = time.monotonic()
         slots = list(task["slots"])
         raw = self.backend.asarray(self.buffers.ring[slots])
+        if self.split:
+            transmission = self.pipeline.transmission(raw, list(task["indices"]))
+            self.buffers.binned[task["group"]] = self.backend.to_host(transmission)
+            return
         filtered = self.pipeline.process(raw, list(task["indices"]))
         self.buffers.sinogram[task["group"]] = self.backend.to_host(filtered)
         angle_rad = np.array([math.radians(float(task["angle_deg"]))])
@@ -147,8 +168,12 @@ def _release(cache: dict[str, ScanWork], channels: Channels) -> None:
 
 
 def _handle(worker_id: int, task: dict[str, Any], cache: dict[str, ScanWork], backend: Backend,
-            channels: Channels, failed_scans: set[str]) -> None:
-    """Run one group task; tell ingest (``done``: free the slots) and, on failure, the daemon."""
+            channels: Channels, failed_scans: set[str], reconstruct: Any = None) -> None:
+    """Run one group task; tell ingest (``done``: free the slots) and, on failure, the daemon.
+
+    With a ``reconstruct`` queue (split mode) a binned group goes on to the reconstructor
+    and ingest hears ``binned`` instead of ``done``.
+    """
     start = time.perf_counter()
     seq = int(task["scan_seq"])
     # keyed by the buffers' prefix, unique per scan even across an ingest restart
@@ -157,7 +182,7 @@ def _handle(worker_id: int, task: dict[str, Any], cache: dict[str, ScanWork], ba
     try:
         if key not in cache:
             _release(cache, channels)  # tasks come in order: earlier scans are over for us
-            cache[key] = ScanWork(worker_id, task, backend)
+            cache[key] = ScanWork(worker_id, task, backend, split=reconstruct is not None)
         cache[key].run(task)
     except Exception as exc:  # noqa: BLE001 - any failure is reported with its reason; the worker goes on
         error = f"{type(exc).__name__}: {exc}"
@@ -171,16 +196,23 @@ def _handle(worker_id: int, task: dict[str, Any], cache: dict[str, ScanWork], ba
              "weight": task["weight"], "n_projections": len(task["indices"]),
              "center_px": cache[key].center_px if key in cache else None,
              "worker": worker_id, "error": error, "seconds": seconds}
-    if error is None:
-        cache[key].uncommitted.append(event)  # sent once the group is visible in volume[w]
-    else:
+    done = "done"
+    if error is not None:
         channels.events.put(event)
-    channels.done.put({"type": "done" if error is None else "failed", "scan_seq": seq,
+        done = "failed"
+    elif reconstruct is not None:  # before "binned": ingest must not free what is not handed on
+        reconstruct.put({**{k: v for k, v in task.items() if k not in ("slots", "indices")}, **event,
+                         "type": "group"})
+        done = "binned"
+    else:
+        cache[key].uncommitted.append(event)  # sent once the group is visible in volume[w]
+    channels.done.put({"type": done, "scan_seq": seq,
                        "group": task["group"], "slots": task["slots"], "worker": worker_id,
                        "error": error, "seconds": seconds})
 
 
-def run_worker(worker_id: int, settings_device: str, channels: Channels, threads: int = 1) -> None:
+def run_worker(worker_id: int, settings_device: str, channels: Channels, threads: int = 1,
+               reconstruct: Any = None) -> None:
     """Entry point of worker process ``worker_id``; returns when told to stop.
 
     Parameters
@@ -194,6 +226,8 @@ def run_worker(worker_id: int, settings_device: str, channels: Channels, threads
         ``tasks`` in; ``done`` (to ingest) and ``events`` (to the daemon) out; ``stop``.
     threads : int
         CPU FFT threads of this worker.
+    reconstruct : multiprocessing.Queue, optional
+        Split mode: where binned groups go to the reconstructor (None: pool mode).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
     backend = choose_backend(settings_device, threads)
@@ -224,7 +258,7 @@ def run_worker(worker_id: int, settings_device: str, channels: Channels, threads
             if task.get("type") != "group":
                 log.error("worker %d: ignoring task of unknown type %r", worker_id, task.get("type"))
                 continue
-            _handle(worker_id, task, cache, backend, channels, failed_scans)
+            _handle(worker_id, task, cache, backend, channels, failed_scans, reconstruct)
             _commit(cache, channels, idle=False)
     finally:
         _release(cache, channels)
@@ -295,13 +329,17 @@ class WorkerPool:
     channels : Channels
     log_level : int
         Logging level of the children.
+    reconstruct : multiprocessing.Queue, optional
+        Split mode: the queue to the reconstructor (None: pool mode).
     """
 
-    def __init__(self, count: int, device: str, channels: Channels, log_level: int):
+    def __init__(self, count: int, device: str, channels: Channels, log_level: int,
+                 reconstruct: Any = None):
         self.count = count
         self.device = device
         self.channels = channels
         self.log_level = log_level
+        self.reconstruct = reconstruct
         self.threads = max(1, len(os.sched_getaffinity(0)) // count)
         self.processes: dict[int, BaseProcess] = {}
         self.restarts = {w: 0 for w in range(count)}
@@ -310,7 +348,8 @@ class WorkerPool:
     def _spawn(self, worker_id: int) -> None:
         proc = spawn_context().Process(
             target=child_main, name=f"holostream-worker-{worker_id}",
-            args=(self.log_level, run_worker, worker_id, self.device, self.channels, self.threads))
+            args=(self.log_level, run_worker, worker_id, self.device, self.channels, self.threads,
+                  self.reconstruct))
         proc.start()
         self.processes[worker_id] = proc
 
@@ -326,8 +365,10 @@ class WorkerPool:
     def replace(self, dead: list[int]) -> None:
         """Restart the workers ``dead`` (logged, counted) with the same ids."""
         if dead:  # a worker killed mid-send or mid-receive may have left a queue locked
-            for lock in (self.channels.tasks._rlock, self.channels.done._wlock,
-                         self.channels.events._wlock):
+            locks = [self.channels.tasks._rlock, self.channels.done._wlock, self.channels.events._wlock]
+            if self.reconstruct is not None:
+                locks.append(self.reconstruct._wlock)
+            for lock in locks:
                 free_orphaned_lock(lock, grace_s=2.0)
         for w in dead:
             log.error("worker %d (pid %s) died with exit code %s: replacing it",

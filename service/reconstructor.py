@@ -1,0 +1,383 @@
+"""The reconstructor process of split mode: batches of binned groups in, one partial volume out.
+
+In split mode (``[workers] mode``) the CPU workers flat-field, bin and average each angle
+group into ``binned[group]`` and put the group on the ``reconstruct`` queue. This one
+process owns the device: it gathers up to ``batch`` groups (waiting at most
+``_FILL_WAIT_S`` for a batch to fill), runs phase retrieval, δ conversion and the ramp
+filter on the stack in one call
+(:meth:`~holostream.workers.pipeline.ProjectionPipeline.filtered_from_transmission`),
+writes ``sinogram[groups]`` and back-projects the batch into a device accumulator.
+:meth:`ScanReconstruction.commit` adds that accumulator to the scan's one partial
+``volume[0]`` (and its weight to ``weights[0]``) and only then emits the groups'
+``group_done`` events (daemon) and ``done`` (ingest), exactly as pool-mode workers do, so
+the daemon's live and final volumes work unchanged. A reconstructor killed mid-batch
+therefore leaves no half-added group in the volume. Each group's row of the ``handoff``
+part says where it is (taken, committed with its angle and weight): shared memory outlives
+the process, its queue messages may not, so after a death ingest counts the taken groups
+as lost and the daemon records the committed ones whose report never came.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import time
+from multiprocessing.process import BaseProcess
+from typing import Any, Callable
+
+import numpy as np
+
+from holostream.service.channels import Channels, spawn_context
+from holostream.service.worker import (
+    build_pipeline, child_main, choose_backend, free_orphaned_lock, stop_processes,
+)
+from holostream.shared.messages import ScanInfo
+from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers
+from holostream.shared.settings import ReconstructionSettings
+from holostream.workers import fbp
+from holostream.workers.backend import Backend, gpu_available
+
+log = logging.getLogger(__name__)
+
+_FILL_WAIT_S = 0.005     # longest wait for a batch to fill once its first group is in
+_MIN_WAIT_S = 0.001      # idle polling, as in the workers (never block inside Queue.get)
+_MAX_WAIT_S = 0.02
+_COMMIT_EVERY_S = 0.5    # the accumulator goes to shared memory at least this often while busy
+_IDLE_RELEASE_S = 10.0   # cached scans are let go after this long without a group
+
+
+class ScanReconstruction:
+    """What the reconstructor keeps per scan: buffers, pipeline, the uncommitted accumulator.
+
+    Parameters
+    ----------
+    message : dict
+        The first group of the scan from the ``reconstruct`` queue (``scan``, ``settings``,
+        ``buffers``).
+    backend : Backend
+    """
+
+    def __init__(self, message: dict[str, Any], backend: Backend):
+        self.backend = backend
+        self.scan_seq = int(message["scan_seq"])
+        self.scan = ScanInfo.from_dict(message["scan"])
+        settings = ReconstructionSettings.from_dict(message["settings"])
+        self.buffers = ScanBuffers.attach(message["buffers"])
+        try:
+            self.pipeline = build_pipeline(self.scan, settings, self.buffers, backend)
+            self.shared_volume = self.buffers.volume[0]
+            # groups back-projected since the last commit: float32 (nz, n, n) on the device
+            self.accumulator = backend.xp.zeros(self.shared_volume.shape, dtype=np.float32)
+        except BaseException:
+            self.buffers.close()  # a scan that cannot run must not pin its memory
+            raise
+        self.center_px = self.pipeline.center_px(self.scan.cor_px)
+        self.uncommitted: list[dict[str, Any]] = []  # the messages of the accumulated groups
+        self.uncommitted_weight = 0.0
+        self.last_used = self.last_commit = time.monotonic()
+
+    def take(self, group: int) -> None:
+        """Mark ``group`` as held by this process (lost if it dies before the commit)."""
+        self.buffers.handoff[group, 0] = HANDOFF_TAKEN
+
+    def run(self, messages: list[dict[str, Any]]) -> None:
+        """Phase, filter and back-project one batch of this scan's groups (not yet committed)."""
+        self.last_used = time.monotonic()
+        groups = [int(m["group"]) for m in messages]
+        stack = self.backend.asarray(self.buffers.binned[groups])
+        filtered = self.pipeline.filtered_from_transmission(stack)
+        self.buffers.sinogram[groups] = self.backend.to_host(filtered)
+        angles_rad = np.radians([float(m["angle_deg"]) for m in messages])
+        weights = np.array([float(m["weight"]) for m in messages])
+        fbp.backproject(self.accumulator, filtered, angles_rad, weights, self.center_px, self.backend)
+        self.uncommitted += messages
+        self.uncommitted_weight += float(weights.sum())
+
+    def due(self, idle: bool) -> bool:
+        """Whether :meth:`commit` should run now: when idle, or ``_COMMIT_EVERY_S`` after the last."""
+        return bool(self.uncommitted) and (idle or time.monotonic() - self.last_commit >= _COMMIT_EVERY_S)
+
+    def commit(self) -> list[dict[str, Any]]:
+        """Add the accumulator to ``volume[0]`` and its weight to ``weights[0]``; returns the messages.
+
+        Their ``handoff`` rows follow at once: what is in the volume is known even if this
+        process is killed before its reports leave (queue feeder threads).
+        """
+        self.shared_volume += self.backend.to_host(self.accumulator)
+        self.buffers.weights[0] += self.uncommitted_weight
+        for m in self.uncommitted:
+            self.buffers.handoff[int(m["group"])] = (HANDOFF_COMMITTED, float(m["angle_deg"]),
+                                                     float(m["weight"]), float(m["n_projections"]),
+                                                     self.center_px)
+        self.accumulator.fill(0)
+        messages, self.uncommitted, self.uncommitted_weight = self.uncommitted, [], 0.0
+        self.last_commit = time.monotonic()
+        return messages
+
+    def close(self) -> None:
+        """Detach from the scan's shared memory (the daemon unlinks it)."""
+        self.pipeline = self.accumulator = self.shared_volume = None  # views first, then unmap
+        self.buffers.close()
+
+
+def _result(message: dict[str, Any], error: str | None, seconds: float,
+            center_px: float | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``group_done``/``group_failed`` event (daemon) and ``done``/``failed`` (ingest) of a group."""
+    event = {key: message.get(key) for key in ("scan_seq", "prefix", "group", "angle_deg", "weight",
+                                               "n_projections", "worker")}
+    event.update(type="group_done" if error is None else "group_failed", center_px=center_px,
+                 error=error, seconds=seconds, reconstructor=True)
+    done = {"type": "done" if error is None else "failed", "scan_seq": message["scan_seq"],
+            "group": message["group"], "slots": [], "worker": "reconstructor", "error": error,
+            "seconds": seconds}
+    return event, done
+
+
+class Reconstructor:
+    """The state of the reconstructor loop; :func:`run_reconstructor` drives it."""
+
+    def __init__(self, backend: Backend, channels: Channels, batch: int):
+        self.backend = backend
+        self.channels = channels
+        self.batch = batch
+        self.cache: dict[str, ScanReconstruction] = {}  # by buffer prefix, unique per scan
+        self.failed_scans: set[str] = set()
+        self.batch_seconds: dict[str, float] = {}
+
+    def work(self, message: dict[str, Any]) -> ScanReconstruction:
+        """The cached state of the message's scan, set up at its first group."""
+        key = str(message["buffers"]["prefix"])
+        if key not in self.cache:
+            self.cache[key] = ScanReconstruction(message, self.backend)
+        return self.cache[key]
+
+    def take(self, message: dict[str, Any]) -> None:
+        """Mark a group just taken from the queue as ours, before anything else can happen."""
+        if message.get("type") != "group":
+            return
+        try:
+            self.work(message).take(int(message["group"]))
+        except Exception as exc:  # noqa: BLE001 - process() reports the same failure for the group
+            log.debug("reconstructor: cannot mark group %s taken: %s", message.get("group"), exc)
+
+    def process(self, messages: list[dict[str, Any]]) -> None:
+        """Run the groups of one scan as one batch; a failure fails them all, with the reason."""
+        key = str(messages[0]["buffers"]["prefix"])
+        start = time.perf_counter()
+        try:
+            for other in [k for k in self.cache if k != key]:  # groups come in scan order:
+                self._close(other)                              # earlier scans are over for us
+            self.work(messages[0]).run(messages)
+        except Exception as exc:  # noqa: BLE001 - reported per group with its reason; the loop goes on
+            error = f"{type(exc).__name__}: {exc}"
+            log.error("reconstructor: groups %s of scan %s failed: %s", [m["group"] for m in messages],
+                      messages[0]["scan_seq"], error, exc_info=key not in self.failed_scans)
+            self.failed_scans.add(key)
+            seconds = time.perf_counter() - start
+            for message in messages:
+                event, done = _result(message, error, seconds, None)
+                self.channels.events.put(event)
+                self.channels.done.put(done)
+            return
+        self.batch_seconds[key] = time.perf_counter() - start
+
+    def commit(self, idle: bool) -> None:
+        """Commit what is due; then tell the daemon and ingest which groups are in ``volume[0]``."""
+        for key, work in self.cache.items():
+            if work.due(idle):
+                seconds = self.batch_seconds.get(key, 0.0)
+                for message in work.commit():
+                    event, done = _result(message, None, seconds, work.center_px)
+                    self.channels.events.put(event)
+                    self.channels.done.put(done)
+
+    def _close(self, key: str) -> None:
+        """Commit and close one cached scan."""
+        self.commit(idle=True)
+        self.cache.pop(key).close()
+        log.debug("reconstructor released buffers %s", key)
+
+    def release(self) -> None:
+        """Commit and close every cached scan."""
+        for key in list(self.cache):
+            self._close(key)
+
+    def idle_for(self) -> float:
+        """Seconds since the last batch of any cached scan (0 when none is cached)."""
+        if not self.cache:
+            return 0.0
+        return time.monotonic() - max(w.last_used for w in self.cache.values())
+
+
+def gather(source: Any, batch: int, on_take: Callable[[dict[str, Any]], None],
+           fill_wait_s: float = _FILL_WAIT_S) -> list[dict[str, Any]]:
+    """Up to ``batch`` messages of ``source``; [] at once when it is empty.
+
+    Once the first message is in, waits at most ``fill_wait_s`` seconds for more.
+    ``on_take`` is called on each message as soon as it is out of the queue.
+    """
+    try:
+        messages = [source.get_nowait()]
+    except queue.Empty:
+        return []
+    on_take(messages[0])
+    deadline = time.monotonic() + fill_wait_s
+    while len(messages) < batch and messages[-1].get("type") != "stop":
+        try:
+            messages.append(source.get_nowait())
+            on_take(messages[-1])
+        except queue.Empty:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(_MIN_WAIT_S)  # polling period, bounded by the deadline
+    return messages
+
+
+def by_scan(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Consecutive runs of group messages of the same scan (buffer prefix), in order."""
+    runs: list[list[dict[str, Any]]] = []
+    for message in messages:
+        if runs and runs[-1][0]["buffers"]["prefix"] == message["buffers"]["prefix"]:
+            runs[-1].append(message)
+        else:
+            runs.append([message])
+    return runs
+
+
+def run_reconstructor(device: str, channels: Channels, reconstruct: Any, batch: int,
+                      threads: int = 1) -> None:
+    """Entry point of the reconstructor process; returns when told to stop.
+
+    Parameters
+    ----------
+    device : {"cpu", "gpu", "auto"}
+        Where to compute (``[workers] device``); "auto" is resolved here, in the child.
+    channels : Channels
+        ``done`` (to ingest: ``done``/``failed``) and ``events`` (to the daemon:
+        ``group_done``/``group_failed``) out; ``stop``.
+    reconstruct : multiprocessing.Queue
+        Binned groups from the workers (``{"type": "group", ...}``) or ``{"type": "stop"}``.
+    batch : int
+        Most groups phased and back-projected in one call.
+    threads : int
+        CPU threads of this process (FFT, back-projection).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
+    state = Reconstructor(choose_backend(device, threads), channels, batch)
+    log.info("reconstructor ready on %s, batches of %d", state.backend.name, batch)
+    parent = os.getppid()
+    wait = _MIN_WAIT_S
+    try:
+        while not channels.stop.is_set():
+            messages = gather(reconstruct, batch, state.take)
+            if not messages:
+                state.commit(idle=True)
+                time.sleep(wait)  # not stop.wait(): see run_worker
+                wait = min(2 * wait, _MAX_WAIT_S)
+                if state.idle_for() > _IDLE_RELEASE_S:
+                    state.release()
+                if os.getppid() != parent:
+                    log.error("reconstructor: daemon (pid %d) is gone; exiting", parent)
+                    break
+                continue
+            wait = _MIN_WAIT_S
+            groups = [m for m in messages if m.get("type") == "group"]
+            for run in by_scan(groups):
+                state.process(run)
+            state.commit(idle=False)
+            if len(groups) < len(messages):  # a stop message
+                break
+    finally:
+        state.release()
+        log.info("reconstructor stopped")
+
+
+def _probe_gpu() -> None:
+    """Exit status 0 when cupy sees a GPU, 1 otherwise (run in a spawned child)."""
+    raise SystemExit(0 if gpu_available() else 1)
+
+
+def resolve_mode(mode: str, device: str) -> str:
+    """``"pool"`` or ``"split"`` for ``[workers] mode`` and ``device``.
+
+    ``auto`` is split when the device resolves to a GPU. For ``device = "auto"`` that is
+    asked in a spawned child, so the daemon never imports cupy (or touches a GPU) itself.
+    """
+    if mode != "auto":
+        return mode
+    if device != "auto":
+        return "split" if device == "gpu" else "pool"
+    probe = spawn_context().Process(target=_probe_gpu, name="holostream-gpu-probe")
+    probe.start()
+    probe.join(60.0)
+    if probe.is_alive():
+        probe.kill()
+        probe.join()
+        log.warning("GPU probe did not answer within 60 s: pool mode")
+        return "pool"
+    return "split" if probe.exitcode == 0 else "pool"
+
+
+class ReconstructorProcess:
+    """The daemon's one reconstructor process (split mode); a dead one is replaced.
+
+    Parameters
+    ----------
+    device : {"cpu", "gpu", "auto"}
+    batch : int
+    channels : Channels
+    reconstruct : multiprocessing.Queue
+        Workers → reconstructor.
+    log_level : int
+        Logging level of the child.
+    threads : int
+        CPU threads of the child.
+    """
+
+    def __init__(self, device: str, batch: int, channels: Channels, reconstruct: Any,
+                 log_level: int, threads: int):
+        self.device, self.batch, self.threads = device, batch, threads
+        self.channels = channels
+        self.reconstruct = reconstruct
+        self.log_level = log_level
+        self.process: BaseProcess | None = None
+        self.restarts = 0
+        self.groups_done = 0  # counted by the daemon from events
+
+    def start(self) -> None:
+        """Start the process."""
+        self.process = spawn_context().Process(
+            target=child_main, name="holostream-reconstructor",
+            args=(self.log_level, run_reconstructor, self.device, self.channels, self.reconstruct,
+                  self.batch, self.threads))
+        self.process.start()
+
+    def dead(self) -> bool:
+        """Whether the process has exited."""
+        return self.process is not None and not self.process.is_alive()
+
+    def replace(self) -> None:
+        """Restart a dead reconstructor (logged, counted); ingest must have been told first."""
+        # a process killed mid-receive or mid-send may have left a queue locked
+        for lock in (self.reconstruct._rlock, self.channels.done._wlock, self.channels.events._wlock):
+            free_orphaned_lock(lock, grace_s=2.0)
+        log.error("reconstructor (pid %s) died with exit code %s: replacing it",
+                  self.process.pid, self.process.exitcode)
+        self.process.join(0)
+        self.restarts += 1
+        self.start()
+
+    def status(self) -> dict[str, Any]:
+        """``{"pid", "alive", "restarts", "groups_done", "batch"}``."""
+        return {"pid": self.process.pid if self.process else None,
+                "alive": bool(self.process and self.process.is_alive()),
+                "restarts": self.restarts, "groups_done": self.groups_done, "batch": self.batch}
+
+    def stop(self, timeout_s: float, drain: Callable[[], None] | None = None) -> None:
+        """Ask it to stop (``stop`` event and a stop message) and join it."""
+        self.channels.stop.set()
+        self.reconstruct.put({"type": "stop"})
+        if self.process is not None:
+            stop_processes([self.process], timeout_s, drain)

@@ -1,0 +1,276 @@
+"""Split mode for real: CPU workers bin, one reconstructor process phases and back-projects.
+
+``[workers] mode = "split"`` with ``device = "cpu"`` (how this runs without a GPU): the final
+volume must be the offline reconstruction and the pool mode's, live volumes must arrive, a
+killed reconstructor must be survived with a correctly weighted final volume, and SIGTERM
+must leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from holostream.service.reconstruct import reconstruct_scan
+from holostream.service.stream import stream_scan
+from holostream.shared.settings import ReconstructionSettings
+from holostream.workers.backend import get_backend
+
+pytestmark = pytest.mark.integration
+
+DELTA_BETA = 200.0  # of the phantom of the conftest's small_scan
+SLOW = {"phase": "ap", "iterations": 6}  # settings that make a batch take a while
+
+
+def start_daemon(serve, folder, mode: str, batch: int = 4, workers: int = 2):
+    """The conftest's ``Daemon`` helper, on a configuration with ``[workers] mode``/``batch``."""
+    daemon = serve.Daemon.__new__(serve.Daemon)  # its methods; the configuration written here
+    daemon.ingest, daemon.publish, daemon.control = (
+        f"tcp://127.0.0.1:{serve.free_port()}" for _ in range(3))
+    daemon.output_dir = None
+    lines = ["[ingest]", f'address = "{daemon.ingest}"', "ring_slots = 32",
+             "[publish]", f'address = "{daemon.publish}"', "sndhwm = 100", "status_interval_s = 0.25",
+             "[control]", f'address = "{daemon.control}"',
+             "[workers]", f"count = {workers}", 'device = "cpu"', f'mode = "{mode}"', f"batch = {batch}",
+             "[reconstruction]", "publish_interval_s = 0.5"]
+    daemon.config = folder / "holostream.toml"
+    daemon.config.write_text("\n".join(lines) + "\n")
+    daemon.log = folder / "serve.log"
+    daemon._log = open(daemon.log, "w")
+    daemon.proc = subprocess.Popen(
+        [sys.executable, "-m", "holostream.service.cli", "serve", "--config", str(daemon.config)],
+        stdout=daemon._log, stderr=subprocess.STDOUT)
+    return daemon
+
+
+def wait_split_ready(serve, daemon) -> dict:
+    """Workers and the reconstructor alive."""
+    daemon.wait_ready()
+    return serve.wait_for(lambda: (s := daemon.status())["reconstructor"]["alive"] and s, 30,
+                          "the reconstructor to start")
+
+
+def offline(scan_data, **settings) -> np.ndarray:
+    volume, _ = reconstruct_scan(scan_data, ReconstructionSettings(**settings), DELTA_BETA, 0.0,
+                                 get_backend("cpu", threads=1))
+    return volume
+
+
+def assert_same_volume(volume: np.ndarray, reference: np.ndarray) -> None:
+    assert volume.shape == reference.shape
+    scale = float(np.abs(reference).max())
+    np.testing.assert_allclose(volume, reference, rtol=0, atol=2e-5 * scale)
+
+
+def final_of(serve, daemon, scan_data, scan_id: str, fps: float) -> list:
+    """Stream one scan to ``daemon``; every volume of it up to the final one."""
+    sub = serve.Subscriber(daemon.publish)
+    try:
+        sub.wait_connected()
+        sender = threading.Thread(target=stream_scan, args=(daemon.ingest, scan_data, scan_id),
+                                  kwargs={"fps": fps, "timeout_s": 10.0}, daemon=True)
+        sender.start()
+        volumes = sub.volumes_until_final(scan_id, timeout_s=60)
+        sender.join(30)
+        return volumes
+    finally:
+        sub.close()
+
+
+def test_split_final_equals_offline_and_pool_mode(tmp_path, serve, small_scan_data):
+    split_dir, pool_dir = tmp_path / "split", tmp_path / "pool"
+    split_dir.mkdir(), pool_dir.mkdir()
+    split = start_daemon(serve, split_dir, "split")
+    try:
+        status = wait_split_ready(serve, split)
+        assert status["mode"] == "split" and len(status["workers"]) == 2
+        volumes = final_of(serve, split, small_scan_data, "split_a", fps=30.0)
+        status = split.status()
+        code, _ = split.terminate()
+        assert code == 0 and serve.shm(split.proc.pid) == []
+    finally:
+        split.close()
+    header, final = volumes[-1]
+    assert header["n_projections_used"] == 90 and header["shape"] == [64, 64, 64]
+    intermediate = [h for h, _ in volumes if not h["final"]]
+    assert len(intermediate) >= 2, [h["n_projections_used"] for h, _ in volumes]  # live volumes
+    assert status["reconstructor"]["groups_done"] == 90
+    assert sum(w["groups_done"] for w in status["workers"]) == 90  # they binned every group
+    assert_same_volume(final, offline(small_scan_data))
+    log = split.log.read_text()
+    assert "split mode" in log and "reconstructor ready on cpu, batches of 4" in log
+
+    pool = start_daemon(serve, pool_dir, "pool")
+    try:
+        assert pool.wait_ready()["mode"] == "pool"
+        pool_header, pool_final = final_of(serve, pool, small_scan_data, "pool_a", fps=60.0)[-1]
+        assert pool.status()["reconstructor"] is None
+        assert pool.terminate()[0] == 0
+    finally:
+        pool.close()
+    assert pool_header["n_projections_used"] == 90
+    assert_same_volume(final, pool_final)
+
+
+def logged_groups(log: str, pattern: str) -> set[int]:
+    """The group numbers of every ``[g, ...]`` list that ``pattern`` (around ``LIST``) finds."""
+    found = set()
+    for match in re.finditer(pattern.replace("LIST", r"\[([\d, ]*)\]"), log):
+        found |= {int(g) for g in match.group(1).split(",") if g.strip()}
+    return found
+
+
+def lost_projections(log: str) -> set[int]:
+    """Groups (= projections, angle binning 1) not in the volume after the reconstructor died.
+
+    Ingest counts the groups the dead reconstructor held as lost; the daemon recovers those
+    it had added to the volume before it could report them.
+    """
+    return (logged_groups(log, r"groups LIST died with the reconstructor")
+            - logged_groups(log, r"groups LIST are in the volume but their report was lost"))
+
+
+def test_killed_reconstructor_is_replaced_and_the_final_volume_is_weighted_right(
+        tmp_path, serve, small_scan_data):
+    daemon = start_daemon(serve, tmp_path, "split", batch=8)
+    try:
+        victim = wait_split_ready(serve, daemon)["reconstructor"]["pid"]
+        sub = serve.Subscriber(daemon.publish)
+        try:
+            sub.wait_connected()
+            # iterative phasing keeps the reconstructor busy, so the kill lands mid-batch
+            sender = threading.Thread(target=stream_scan, args=(daemon.ingest, small_scan_data, "kill_r"),
+                                      kwargs={"fps": 90.0, "timeout_s": 10.0, "reconstruction": SLOW},
+                                      daemon=True)
+            sender.start()
+            serve.wait_for(lambda: daemon.status()["reconstructor"]["groups_done"] >= 20, 30,
+                           "the reconstructor to be under way")
+            os.kill(victim, signal.SIGKILL)
+            header, final = sub.volumes_until_final("kill_r", timeout_s=60)[-1]
+            sender.join(30)
+        finally:
+            sub.close()
+        status = daemon.status()
+        assert status["reconstructor"]["restarts"] == 1 and status["reconstructor"]["alive"]
+        assert status["reconstructor"]["pid"] != victim
+        log = daemon.log.read_text()
+        assert "reconstructor (pid" in log and "replacing it" in log
+        lost = lost_projections(log)
+        print(f"groups lost with the reconstructor: {sorted(lost)}")
+        # every projection is in the volume or lost, nothing else
+        assert header["n_projections_used"] == 90 - len(lost)
+        kept = np.array(sorted(set(range(90)) - lost))
+        arrived = dataclasses.replace(small_scan_data, projections=small_scan_data.projections[kept],
+                                      angles_deg=small_scan_data.angles_deg[kept])
+        # the one-shot FBP of the angles that arrived: no half-added batch, weights recomputed
+        assert_same_volume(final, offline(arrived, **SLOW))
+        code, _ = daemon.terminate(timeout_s=10)
+        assert code == 0 and serve.shm(daemon.proc.pid) == []
+    finally:
+        daemon.close()
+
+
+def test_sigterm_mid_scan_stops_every_process_and_frees_shared_memory(tmp_path, serve, small_scan_data):
+    daemon = start_daemon(serve, tmp_path, "split")
+    try:
+        status = wait_split_ready(serve, daemon)
+        children = ([w["pid"] for w in status["workers"]] + [status["ingest_pid"]]
+                    + [status["reconstructor"]["pid"]])
+        sender = threading.Thread(target=lambda: _quietly(daemon.ingest, small_scan_data), daemon=True)
+        sender.start()
+        serve.wait_for(lambda: (daemon.status()["n_projections_used"] or 0) >= 10, 30,
+                       "the scan to be under way")
+        assert serve.shm(daemon.proc.pid), "a scan in progress has shared memory"
+        assert any(name.endswith("_binned") for name in serve.shm(daemon.proc.pid))
+        code, seconds = daemon.terminate(timeout_s=10)
+        assert code == 0, daemon.log.read_text()
+        assert serve.shm(daemon.proc.pid) == []
+        assert not any(os.path.exists(f"/proc/{pid}") and _state(pid) != "Z" for pid in children)
+        assert "reconstructor stopped" in daemon.log.read_text()
+        sender.join(10)
+    finally:
+        daemon.close()
+
+
+def _quietly(address, scan_data) -> None:
+    try:
+        stream_scan(address, scan_data, "sigterm_s", fps=20.0, timeout_s=3.0)
+    except TimeoutError:
+        pass  # the daemon went away mid-scan: that is the point
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+def test_bad_mode_and_batch_are_refused_naming_the_key(tmp_path):
+    for line, key in (('mode = "gpu-only"', "workers.mode"), ("batch = 0", "workers.batch")):
+        config = tmp_path / "bad.toml"
+        config.write_text(f"[workers]\n{line}\n")
+        result = subprocess.run([sys.executable, "-m", "holostream.service.cli", "serve", "--config",
+                                 str(config)], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2 and key in result.stderr, result.stderr
+
+
+def test_ingest_settles_the_groups_of_a_dead_reconstructor_from_their_handoff_rows():
+    """In-process Ingest in split mode: slots freed at ``binned``; taken = lost, committed = done."""
+    from holostream.service.channels import make_channels
+    from holostream.service.config import IngestConfig
+    from holostream.service.ingest import Ingest
+    from holostream.shared.messages import ScanInfo, encode_frame, encode_scan_end, encode_scan_start
+    from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, sweep
+
+    channels = make_channels()
+    prefix = f"holostream_{os.getpid()}_split_ingest"
+    ingest = Ingest(IngestConfig(ring_slots=4), ReconstructionSettings(), 3, prefix, channels, split=True)
+    try:
+        info = ScanInfo(scan_id="s1", shape=(8, 12), dtype="uint16", n_darks=1, n_flats=1,
+                        n_projections=4, energy_kev=17.5, distance_m=0.05, pixel_size_m=1e-6,
+                        delta_beta=200.0, angle_start_deg=0.0, angle_step_deg=45.0)
+        frame = np.full(info.shape, 1000, np.uint16)
+        ingest.handle(encode_scan_start(info))
+        ingest.handle(encode_frame("s1", "dark", 0, frame * 0))
+        ingest.handle(encode_frame("s1", "flat", 0, frame))
+        for i in range(4):
+            ingest.handle(encode_frame("s1", "projection", i, frame))
+        tasks = [channels.tasks.get(timeout=5) for _ in range(4)]
+        buffers = ingest.scan.buffers
+        assert buffers.volume.shape[0] == 1 and buffers.binned.shape == (4, 8, 12)
+        assert not ingest.scan.free_slots  # four groups, four slots, all taken
+        for task in tasks:  # each worker wrote binned[g] and handed the group on
+            ingest.on_done({"type": "binned", "scan_seq": task["scan_seq"], "group": task["group"],
+                            "slots": task["slots"], "seconds": 0.01})
+        assert len(ingest.scan.free_slots) == 4 and len(ingest.scan.in_flight) == 4  # slots free, groups not
+        g_done, g_taken, g_committed, g_queued = (t["group"] for t in tasks)
+        ingest.on_done({"type": "done", "scan_seq": tasks[0]["scan_seq"], "group": g_done, "slots": [],
+                        "seconds": 0.02})
+        buffers.handoff[g_taken, 0] = HANDOFF_TAKEN
+        buffers.handoff[g_committed] = (HANDOFF_COMMITTED, 90.0, 0.785, 1, 0.0)
+        ingest.handle(encode_scan_end("s1"))
+        ingest.on_command({"type": "reconstructor_lost"})
+        assert list(ingest.scan.in_flight) == [g_queued]  # still queued for the next reconstructor
+        ingest.on_done({"type": "done", "scan_seq": tasks[0]["scan_seq"], "group": g_queued, "slots": [],
+                        "seconds": 0.02})
+        events = []
+        while not any(e["type"] == "scan_complete" for e in events):
+            events.append(channels.events.get(timeout=5))
+        complete = events[-1]
+        assert complete["groups_arrived"] == sorted([g_done, g_committed, g_queued])
+        assert complete["n_projections_used"] == 3
+        assert ingest.stats(time.monotonic())["lost_groups"] == 1
+    finally:
+        ingest.close()
+        sweep(prefix)
