@@ -165,7 +165,7 @@ class NewtonRefinement:
         chi = math.pi * lambda_z * frequency_squared(self.padded_shape, propagator.pixel_size_m,
                                                      half=True)
         self.filter = backend.asarray(ctf_filter(chi, delta_beta, alpha_low, alpha_high))
-        self.absorption = np.float32(1.0 / delta_beta)
+        self.beta_delta = np.float32(1.0 / delta_beta)
         mask = np.zeros(self.padded_shape, np.float32)
         mask[data_region] = 1.0
         self.mask = backend.asarray(mask)
@@ -173,7 +173,7 @@ class NewtonRefinement:
     def residual(self, padded_intensity, phase):
         """Masked residual ``mask · (I − |D exp((i + β/δ)φ)|²)``, float32, shape of ``phase``."""
         xp = self.backend.xp
-        modulus = xp.exp(phase * self.absorption)
+        modulus = xp.exp(phase * self.beta_delta)
         wave = self.propagator.forward(modulus * xp.cos(phase)
                                        + (modulus * xp.sin(phase)) * np.complex64(1j))
         residual = padded_intensity - (wave.real**2 + wave.imag**2)
@@ -196,7 +196,14 @@ class NewtonRefinement:
         -------
         ndarray of the same shape, float32
             Per projection, the iterate with the smallest masked residual.
+
+        Raises
+        ------
+        ValueError
+            For a negative or non-integer ``steps``.
         """
+        if not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
         xp = self.backend.xp
         best, best_norm, active = phase, None, None
         for step in range(steps + 1):

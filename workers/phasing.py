@@ -250,7 +250,8 @@ class PhaseRetrieval:
     pixel_size_m, distance_m, energy_kev : float
         Pixel size (m), effective sample–detector distance (m), photon energy (keV).
     delta_beta : float
-        δ/β used by the start and as the default of the steps' ``delta_beta``.
+        δ/β of the start and of ``newton`` steps unless they set ``delta_beta``
+        (``ap`` / ``raar`` use the δ/β constraint only when they set it).
     backend : Backend
     pad_mode : {"edge", "reflect", "constant1"}
     margin : float
