@@ -31,10 +31,10 @@ from holostream.service.config import Config, ConfigError, load_config
 from holostream.service.control import Control, ControlError
 from holostream.service.ingest import run_ingest
 from holostream.service.notify import Notifier
-from holostream.service.reconstructor import ReconstructorProcess, resolve_mode
+from holostream.service.reconstructor import ReconstructorProcess, record_unreported, resolve_mode
 from holostream.service.status import status_line
 from holostream.service.worker import WorkerPool, child_main, free_orphaned_lock, stop_processes
-from holostream.shared.scanbuffers import HANDOFF_COMMITTED, sweep
+from holostream.shared.scanbuffers import sweep
 from holostream.workers.backend import get_backend
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ class Daemon:
                     self._send(state, volume, final=False)
             return
         aborted = bool(state.complete.get("aborted"))
-        self._recover_committed(state, now)  # split mode only
+        record_unreported(state, now)  # split mode: groups whose report died with the reconstructor
         missing = state.missing()
         if missing and not aborted and now - state.last_result < _FINAL_STALL_S:
             return  # results still on their way (events and done travel separately)
@@ -280,28 +280,6 @@ class Daemon:
         log.info("scan %s final volume %s from %d/%d projections", state.scan_id,
                  header["shape"], header["n_projections_used"], header["n_projections_expected"])
         self._drop(state)
-
-    def _recover_committed(self, state: pub.LiveScan, now: float) -> None:
-        """Split mode: record the groups in ``volume[0]`` whose report died with the reconstructor.
-
-        The reconstructor writes each group's ``handoff`` row right after adding it to the
-        volume; a SIGKILL before its queue feeders sent ``group_done`` would otherwise
-        leave groups in the volume that the final re-weighting does not know about.
-        """
-        handoff = state.buffers.arrays.get("handoff")
-        if handoff is None:
-            return
-        rows = np.array(handoff)  # a snapshot
-        unreported = [int(g) for g in np.flatnonzero(rows[:, 0] == HANDOFF_COMMITTED)
-                      if int(g) not in state.groups]
-        for g in unreported:
-            _, angle_deg, weight, n_projections, center_px = rows[g]
-            state.record({"type": "group_done", "group": g, "angle_deg": angle_deg, "weight": weight,
-                          "n_projections": int(n_projections), "center_px": center_px}, now)
-            state.failed.discard(g)
-        if unreported:
-            log.warning("scan %s: groups %s are in the volume but their report was lost; recorded",
-                        state.scan_id, unreported)
 
     def _send(self, state: pub.LiveScan, volume: np.ndarray, final: bool) -> dict[str, Any]:
         header = state.header(volume, final)

@@ -294,6 +294,42 @@ def run_reconstructor(device: str, channels: Channels, reconstruct: Any, batch: 
         log.info("reconstructor stopped")
 
 
+def record_unreported(state: Any, now: float) -> list[int]:
+    """Record in the daemon's ``LiveScan`` the groups in ``volume[0]`` whose report was lost.
+
+    The reconstructor writes each group's ``handoff`` row right after adding it to the
+    volume; killed before its queue feeders sent ``group_done``, it would otherwise leave
+    groups in the volume that the final re-weighting does not know about. Does nothing
+    for a pool-mode scan (no ``handoff`` part).
+
+    Parameters
+    ----------
+    state : holostream.service.publisher.LiveScan
+        The daemon's view of the scan.
+    now : float
+        ``time.monotonic()``.
+
+    Returns
+    -------
+    list of int
+        The groups recorded now.
+    """
+    handoff = state.buffers.arrays.get("handoff")
+    if handoff is None:
+        return []
+    rows = np.array(handoff)  # a snapshot
+    unreported = [int(g) for g in np.flatnonzero(rows[:, 0] == HANDOFF_COMMITTED) if int(g) not in state.groups]
+    for g in unreported:
+        _, angle_deg, weight, n_projections, center_px = rows[g]
+        state.record({"type": "group_done", "group": g, "angle_deg": angle_deg, "weight": weight,
+                      "n_projections": int(n_projections), "center_px": center_px}, now)
+        state.failed.discard(g)
+    if unreported:
+        log.warning("scan %s: groups %s are in the volume but their report was lost; recorded",
+                    state.scan_id, unreported)
+    return unreported
+
+
 def _probe_gpu() -> None:
     """Exit status 0 when cupy sees a GPU, 1 otherwise (run in a spawned child)."""
     raise SystemExit(0 if gpu_available() else 1)

@@ -14,7 +14,8 @@ import os
 import numpy as np
 import pytest
 
-from holostream.service.reconstructor import ScanReconstruction
+from holostream.service.publisher import LiveScan
+from holostream.service.reconstructor import ScanReconstruction, record_unreported
 from holostream.shared.messages import ScanInfo
 from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers, layout, sweep
 from holostream.shared.settings import ReconstructionSettings
@@ -101,3 +102,27 @@ def test_batch_is_invisible_until_commit_then_equals_the_per_group_path(split_sc
                                    atol=1e-5 * float(np.abs(filtered).max()))
     finally:
         work.close()
+
+
+def test_daemon_records_committed_groups_whose_reports_were_lost(split_scan, cpu_backend):
+    """A reconstructor killed between commit and its queue feeders: shared memory tells the daemon."""
+    buffers, messages, reference, _ = split_scan
+    work = ScanReconstruction(messages[0], cpu_backend)
+    try:
+        work.run(messages[:2])
+        work.commit()  # groups 0 and 1 in volume[0], their group_done events "lost"
+        work.run(messages[2:])  # groups 2 and 3 never committed: not in the volume
+    finally:
+        work.close()
+    state = LiveScan(1, messages[0]["scan"], messages[0]["settings"], buffers, next_publish=0.0)
+    assert record_unreported(state, now=0.0) == [0, 1]
+    assert sorted(state.groups) == [0, 1] and state.n_used == 6
+    assert state.groups[1][0] == pytest.approx(math.radians(messages[1]["angle_deg"]))
+    assert record_unreported(state, now=0.0) == []  # once
+    # the final volume is the one-shot FBP of those two groups alone (weights recomputed)
+    expected = np.zeros_like(reference)
+    angles = np.radians([m["angle_deg"] for m in messages[:2]])
+    fbp.backproject(expected, buffers.sinogram[:2], angles, fbp.angle_weights(angles), 0.0, cpu_backend)
+    expected *= np.float32(math.pi / fbp.angle_weights(angles).sum())
+    final = state.final_volume(cpu_backend)
+    np.testing.assert_allclose(final, expected, rtol=0, atol=1e-5 * float(np.abs(expected).max()))
