@@ -1,9 +1,10 @@
 """``holostream serve``: the live reconstruction daemon, wired in one place.
 
 The main process spawns one ingest process and N workers (docs/architecture.md, "Live
-service") and, in split mode, one reconstructor process that owns the device; then it runs one loop on a ``zmq.Poller`` with deadlines: it answers control
-requests, drains the ``events`` queue, publishes live volumes every ``publish_interval_s``
-of a scan while new groups arrive, the final volume when a scan is complete, status every
+service") and, in split mode, one reconstructor process that owns the device; then it
+runs one loop on a ``zmq.Poller`` with deadlines: it answers control requests, drains the
+``events`` queue, publishes live volumes every ``publish_interval_s`` of a scan while new
+groups arrive, the final volume when a scan is complete, status every
 ``status_interval_s``, replaces dead children, and keeps systemd informed. SIGTERM/SIGINT
 stop it cleanly: children joined (or terminated), every shared-memory segment of this
 daemon unlinked, exit status 0.

@@ -77,6 +77,7 @@ class ScanReconstruction:
         self.uncommitted: list[dict[str, Any]] = []  # the messages of the accumulated groups
         self.uncommitted_weight = 0.0
         self.last_used = self.last_commit = time.monotonic()
+        self.commit_seconds = 0.0  # what the last commit took (a whole-volume copy on a GPU)
 
     def take(self, group: int) -> None:
         """Mark ``group`` as held by this process (lost if it dies before the commit)."""
@@ -96,8 +97,16 @@ class ScanReconstruction:
         self.uncommitted_weight += float(weights.sum())
 
     def due(self, idle: bool) -> bool:
-        """Whether :meth:`commit` should run now: when idle, or ``_COMMIT_EVERY_S`` after the last."""
-        return bool(self.uncommitted) and (idle or time.monotonic() - self.last_commit >= _COMMIT_EVERY_S)
+        """Whether :meth:`commit` should run now: when idle, or ``_COMMIT_EVERY_S`` after the last.
+
+        Commits are spaced at least four times their own duration apart, so that copying a
+        large device volume back never takes more than a fifth of the time (on the CPU
+        that is microseconds: every idle moment commits).
+        """
+        if not self.uncommitted:
+            return False
+        spacing = 4 * self.commit_seconds if idle else max(_COMMIT_EVERY_S, 4 * self.commit_seconds)
+        return time.monotonic() - self.last_commit >= spacing
 
     def commit(self) -> list[dict[str, Any]]:
         """Add the accumulator to ``volume[0]`` and its weight to ``weights[0]``; returns the messages.
@@ -105,6 +114,7 @@ class ScanReconstruction:
         Their ``handoff`` rows follow at once: what is in the volume is known even if this
         process is killed before its reports leave (queue feeder threads).
         """
+        start = time.monotonic()
         self.shared_volume += self.backend.to_host(self.accumulator)
         self.buffers.weights[0] += self.uncommitted_weight
         for m in self.uncommitted:
@@ -114,6 +124,7 @@ class ScanReconstruction:
         self.accumulator.fill(0)
         messages, self.uncommitted, self.uncommitted_weight = self.uncommitted, [], 0.0
         self.last_commit = time.monotonic()
+        self.commit_seconds = self.last_commit - start
         return messages
 
     def close(self) -> None:
@@ -183,10 +194,10 @@ class Reconstructor:
             return
         self.batch_seconds[key] = time.perf_counter() - start
 
-    def commit(self, idle: bool) -> None:
-        """Commit what is due; then tell the daemon and ingest which groups are in ``volume[0]``."""
+    def commit(self, idle: bool, force: bool = False) -> None:
+        """Commit what is due (``force``: everything); then report the groups now in ``volume[0]``."""
         for key, work in self.cache.items():
-            if work.due(idle):
+            if work.uncommitted and (force or work.due(idle)):
                 seconds = self.batch_seconds.get(key, 0.0)
                 for message in work.commit():
                     event, done = _result(message, None, seconds, work.center_px)
@@ -195,7 +206,7 @@ class Reconstructor:
 
     def _close(self, key: str) -> None:
         """Commit and close one cached scan."""
-        self.commit(idle=True)
+        self.commit(idle=True, force=True)
         self.cache.pop(key).close()
         log.debug("reconstructor released buffers %s", key)
 
@@ -318,7 +329,8 @@ def record_unreported(state: Any, now: float) -> list[int]:
     if handoff is None:
         return []
     rows = np.array(handoff)  # a snapshot
-    unreported = [int(g) for g in np.flatnonzero(rows[:, 0] == HANDOFF_COMMITTED) if int(g) not in state.groups]
+    committed = np.flatnonzero(rows[:, 0] == HANDOFF_COMMITTED)
+    unreported = [int(g) for g in committed if int(g) not in state.groups]
     for g in unreported:
         _, angle_deg, weight, n_projections, center_px = rows[g]
         state.record({"type": "group_done", "group": g, "angle_deg": angle_deg, "weight": weight,

@@ -190,7 +190,8 @@ class ProjectionPipeline:
         xp = self.backend.xp
         stack = xp.asarray(stack, dtype=xp.float32)
         if stack.ndim not in (2, 3) or tuple(stack.shape[-2:]) != self.binned_shape:
-            raise ValueError(f"transmission stack shape: expected (n, *{self.binned_shape}), got {stack.shape}")
+            raise ValueError(f"transmission stack shape: expected (n, *{self.binned_shape}), "
+                             f"got {stack.shape}")
         phase = self.phase(stack)
         return self.ramp(phase_to_delta_px(phase, self.energy_kev, self.voxel_size_m))
 

@@ -50,8 +50,8 @@ def split_scan(single_material_scan, cpu_backend):
                                                 binned=True))
     dark, flat = average_frames(scan.darks, cpu_backend), average_frames(scan.flats, cpu_backend)
     buffers.reference[0], buffers.reference[1] = dark, flat
-    pipe = ProjectionPipeline(info.shape, dark, flat, binning=2, chain=phasing.default_chain("paganin", 10, 200.0),
-                              filter="ram-lak", energy_kev=g.energy_kev, distance_m=g.distance_m,
+    pipe = ProjectionPipeline(info.shape, dark, flat, binning=2,
+                              chain=phasing.default_chain("paganin", 10, 200.0), filter="ram-lak", energy_kev=g.energy_kev, distance_m=g.distance_m,
                               pixel_size_m=g.pixel_size_m, delta_beta=200.0, backend=cpu_backend)
     weights = fbp.angle_weights(np.radians([scan.angles_deg[idx].mean() for idx in GROUPS]))
     messages = []
