@@ -44,6 +44,7 @@ POLL_MS = 50  # longest wait for the socket before looking at done/commands/stop
 BATCH = 64  # messages read in one go before looking at the queues
 STATS_INTERVAL_S = 0.25
 LOST_AFTER_S = 60.0  # least time a group in a worker's hands may take before it counts as lost
+OVERTAKEN_S = 1.0  # split mode: a group queued this much later was taken first, so this one was too
 LOGGED_REJECTIONS_PER_S = 10  # all are counted; this many per second are logged
 
 
@@ -87,6 +88,7 @@ class OpenScan:
         self.in_flight: dict[int, InFlight] = {}
         self.dispatched = 0
         self.groups_done: list[int] = []
+        self.reconstructed_upto = 0.0  # split mode: latest binned_at of a group the reconstructor took
         self.n_projections_used = 0
         self.ending = False
         self.aborted = False
@@ -383,6 +385,8 @@ class Ingest:
             task.stage, task.picked_at, task.binned_at = "binned", None, now
             return
         del scan.in_flight[msg["group"]]
+        if task.stage == "binned":
+            scan.reconstructed_upto = max(scan.reconstructed_upto, task.binned_at)
         if msg.get("type") == "done":
             scan.groups_done.append(msg["group"])
             scan.n_projections_used += len(task.indices)
@@ -423,7 +427,10 @@ class Ingest:
         """Free the slots of groups whose worker died, so that a scan never waits forever.
 
         A group counts as lost once it has been in a worker's hands (the task queue was seen
-        empty, or a group sent after it came back) for far longer than groups take.
+        empty, or a group sent after it came back) for far longer than groups take. In split
+        mode, once in the reconstructor's: marked taken in ``handoff``, or overtaken by a
+        group queued ``OVERTAKEN_S`` after it (taken but never marked: the reconstructor was
+        killed in between). A backlog in the reconstruct queue is never lost by waiting.
         """
         scan = self.scan
         if scan is None or not scan.in_flight:
@@ -436,10 +443,10 @@ class Ingest:
                 task.picked_at = now
             elif task.picked_at is None and task.stage == "binned" and handoff[g, 0] == HANDOFF_TAKEN:
                 task.picked_at = now  # in the reconstructor's hands
-            elif task.picked_at is None and task.stage == "binned" and now - task.binned_at > 2 * limit:
-                # never marked taken: a reconstructor killed between taking it and marking it
-                # (microseconds), or a backlog far beyond any live use
-                task.picked_at = task.binned_at + 2 * limit
+                scan.reconstructed_upto = max(scan.reconstructed_upto, task.binned_at)
+            elif (task.picked_at is None and task.stage == "binned"
+                  and task.binned_at + OVERTAKEN_S < scan.reconstructed_upto):
+                task.picked_at = now
             if task.picked_at is not None and now - task.picked_at > limit:
                 log.error("scan %s group %d not done %.0f s after a worker took it: taken as lost",
                           scan.info.scan_id, g, limit)

@@ -274,3 +274,44 @@ def test_ingest_settles_the_groups_of_a_dead_reconstructor_from_their_handoff_ro
     finally:
         ingest.close()
         sweep(prefix)
+
+
+def test_ingest_waits_for_a_backlog_but_not_for_a_group_overtaken_in_the_reconstructor():
+    """A group never marked taken is lost only once groups queued after it were reconstructed."""
+    from holostream.service.channels import make_channels
+    from holostream.service.config import IngestConfig
+    from holostream.service.ingest import LOST_AFTER_S, OVERTAKEN_S, Ingest
+    from holostream.shared.messages import ScanInfo, encode_frame, encode_scan_end, encode_scan_start
+    from holostream.shared.scanbuffers import sweep
+
+    channels = make_channels()
+    prefix = f"holostream_{os.getpid()}_split_overtaken"
+    ingest = Ingest(IngestConfig(ring_slots=4), ReconstructionSettings(), 2, prefix, channels, split=True)
+    try:
+        info = ScanInfo(scan_id="s2", shape=(8, 12), dtype="uint16", n_darks=0, n_flats=1,
+                        n_projections=3, energy_kev=17.5, distance_m=0.05, pixel_size_m=1e-6,
+                        delta_beta=200.0, angle_start_deg=0.0, angle_step_deg=60.0)
+        frame = np.full(info.shape, 1000, np.uint16)
+        ingest.handle(encode_scan_start(info))
+        ingest.handle(encode_frame("s2", "flat", 0, frame))
+        for i in range(3):
+            ingest.handle(encode_frame("s2", "projection", i, frame))
+        tasks = [channels.tasks.get(timeout=5) for _ in range(3)]
+        for task in tasks:
+            ingest.on_done({"type": "binned", "scan_seq": task["scan_seq"], "group": task["group"],
+                            "slots": task["slots"], "seconds": 0.01})
+        first, backlog, later = (t["group"] for t in tasks)
+        ingest.handle(encode_scan_end("s2"))
+        far = time.monotonic() + 10 * LOST_AFTER_S
+        ingest.reclaim_lost(far)  # a queue that is merely long: nothing is lost by waiting
+        assert sorted(ingest.scan.in_flight) == sorted([first, backlog, later])
+        ingest.scan.in_flight[first].binned_at -= 2 * OVERTAKEN_S  # queued well before `later`
+        ingest.on_done({"type": "done", "scan_seq": tasks[0]["scan_seq"], "group": later, "slots": [],
+                        "seconds": 0.02})
+        ingest.reclaim_lost(far)  # `first` overtaken: surely taken by a reconstructor
+        ingest.reclaim_lost(far + LOST_AFTER_S + 1)
+        assert list(ingest.scan.in_flight) == [backlog]  # queued with `later`: still waited for
+        assert ingest.stats(time.monotonic())["lost_groups"] == 1
+    finally:
+        ingest.close()
+        sweep(prefix)
