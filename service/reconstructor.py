@@ -342,9 +342,12 @@ def record_unreported(state: Any, now: float) -> list[int]:
     return unreported
 
 
+_PROBE_GPU, _PROBE_NO_GPU = 0, 3
+
+
 def _probe_gpu() -> None:
-    """Exit status 0 when cupy sees a GPU, 1 otherwise (run in a spawned child)."""
-    raise SystemExit(0 if gpu_available() else 1)
+    """Exit status 0 when cupy sees a GPU, 3 when not (run in a spawned child)."""
+    raise SystemExit(_PROBE_GPU if gpu_available() else _PROBE_NO_GPU)
 
 
 def resolve_mode(mode: str, device: str) -> str:
@@ -365,7 +368,9 @@ def resolve_mode(mode: str, device: str) -> str:
         probe.join()
         log.warning("GPU probe did not answer within 60 s: pool mode")
         return "pool"
-    return "split" if probe.exitcode == 0 else "pool"
+    if probe.exitcode not in (_PROBE_GPU, _PROBE_NO_GPU):
+        log.warning("GPU probe failed (exit code %s): pool mode", probe.exitcode)
+    return "split" if probe.exitcode == _PROBE_GPU else "pool"
 
 
 class ReconstructorProcess:

@@ -16,6 +16,7 @@ from holostream.service.config import ConfigError, config_from_dict, load_config
 from holostream.service.reconstructor import by_scan, gather, resolve_mode
 from holostream.shared.scanbuffers import HANDOFF_COLUMNS, ScanBuffers, layout, sweep
 from holostream.workers import phasing
+from holostream.workers.backend import gpu_available
 from holostream.workers.flatfield import average_frames
 from holostream.workers.pipeline import ProjectionPipeline
 
@@ -84,11 +85,13 @@ def test_workers_mode_and_batch_are_validated():
         assert info.value.key == key
 
 
-def test_mode_resolution_without_a_probe():
+def test_mode_resolution():
     assert resolve_mode("pool", "gpu") == "pool"
     assert resolve_mode("split", "cpu") == "split"
     assert resolve_mode("auto", "gpu") == "split"
     assert resolve_mode("auto", "cpu") == "pool"
+    # device auto: a spawned child looks for the GPU, the caller never imports cupy for it
+    assert resolve_mode("auto", "auto") == ("split" if gpu_available() else "pool")
 
 
 def _group(prefix: str, g: int) -> dict:
