@@ -69,7 +69,7 @@ class Daemon:
     """`holostream serve` in a subprocess with a TOML configuration written for it."""
 
     def __init__(self, tmp_path: Path, workers: int = 2, env: dict | None = None,
-                 output_dir: Path | None = None, **reconstruction):
+                 output_dir: Path | None = None, workers_keys: dict | None = None, **reconstruction):
         self.ingest = f"tcp://127.0.0.1:{free_port()}"
         self.publish = f"tcp://127.0.0.1:{free_port()}"
         self.control = f"tcp://127.0.0.1:{free_port()}"
@@ -79,6 +79,7 @@ class Daemon:
                  f'output_dir = "{output_dir or ""}"',
                  "[control]", f'address = "{self.control}"',
                  "[workers]", f"count = {workers}", 'device = "cpu"',
+                 *(f"{k} = {json.dumps(v)}" for k, v in (workers_keys or {}).items()),
                  "[reconstruction]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
         self.output_dir = output_dir
         self.config = tmp_path / "holostream.toml"
@@ -123,9 +124,15 @@ class Daemon:
         return code, time.monotonic() - start
 
     def close(self) -> None:
+        """Stop the daemon if a test left it running: SIGTERM first, so it cleans up after
+        itself (a SIGKILLed daemon leaves its multiprocessing semaphores in /dev/shm)."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self._log.close()
 
 

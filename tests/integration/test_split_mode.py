@@ -32,24 +32,8 @@ SLOW = {"phase": "ap", "iterations": 6}  # settings that make a batch take a whi
 
 
 def start_daemon(serve, folder, mode: str, batch: int = 4, workers: int = 2):
-    """The conftest's ``Daemon`` helper, on a configuration with ``[workers] mode``/``batch``."""
-    daemon = serve.Daemon.__new__(serve.Daemon)  # its methods; the configuration written here
-    daemon.ingest, daemon.publish, daemon.control = (
-        f"tcp://127.0.0.1:{serve.free_port()}" for _ in range(3))
-    daemon.output_dir = None
-    lines = ["[ingest]", f'address = "{daemon.ingest}"', "ring_slots = 32",
-             "[publish]", f'address = "{daemon.publish}"', "sndhwm = 100", "status_interval_s = 0.25",
-             "[control]", f'address = "{daemon.control}"',
-             "[workers]", f"count = {workers}", 'device = "cpu"', f'mode = "{mode}"', f"batch = {batch}",
-             "[reconstruction]", "publish_interval_s = 0.5"]
-    daemon.config = folder / "holostream.toml"
-    daemon.config.write_text("\n".join(lines) + "\n")
-    daemon.log = folder / "serve.log"
-    daemon._log = open(daemon.log, "w")
-    daemon.proc = subprocess.Popen(
-        [sys.executable, "-m", "holostream.service.cli", "serve", "--config", str(daemon.config)],
-        stdout=daemon._log, stderr=subprocess.STDOUT)
-    return daemon
+    """The conftest's ``Daemon`` helper with ``[workers] mode``/``batch`` set."""
+    return serve.Daemon(folder, workers=workers, workers_keys={"mode": mode, "batch": batch})
 
 
 def wait_split_ready(serve, daemon) -> dict:
