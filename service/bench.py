@@ -100,7 +100,7 @@ def synthetic_intensity(size: int, n: int, seed: int = 0) -> np.ndarray:
 def stage_timings(backend, preset: dict, batch: int, iterations: int, repeat: int) -> dict:
     """Time each stage of the chain on ``batch`` projections at the preset's size."""
     from holostream.workers import fbp
-    from holostream.workers.flatfield import CPU_CHUNK_ROWS, FlatField
+    from holostream.workers.flatfield import FlatField
     from holostream.workers.phasing import PhaseRetrieval, default_chain
 
     xp, size, b = backend.xp, preset["size"], preset["binning"]
@@ -115,8 +115,7 @@ def stage_timings(backend, preset: dict, batch: int, iterations: int, repeat: in
     dark = backend.asarray(np.full((raw_side, raw_side), 100, np.float32))
     flat = backend.asarray(np.full((raw_side, raw_side), 1000, np.float32))
     flatfield = FlatField(dark, flat, backend)
-    chunk = CPU_CHUNK_ROWS if backend.name == "cpu" else None
-    t = best_time(lambda: flatfield.binned(raw, b, chunk_rows=chunk), repeat, sync)
+    t = best_time(lambda: flatfield.binned(raw, b), repeat, sync)
     out["flatfield+binning"] = _row(Timing(t, batch), raw_bytes=raw.nbytes)
 
     intensity = backend.asarray(synthetic_intensity(size, batch))
@@ -239,16 +238,16 @@ def disk_sinogram(size: int, nz: int, angles_rad, seed: int = 3):
 def _binning_process(barrier, results, n_frames: int, side: int, b: int, k: int) -> None:
     """One pool process: flat-field, bin b×b and average groups of k of ``n_frames`` raw frames."""
     from holostream.workers.backend import get_backend
-    from holostream.workers.flatfield import CPU_CHUNK_ROWS, FlatField
+    from holostream.workers.flatfield import FlatField
 
     backend = get_backend("cpu", threads=1)
     raw = np.random.default_rng(0).integers(900, 1100, (n_frames, side, side), dtype=np.uint16)
     flatfield = FlatField(np.full((side, side), 100, np.float32), np.full((side, side), 1000, np.float32), backend)
-    flatfield.binned(raw[:k], b, chunk_rows=CPU_CHUNK_ROWS)  # warm-up
+    flatfield.binned(raw[:k], b)  # warm-up
     barrier.wait()
     t0 = time.perf_counter()
     for start in range(0, n_frames, k):
-        flatfield.binned(raw[start : start + k], b, chunk_rows=CPU_CHUNK_ROWS).mean(axis=0)
+        flatfield.binned(raw[start : start + k], b).mean(axis=0)
     results.put(time.perf_counter() - t0)
 
 

@@ -172,7 +172,7 @@ class FlatField:
         num = xp.maximum(num, xp.float32(TRANSMISSION_FLOOR) * safe_den)
         return xp.where(valid, num / safe_den, xp.float32(1.0)).astype(xp.float32, copy=False)
 
-    def binned(self, raw, b: int, index=None, n_projections=None, chunk_rows: int | None = None):
+    def binned(self, raw, b: int, index=None, n_projections=None, chunk_rows: int | str | None = "auto"):
         """Transmission of a stack, binned b×b, computed in row chunks.
 
         Equal to ``bin_pixels(self(raw, index, n_projections), b, xp)``, but the flat-field
@@ -188,8 +188,9 @@ class FlatField:
             Pixel binning.
         index, n_projections :
             As for :meth:`__call__`.
-        chunk_rows : int, optional
-            Detector rows per chunk.
+        chunk_rows : int, "auto" or None
+            Detector rows per chunk; "auto": ``CPU_CHUNK_ROWS`` on the CPU, whole frames on
+            a GPU (where chunks would only add kernel launches).
 
         Returns
         -------
@@ -200,6 +201,8 @@ class FlatField:
         if raw.ndim != 3:
             raise ValueError(f"binned() needs a stack (n, rows, cols), got shape {raw.shape}")
         rows = self.shape[0] // b * b
+        if chunk_rows == "auto":
+            chunk_rows = CPU_CHUNK_ROWS if self.backend.name == "cpu" else None
         step = rows if chunk_rows is None else max(b, int(chunk_rows) // b * b)
         if step >= rows or self.drift is not None:
             return bin_pixels(self(raw, index, n_projections), b, xp)

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import phasing
 from .backend import Backend
-from .binning import angle_groups, bin_pixels, binned_center_px
+from .binning import angle_groups, binned_center_px
 from .fbp import RampFilter, angle_weights
 from .flatfield import FlatField
 from .physics import phase_to_delta_px
@@ -145,8 +145,8 @@ class ProjectionPipeline:
         idx = np.asarray(indices).reshape(-1)
         if idx.size != raw.shape[0]:
             raise ValueError(f"indices: expected {raw.shape[0]} values, got {idx.size}")
-        t = self.flatfield(raw, idx, self.n_projections)
-        return bin_pixels(t, self.binning, xp).mean(axis=0, dtype=xp.float32)
+        binned = self.flatfield.binned(raw, self.binning, idx, self.n_projections)
+        return binned.mean(axis=0, dtype=xp.float32)
 
     def process_batch(self, raws: Sequence, indices: Sequence):
         """Filtered δ projections of several angle groups, phase-retrieved as one stack.
