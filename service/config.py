@@ -103,7 +103,7 @@ class IngestConfig:
     mode: str = _opt("bind", _choice("bind", "connect"),
                      "bind (detector connects) or connect (detector binds)")
     ring_slots: int = _opt(64, _integer(2, 1 << 16), "frames the shared-memory ring holds per scan")
-    rcvhwm: int = _opt(1000, _integer(1, 1 << 24), "ZeroMQ receive high-water mark (messages)")
+    rcvhwm: int = _opt(32, _integer(1, 1 << 24), "ZeroMQ receive high-water mark (messages)")
     drop_policy: str = _opt("block", _choice("block", "drop"),
                             "when the ring is full: block (stop reading) or drop frames (counted)")
     max_frame_bytes: int = _opt(256 << 20, _integer(1, 1 << 40),
