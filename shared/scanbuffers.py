@@ -44,24 +44,6 @@ class PartSpec:
     shape: tuple[int, ...]
 
     @property
-    def binned(self) -> np.ndarray:
-        """float32 ``(n_groups, rows_b, cols_b)``: binned transmissions (split mode only)."""
-        if "binned" not in self.arrays:
-            raise KeyError(f"scan buffers {self.prefix} have no 'binned' part (pool mode)")
-        return self.arrays["binned"]
-
-    @property
-    def handoff(self) -> np.ndarray:
-        """float64 ``(n_groups, 5)``: state, angle_deg, weight, n_projections, center_px per group.
-
-        Split mode only. State ``HANDOFF_TAKEN`` once the reconstructor holds the group,
-        ``HANDOFF_COMMITTED`` (with the other columns) once it is in ``volume[0]``.
-        """
-        if "handoff" not in self.arrays:
-            raise KeyError(f"scan buffers {self.prefix} have no 'handoff' part (pool mode)")
-        return self.arrays["handoff"]
-
-    @property
     def nbytes(self) -> int:
         """Size of the array (bytes)."""
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
