@@ -277,12 +277,10 @@ def pool_binning_throughput(processes: int, frames_per_process: int = 48, side: 
 
 def machine() -> dict:
     """Name the machine the figures come from."""
-    cpu = platform.processor() or platform.machine()
-    try:
+    cpu = platform.processor() or platform.machine()  # where /proc/cpuinfo names no model
+    if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as fh:
-            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
     return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
             "numpy": np.__version__}
 
