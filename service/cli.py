@@ -25,7 +25,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     """Build the parser; only the chosen sub-command's module is imported."""
-    parser = argparse.ArgumentParser(prog="holostream", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="holostream",
+        description="Live reconstruction of near-field holo-tomography: `holostream COMMAND --help` for each.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((a for a in argv if a in COMMANDS), None)
