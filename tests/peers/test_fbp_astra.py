@@ -1,4 +1,4 @@
-"""Our FBP against astra-toolbox's CPU FBP: agreement, accuracy and speed.
+"""Our FBP against astra-toolbox's CPU FBP: agreement and accuracy (speed: holostream bench).
 
 Geometry mapping (found with an off-centre phantom): astra's 2-D ``parallel`` geometry
 with the same angles and the same detector order sees our sinogram correctly, but its
