@@ -55,10 +55,10 @@ def _integer(low: int, high: int) -> Callable[[Any], int]:
     return check
 
 
-def _seconds(low: float, high: float) -> Callable[[Any], float]:
+def _number(low: float, high: float, unit: str) -> Callable[[Any], float]:
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise ValueError(f"expected a number of seconds in [{low}, {high}], got {value!r}")
+            raise ValueError(f"expected a number of {unit} in [{low}, {high}], got {value!r}")
         return float(value)
     return check
 
@@ -117,7 +117,7 @@ class PublishConfig:
     address: str = _opt("tcp://127.0.0.1:5560", _address, "PUB socket address (bound)")
     sndhwm: int = _opt(4, _integer(1, 1 << 20),
                        "send high-water mark: a slow subscriber loses messages beyond it")
-    status_interval_s: float = _opt(1.0, _seconds(0.05, 1.0),
+    status_interval_s: float = _opt(1.0, _number(0.05, 1.0, "seconds"),
                                     "seconds between status messages (the protocol promises <= 1)")
     output_dir: str | None = _opt(None, _optional_dir,
                                   "write each final volume to DIR/<scan_id>.h5 (empty: do not write)")
@@ -144,6 +144,10 @@ class WorkersConfig:
                      "auto: split when device resolves to gpu, else pool")
     batch: int = _opt(16, _integer(1, 4096),
                       "split mode: angle groups the reconstructor phases and back-projects in one call")
+    device_memory_gb: float = _opt(0.0, _number(0.0, 1.0e6, "GB"),
+                                   "device memory a scan may use, GB (the card's memory, or less to share "
+                                   "it): a scan_start whose estimate exceeds it is refused before any "
+                                   "frame; 0: no check")
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from holostream.service.status import status_line
 from holostream.service.worker import WorkerPool, child_main, free_orphaned_lock, stop_processes
 from holostream.shared.scanbuffers import sweep
 from holostream.workers.backend import get_backend
+from holostream.workers.memory import DeviceBudget
 
 log = logging.getLogger(__name__)
 
@@ -313,9 +314,16 @@ class Daemon:
             target=child_main, name="holostream-ingest",
             args=(self.log_level, run_ingest, self.config.ingest, self.settings,
                   self.config.workers.count, self.prefix, self.channels, first_seq,
-                  self.mode == "split"))
+                  self.mode == "split", self._device_budget()))
         self.ingest.start()
         self.ingest_heard = time.monotonic() + 10.0  # allow for its start (imports, bind)
+
+    def _device_budget(self) -> DeviceBudget:
+        """What ingest checks each scan_start against ([workers] device_memory_gb, 0: nothing)."""
+        workers = self.config.workers
+        split = self.mode == "split"
+        return DeviceBudget(int(workers.device_memory_gb * 1e9), workers.batch if split else 1,
+                            1 if split else workers.count)
 
     def _supervise(self) -> None:
         """Replace dead children; give up (exit 1) when they keep dying."""

@@ -36,6 +36,7 @@ from holostream.shared.messages import (
 )
 from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers, layout
 from holostream.shared.settings import ReconstructionSettings, SettingsError
+from holostream.workers.memory import DeviceBudget
 from holostream.workers.pipeline import plan_groups
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,10 @@ class Ingest:
     """The state of the ingest loop; :func:`run_ingest` drives it."""
 
     def __init__(self, config, settings: ReconstructionSettings, n_workers: int, prefix: str,
-                 channels: Channels, first_seq: int = 1, split: bool = False):
+                 channels: Channels, first_seq: int = 1, split: bool = False,
+                 device_budget: DeviceBudget = DeviceBudget()):
         self.config = config
+        self.device_budget = device_budget
         self.settings = settings
         self.split = split
         self.n_partials = 1 if split else n_workers  # the reconstructor owns the one volume
@@ -217,6 +220,12 @@ class Ingest:
         if settings.binning > min(info.shape):
             raise ProtocolError(f"binning {settings.binning} exceeds the {info.shape[0]}x{info.shape[1]} frame",
                                 "settings")
+        try:  # refused before any frame, not half-way through the scan
+            self.device_budget.check(info.shape, info.frame_nbytes // (info.shape[0] * info.shape[1]),
+                                     settings.binning, settings.angle_binning)
+        except MemoryError as exc:
+            raise ProtocolError(f"scan_start {info.scan_id}: does not fit the device: {exc}",
+                                "no_memory") from exc
         if self.scan is not None and not (self.scan.ending or self.scan.aborted):
             if self.scan.info.scan_id == info.scan_id:
                 raise ProtocolError(f"scan {info.scan_id!r} is already open", "duplicate")
@@ -537,7 +546,8 @@ def _drain(q, handler) -> None:
 
 
 def run_ingest(config, settings: ReconstructionSettings, n_workers: int, prefix: str,
-               channels: Channels, first_seq: int = 1, split: bool = False) -> None:
+               channels: Channels, first_seq: int = 1, split: bool = False,
+               device_budget: DeviceBudget = DeviceBudget()) -> None:
     """Entry point of the ingest process; returns when ``channels.stop`` is set.
 
     Parameters
@@ -556,9 +566,11 @@ def run_ingest(config, settings: ReconstructionSettings, n_workers: int, prefix:
         Number of the first scan (a restarted ingest continues above the previous one's).
     split : bool
         Split mode: one partial volume and a ``binned`` part per scan, two-stage groups.
+    device_budget : DeviceBudget
+        Device memory a scan may use; a ``scan_start`` that cannot fit is refused.
     """
     _keep_freed_buffers()
-    ingest = Ingest(config, settings, n_workers, prefix, channels, first_seq, split)
+    ingest = Ingest(config, settings, n_workers, prefix, channels, first_seq, split, device_budget)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PULL)
     sock.setsockopt(zmq.RCVHWM, config.rcvhwm)

@@ -91,13 +91,42 @@ def estimate_device_bytes(raw_shape: tuple[int, int], binning: int, angle_binnin
     return MemoryEstimate(raw, references, intensities, phasing, filtering, volume)
 
 
-def check_fits(estimate: MemoryEstimate, available_bytes: int, reserve: float = 0.1) -> None:
-    """Raise ``MemoryError`` with the reason when ``estimate`` exceeds the usable memory.
+def check_fits(estimate: MemoryEstimate, available_bytes: int, reserve: float = 0.1,
+               copies: int = 1) -> None:
+    """Raise ``MemoryError`` with the reason when ``copies`` × ``estimate`` exceed the usable memory.
 
     ``reserve`` is the fraction of ``available_bytes`` kept free for the CUDA context,
     plan caches and fragmentation.
     """
     usable = int(available_bytes * (1.0 - reserve))
-    if estimate.total > usable:
-        raise MemoryError(f"needs {estimate.describe()}, but only {usable / 1e9:.2f} GB of the device's "
+    if copies * estimate.total > usable:
+        times = f"{copies} × " if copies > 1 else ""
+        raise MemoryError(f"needs {times}{estimate.describe()}, but only {usable / 1e9:.2f} GB of the device's "
                           f"{available_bytes / 1e9:.2f} GB are usable")
+
+
+@dataclass(frozen=True)
+class DeviceBudget:
+    """The device memory one scan may use, and how the service spends it.
+
+    Attributes
+    ----------
+    available_bytes : int
+        Memory of the device (or the share of it granted to the service); 0 disables checks.
+    batch : int
+        Angle groups processed per call by one device process.
+    copies : int
+        Device processes that each hold a whole pipeline and volume (pool mode on a GPU:
+        the worker count; split mode: 1).
+    """
+
+    available_bytes: int = 0
+    batch: int = 1
+    copies: int = 1
+
+    def check(self, raw_shape: tuple[int, int], raw_itemsize: int, binning: int, angle_binning: int) -> None:
+        """Raise ``MemoryError`` with the reason when a scan of this geometry cannot fit."""
+        if self.available_bytes <= 0:
+            return
+        estimate = estimate_device_bytes(raw_shape, binning, angle_binning, self.batch, raw_itemsize)
+        check_fits(estimate, self.available_bytes, copies=self.copies)

@@ -372,3 +372,26 @@ def test_group_of_a_dead_worker_is_reclaimed_and_the_scan_completes():
     finally:
         ingest.close()
         sweep(prefix)
+
+
+def test_scan_that_cannot_fit_the_device_is_refused_before_any_frame():
+    """In-process Ingest with a 1 GB device budget: a 4096² scan is refused, a small one opens."""
+    from holostream.service.ingest import Ingest
+    from holostream.workers.memory import DeviceBudget
+
+    channels = make_channels()
+    prefix = f"holostream_{os.getpid()}_budget"
+    ingest = Ingest(IngestConfig(ring_slots=4), ReconstructionSettings(), 1, prefix, channels,
+                    device_budget=DeviceBudget(available_bytes=1_000_000_000, batch=16))
+    try:
+        ingest.handle(encode_scan_start(scan_info(scan_id="huge", shape=(4096, 4096))))
+        assert ingest.scan is None and ingest.rejected["no_memory"] == 1
+        assert not [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]  # nothing allocated
+        rejection = next(e for e in iter(lambda: channels.events.get(timeout=5), None)
+                         if e["type"] == "rejected")
+        assert "does not fit the device" in rejection["reason"] and "volume" in rejection["reason"]
+        ingest.handle(encode_scan_start(scan_info(scan_id="small")))
+        assert ingest.scan is not None and ingest.scan.info.scan_id == "small"
+    finally:
+        ingest.close()
+        sweep(prefix)

@@ -45,3 +45,13 @@ def test_bad_binning_is_an_error(bad):
 def test_volume_estimate_matches_a_real_allocation():
     est = estimate_device_bytes((128, 128), binning=2, angle_binning=1)
     assert est.volume == np.zeros((64, 64, 64), np.float32).nbytes
+
+
+def test_device_budget_counts_every_device_process():
+    from holostream.workers.memory import DeviceBudget
+
+    one = estimate_device_bytes((512, 512), 1, 1, batch=1).total
+    DeviceBudget(available_bytes=int(one / 0.9) + 1).check((512, 512), 2, 1, 1)
+    with pytest.raises(MemoryError, match="4 ×"):
+        DeviceBudget(available_bytes=int(one / 0.9) + 1, copies=4).check((512, 512), 2, 1, 1)
+    DeviceBudget().check((65536, 65536), 2, 1, 1)  # 0 bytes: no check
