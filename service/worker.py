@@ -285,10 +285,13 @@ def stop_processes(processes: list[BaseProcess], timeout_s: float,
     have written everything, so whoever reads those queues must keep reading.
     """
     deadline = time.monotonic() + timeout_s
-    while any(p.is_alive() for p in processes) and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        alive = [p for p in processes if p.is_alive()]
+        if not alive:
+            break
         if drain is not None:
-            drain()
-        next(p for p in processes if p.is_alive()).join(0.05)
+            drain()  # the last child may exit meanwhile: joining it then returns at once
+        alive[0].join(0.05)
     for proc in processes:
         if proc.is_alive():
             log.warning("%s did not stop in %.1f s: terminating", proc.name, timeout_s)
