@@ -73,7 +73,7 @@ def test_create_attach_in_spawned_child_and_unlink(prefix):
 
 def test_independent_process_exit_neither_unlinks_nor_warns(tmp_path, prefix):
     """A process with its own resource tracker attaches and exits: segments stay, no warning."""
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import json, sys
         from holostream.shared.scanbuffers import ScanBuffers
         b = ScanBuffers.attach(json.loads(sys.argv[1]))
