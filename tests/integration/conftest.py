@@ -186,6 +186,32 @@ class Subscriber:
         self.ctx.term()
 
 
+@pytest.fixture
+def ingest_in_process(request):
+    """``make(n_workers=1, ring_slots=4, **kwargs) -> (Ingest, Channels)``: the ingest state
+    machine in the test's own process (no socket; messages go to ``Ingest.handle``); closed
+    and its shared memory swept after the test."""
+    from holostream.service.channels import make_channels
+    from holostream.service.config import IngestConfig
+    from holostream.service.ingest import Ingest
+    from holostream.shared.scanbuffers import sweep
+    from holostream.shared.settings import ReconstructionSettings
+
+    made = []
+
+    def make(n_workers: int = 1, ring_slots: int = 4, **kwargs):
+        channels = make_channels()
+        prefix = f"holostream_{os.getpid()}_inproc{len(made)}"
+        ingest = Ingest(IngestConfig(ring_slots=ring_slots), ReconstructionSettings(), n_workers, prefix,
+                        channels, **kwargs)
+        made.append((ingest, prefix))
+        return ingest, channels
+    yield make
+    for ingest, prefix in made:
+        ingest.close()
+        sweep(prefix)
+
+
 @pytest.fixture(scope="session")
 def serve():
     """The helpers of this file for test modules (conftest is not importable by name)."""

@@ -338,60 +338,44 @@ def test_angles_sent_with_the_frames_reach_the_tasks(make_ingest):
         b.close()
 
 
-def test_group_of_a_dead_worker_is_reclaimed_and_the_scan_completes():
+def test_group_of_a_dead_worker_is_reclaimed_and_the_scan_completes(ingest_in_process):
     """In-process Ingest: one task is taken by a worker that never answers."""
-    from holostream.service.ingest import Ingest
-
-    channels = make_channels()
-    prefix = f"holostream_{os.getpid()}_lost"
-    ingest = Ingest(IngestConfig(ring_slots=4), ReconstructionSettings(), 1, prefix, channels)
-    try:
-        info = scan_info(n_projections=2)
-        darks, flats, projections = frames_of(info)
-        ingest.handle(encode_scan_start(info))
-        for kind, stack in (("dark", darks), ("flat", flats)):
-            for i, image in enumerate(stack):
-                ingest.handle(encode_frame("s1", kind, i, image))
-        for i in range(2):
-            ingest.handle(encode_frame("s1", "projection", i, projections[i]))
-        taken_by_dead_worker = channels.tasks.get(timeout=5)
-        answered = channels.tasks.get(timeout=5)
-        ingest.on_done({"type": "done", "scan_seq": answered["scan_seq"], "group": answered["group"],
-                        "slots": answered["slots"], "seconds": 0.01})
-        ingest.reclaim_lost(time.monotonic() + 1.0)  # not yet: it may just be slow
-        assert taken_by_dead_worker["group"] in ingest.scan.in_flight
-        ingest.handle(encode_scan_end("s1"))
-        ingest.reclaim_lost(time.monotonic() + 3600.0)
-        assert ingest.scan is None  # complete: nothing left to wait for
-        events = []
-        while not any(e["type"] == "scan_complete" for e in events):
-            events.append(channels.events.get(timeout=5))
-        complete = events[-1]
-        assert complete["groups_arrived"] == [answered["group"]] and not complete["aborted"]
-        assert ingest.stats(time.monotonic())["lost_groups"] == 1
-    finally:
-        ingest.close()
-        sweep(prefix)
+    ingest, channels = ingest_in_process()
+    info = scan_info(n_projections=2)
+    darks, flats, projections = frames_of(info)
+    ingest.handle(encode_scan_start(info))
+    for kind, stack in (("dark", darks), ("flat", flats)):
+        for i, image in enumerate(stack):
+            ingest.handle(encode_frame("s1", kind, i, image))
+    for i in range(2):
+        ingest.handle(encode_frame("s1", "projection", i, projections[i]))
+    taken_by_dead_worker = channels.tasks.get(timeout=5)
+    answered = channels.tasks.get(timeout=5)
+    ingest.on_done({"type": "done", "scan_seq": answered["scan_seq"], "group": answered["group"],
+                    "slots": answered["slots"], "seconds": 0.01})
+    ingest.reclaim_lost(time.monotonic() + 1.0)  # not yet: it may just be slow
+    assert taken_by_dead_worker["group"] in ingest.scan.in_flight
+    ingest.handle(encode_scan_end("s1"))
+    ingest.reclaim_lost(time.monotonic() + 3600.0)
+    assert ingest.scan is None  # complete: nothing left to wait for
+    events = []
+    while not any(e["type"] == "scan_complete" for e in events):
+        events.append(channels.events.get(timeout=5))
+    complete = events[-1]
+    assert complete["groups_arrived"] == [answered["group"]] and not complete["aborted"]
+    assert ingest.stats(time.monotonic())["lost_groups"] == 1
 
 
-def test_scan_that_cannot_fit_the_device_is_refused_before_any_frame():
+def test_scan_that_cannot_fit_the_device_is_refused_before_any_frame(ingest_in_process):
     """In-process Ingest with a 1 GB device budget: a 4096² scan is refused, a small one opens."""
-    from holostream.service.ingest import Ingest
     from holostream.workers.memory import DeviceBudget
 
-    channels = make_channels()
-    prefix = f"holostream_{os.getpid()}_budget"
-    ingest = Ingest(IngestConfig(ring_slots=4), ReconstructionSettings(), 1, prefix, channels,
-                    device_budget=DeviceBudget(available_bytes=1_000_000_000, batch=16))
-    try:
-        ingest.handle(encode_scan_start(scan_info(scan_id="huge", shape=(4096, 4096))))
-        assert ingest.scan is None and ingest.rejected["no_memory"] == 1
-        assert not [n for n in os.listdir("/dev/shm") if n.startswith(prefix)]  # nothing allocated
-        rejection = next(e for e in iter(lambda: channels.events.get(timeout=5), None)
-                         if e["type"] == "rejected")
-        assert "does not fit the device" in rejection["reason"] and "volume" in rejection["reason"]
-        ingest.handle(encode_scan_start(scan_info(scan_id="small")))
-        assert ingest.scan is not None and ingest.scan.info.scan_id == "small"
-    finally:
-        ingest.close()
-        sweep(prefix)
+    ingest, channels = ingest_in_process(device_budget=DeviceBudget(available_bytes=1_000_000_000, batch=16))
+    ingest.handle(encode_scan_start(scan_info(scan_id="huge", shape=(4096, 4096))))
+    assert ingest.scan is None and ingest.rejected["no_memory"] == 1
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(ingest.prefix)]  # nothing allocated
+    rejection = next(e for e in iter(lambda: channels.events.get(timeout=5), None)
+                     if e["type"] == "rejected")
+    assert "does not fit the device" in rejection["reason"] and "volume" in rejection["reason"]
+    ingest.handle(encode_scan_start(scan_info(scan_id="small")))
+    assert ingest.scan is not None and ingest.scan.info.scan_id == "small"

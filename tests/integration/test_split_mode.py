@@ -209,93 +209,75 @@ def test_bad_mode_and_batch_are_refused_naming_the_key(tmp_path):
         assert result.returncode == 2 and key in result.stderr, result.stderr
 
 
-def test_ingest_settles_the_groups_of_a_dead_reconstructor_from_their_handoff_rows():
+def test_ingest_settles_the_groups_of_a_dead_reconstructor_from_their_handoff_rows(ingest_in_process):
     """In-process Ingest in split mode: slots freed at ``binned``; taken = lost, committed = done."""
-    from holostream.service.channels import make_channels
-    from holostream.service.config import IngestConfig
-    from holostream.service.ingest import Ingest
     from holostream.shared.messages import ScanInfo, encode_frame, encode_scan_end, encode_scan_start
-    from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, sweep
+    from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN
 
-    channels = make_channels()
-    prefix = f"holostream_{os.getpid()}_split_ingest"
-    ingest = Ingest(IngestConfig(ring_slots=4), ReconstructionSettings(), 3, prefix, channels, split=True)
-    try:
-        info = ScanInfo(scan_id="s1", shape=(8, 12), dtype="uint16", n_darks=1, n_flats=1,
-                        n_projections=4, energy_kev=17.5, distance_m=0.05, pixel_size_m=1e-6,
-                        delta_beta=200.0, angle_start_deg=0.0, angle_step_deg=45.0)
-        frame = np.full(info.shape, 1000, np.uint16)
-        ingest.handle(encode_scan_start(info))
-        ingest.handle(encode_frame("s1", "dark", 0, frame * 0))
-        ingest.handle(encode_frame("s1", "flat", 0, frame))
-        for i in range(4):
-            ingest.handle(encode_frame("s1", "projection", i, frame))
-        tasks = [channels.tasks.get(timeout=5) for _ in range(4)]
-        buffers = ingest.scan.buffers
-        assert buffers.volume.shape[0] == 1 and buffers.binned.shape == (4, 8, 12)
-        assert not ingest.scan.free_slots  # four groups, four slots, all taken
-        for task in tasks:  # each worker wrote binned[g] and handed the group on
-            ingest.on_done({"type": "binned", "scan_seq": task["scan_seq"], "group": task["group"],
-                            "slots": task["slots"], "seconds": 0.01})
-        assert len(ingest.scan.free_slots) == 4 and len(ingest.scan.in_flight) == 4  # slots free, groups not
-        g_done, g_taken, g_committed, g_queued = (t["group"] for t in tasks)
-        ingest.on_done({"type": "done", "scan_seq": tasks[0]["scan_seq"], "group": g_done, "slots": [],
-                        "seconds": 0.02})
-        buffers.handoff[g_taken, 0] = HANDOFF_TAKEN
-        buffers.handoff[g_committed] = (HANDOFF_COMMITTED, 90.0, 0.785, 1, 0.0)
-        ingest.handle(encode_scan_end("s1"))
-        ingest.on_command({"type": "reconstructor_lost"})
-        assert list(ingest.scan.in_flight) == [g_queued]  # still queued for the next reconstructor
-        ingest.on_done({"type": "done", "scan_seq": tasks[0]["scan_seq"], "group": g_queued, "slots": [],
-                        "seconds": 0.02})
-        events = []
-        while not any(e["type"] == "scan_complete" for e in events):
-            events.append(channels.events.get(timeout=5))
-        complete = events[-1]
-        assert complete["groups_arrived"] == sorted([g_done, g_committed, g_queued])
-        assert complete["n_projections_used"] == 3
-        assert ingest.stats(time.monotonic())["lost_groups"] == 1
-    finally:
-        ingest.close()
-        sweep(prefix)
+    ingest, channels = ingest_in_process(n_workers=3, split=True)
+    info = ScanInfo(scan_id="s1", shape=(8, 12), dtype="uint16", n_darks=1, n_flats=1,
+                    n_projections=4, energy_kev=17.5, distance_m=0.05, pixel_size_m=1e-6,
+                    delta_beta=200.0, angle_start_deg=0.0, angle_step_deg=45.0)
+    frame = np.full(info.shape, 1000, np.uint16)
+    ingest.handle(encode_scan_start(info))
+    ingest.handle(encode_frame("s1", "dark", 0, frame * 0))
+    ingest.handle(encode_frame("s1", "flat", 0, frame))
+    for i in range(4):
+        ingest.handle(encode_frame("s1", "projection", i, frame))
+    tasks = [channels.tasks.get(timeout=5) for _ in range(4)]
+    buffers = ingest.scan.buffers
+    assert buffers.volume.shape[0] == 1 and buffers.binned.shape == (4, 8, 12)
+    assert not ingest.scan.free_slots  # four groups, four slots, all taken
+    for task in tasks:  # each worker wrote binned[g] and handed the group on
+        ingest.on_done({"type": "binned", "scan_seq": task["scan_seq"], "group": task["group"],
+                        "slots": task["slots"], "seconds": 0.01})
+    assert len(ingest.scan.free_slots) == 4 and len(ingest.scan.in_flight) == 4  # slots free, groups not
+    g_done, g_taken, g_committed, g_queued = (t["group"] for t in tasks)
+    ingest.on_done({"type": "done", "scan_seq": tasks[0]["scan_seq"], "group": g_done, "slots": [],
+                    "seconds": 0.02})
+    buffers.handoff[g_taken, 0] = HANDOFF_TAKEN
+    buffers.handoff[g_committed] = (HANDOFF_COMMITTED, 90.0, 0.785, 1, 0.0)
+    ingest.handle(encode_scan_end("s1"))
+    ingest.on_command({"type": "reconstructor_lost"})
+    assert list(ingest.scan.in_flight) == [g_queued]  # still queued for the next reconstructor
+    ingest.on_done({"type": "done", "scan_seq": tasks[0]["scan_seq"], "group": g_queued, "slots": [],
+                    "seconds": 0.02})
+    events = []
+    while not any(e["type"] == "scan_complete" for e in events):
+        events.append(channels.events.get(timeout=5))
+    complete = events[-1]
+    assert complete["groups_arrived"] == sorted([g_done, g_committed, g_queued])
+    assert complete["n_projections_used"] == 3
+    assert ingest.stats(time.monotonic())["lost_groups"] == 1
 
 
-def test_ingest_waits_for_a_backlog_but_not_for_a_group_overtaken_in_the_reconstructor():
+def test_ingest_waits_for_a_backlog_but_not_for_a_group_overtaken_in_the_reconstructor(ingest_in_process):
     """A group never marked taken is lost only once groups queued after it were reconstructed."""
-    from holostream.service.channels import make_channels
-    from holostream.service.config import IngestConfig
-    from holostream.service.ingest import LOST_AFTER_S, OVERTAKEN_S, Ingest
+    from holostream.service.ingest import LOST_AFTER_S, OVERTAKEN_S
     from holostream.shared.messages import ScanInfo, encode_frame, encode_scan_end, encode_scan_start
-    from holostream.shared.scanbuffers import sweep
 
-    channels = make_channels()
-    prefix = f"holostream_{os.getpid()}_split_overtaken"
-    ingest = Ingest(IngestConfig(ring_slots=4), ReconstructionSettings(), 2, prefix, channels, split=True)
-    try:
-        info = ScanInfo(scan_id="s2", shape=(8, 12), dtype="uint16", n_darks=0, n_flats=1,
-                        n_projections=3, energy_kev=17.5, distance_m=0.05, pixel_size_m=1e-6,
-                        delta_beta=200.0, angle_start_deg=0.0, angle_step_deg=60.0)
-        frame = np.full(info.shape, 1000, np.uint16)
-        ingest.handle(encode_scan_start(info))
-        ingest.handle(encode_frame("s2", "flat", 0, frame))
-        for i in range(3):
-            ingest.handle(encode_frame("s2", "projection", i, frame))
-        tasks = [channels.tasks.get(timeout=5) for _ in range(3)]
-        for task in tasks:
-            ingest.on_done({"type": "binned", "scan_seq": task["scan_seq"], "group": task["group"],
-                            "slots": task["slots"], "seconds": 0.01})
-        first, backlog, later = (t["group"] for t in tasks)
-        ingest.handle(encode_scan_end("s2"))
-        far = time.monotonic() + 10 * LOST_AFTER_S
-        ingest.reclaim_lost(far)  # a queue that is merely long: nothing is lost by waiting
-        assert sorted(ingest.scan.in_flight) == sorted([first, backlog, later])
-        ingest.scan.in_flight[first].binned_at -= 2 * OVERTAKEN_S  # queued well before `later`
-        ingest.on_done({"type": "done", "scan_seq": tasks[0]["scan_seq"], "group": later, "slots": [],
-                        "seconds": 0.02})
-        ingest.reclaim_lost(far)  # `first` overtaken: surely taken by a reconstructor
-        ingest.reclaim_lost(far + LOST_AFTER_S + 1)
-        assert list(ingest.scan.in_flight) == [backlog]  # queued with `later`: still waited for
-        assert ingest.stats(time.monotonic())["lost_groups"] == 1
-    finally:
-        ingest.close()
-        sweep(prefix)
+    ingest, channels = ingest_in_process(n_workers=2, split=True)
+    info = ScanInfo(scan_id="s2", shape=(8, 12), dtype="uint16", n_darks=0, n_flats=1,
+                    n_projections=3, energy_kev=17.5, distance_m=0.05, pixel_size_m=1e-6,
+                    delta_beta=200.0, angle_start_deg=0.0, angle_step_deg=60.0)
+    frame = np.full(info.shape, 1000, np.uint16)
+    ingest.handle(encode_scan_start(info))
+    ingest.handle(encode_frame("s2", "flat", 0, frame))
+    for i in range(3):
+        ingest.handle(encode_frame("s2", "projection", i, frame))
+    tasks = [channels.tasks.get(timeout=5) for _ in range(3)]
+    for task in tasks:
+        ingest.on_done({"type": "binned", "scan_seq": task["scan_seq"], "group": task["group"],
+                        "slots": task["slots"], "seconds": 0.01})
+    first, backlog, later = (t["group"] for t in tasks)
+    ingest.handle(encode_scan_end("s2"))
+    far = time.monotonic() + 10 * LOST_AFTER_S
+    ingest.reclaim_lost(far)  # a queue that is merely long: nothing is lost by waiting
+    assert sorted(ingest.scan.in_flight) == sorted([first, backlog, later])
+    ingest.scan.in_flight[first].binned_at -= 2 * OVERTAKEN_S  # queued well before `later`
+    ingest.on_done({"type": "done", "scan_seq": tasks[0]["scan_seq"], "group": later, "slots": [],
+                    "seconds": 0.02})
+    ingest.reclaim_lost(far)  # `first` overtaken: surely taken by a reconstructor
+    ingest.reclaim_lost(far + LOST_AFTER_S + 1)
+    assert list(ingest.scan.in_flight) == [backlog]  # queued with `later`: still waited for
+    assert ingest.stats(time.monotonic())["lost_groups"] == 1
