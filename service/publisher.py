@@ -187,19 +187,12 @@ def final_volume(partials: np.ndarray, weights: np.ndarray, sinogram: np.ndarray
     groups = np.asarray(groups, dtype=np.intp)
     if groups.size == 0:
         raise ValueError("final_volume needs at least one reconstructed group")
-    wanted = fbp.angle_weights(angles_rad)
-    diff = wanted - np.asarray(used_weights, dtype=np.float64)
-    data = partials.sum(axis=0, dtype=np.float32)
-    total = float(np.sum(weights))
+    data = backend.asarray(partials.sum(axis=0, dtype=np.float32))  # no copy on the CPU
     # only the neighbours of a gap change weight: a scan cut short corrects two groups
-    changed = np.flatnonzero(np.abs(diff) > _WEIGHT_TOLERANCE_RAD)
-    if changed.size:
-        correction = backend.xp.zeros(data.shape, dtype=np.float32)
-        fbp.backproject(correction, backend.asarray(sinogram[groups[changed]]),
-                        np.asarray(angles_rad)[changed], diff[changed], center_px, backend)
-        data += backend.to_host(correction)
-        total += float(diff[changed].sum())
-    return fbp.combine_partials(data[None], [total])
+    total = float(np.sum(weights)) + fbp.reweight(
+        data, lambda idx: backend.asarray(sinogram[groups[idx]]), angles_rad, used_weights,
+        fbp.angle_weights(angles_rad), center_px, backend, _WEIGHT_TOLERANCE_RAD)
+    return fbp.combine_partials(backend.to_host(data)[None], [total])
 
 
 def save_volume_h5(path: str | os.PathLike, header: dict[str, Any], volume: np.ndarray) -> None:

@@ -75,7 +75,8 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
         scan.n_projections, settings.angle_binning, scan.angles_deg)
     rows_b, cols_b = pipeline.binned_shape
     center = pipeline.center_px(cor_px)
-    accumulator = VolumeAccumulator((rows_b, cols_b, cols_b), center, backend)
+    # every angle is known up front, so nothing is reweighted: keep no filtered projections
+    accumulator = VolumeAccumulator((rows_b, cols_b, cols_b), center, backend, keep_filtered=False)
     for start in range(0, len(groups), batch):
         chunk = groups[start : start + batch]
         filtered = pipeline.process_batch(

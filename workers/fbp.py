@@ -263,6 +263,43 @@ def backproject(volume, filtered, angles_rad, weights, center_px: float, backend
             pool.shutdown()
 
 
+def reweight(volume, filtered_of, angles_rad, old_weights, new_weights, center_px: float,
+             backend: Backend, tolerance_rad: float = 0.0) -> float:
+    """Change the weights of projections already in ``volume``: adds ``(new - old)·BP(q_i)``.
+
+    Used when a scan ends with angles missing: the weights of the arrived angles are
+    recomputed and only the projections whose weight changed (the neighbours of a gap)
+    are back-projected again, in batches of ``_BATCH_ANGLES``.
+
+    Parameters
+    ----------
+    volume : array of shape (nz, n, n), float32
+        Accumulator, modified in place.
+    filtered_of : callable
+        ``filtered_of(i)`` for an int array ``i`` of positions returns the filtered
+        projections ``(len(i), nz, cols)`` of those projections, on the backend.
+    angles_rad, old_weights, new_weights : array_like of shape (k,)
+        Angles and weights (radians) of the k projections in ``volume``.
+    center_px : float
+        Rotation-axis offset, as for :func:`backproject`.
+    backend : Backend
+    tolerance_rad : float
+        Weight changes up to this size are ignored.
+
+    Returns
+    -------
+    float
+        ``Σ (new - old)`` over the changed projections: the change of the weight sum.
+    """
+    angles = np.asarray(angles_rad, dtype=np.float64).ravel()
+    diff = np.asarray(new_weights, dtype=np.float64).ravel() - np.asarray(old_weights, dtype=np.float64).ravel()
+    changed = np.flatnonzero(np.abs(diff) > tolerance_rad)
+    for start in range(0, changed.size, _BATCH_ANGLES):
+        batch = changed[start : start + _BATCH_ANGLES]
+        backproject(volume, filtered_of(batch), angles[batch], diff[batch], center_px, backend)
+    return float(diff[changed].sum())
+
+
 class VolumeAccumulator:
     """Incremental FBP: a volume that is correctly normalised after every projection.
 
@@ -281,9 +318,13 @@ class VolumeAccumulator:
         Array namespace.
     out : array of shape ``shape``, float32, optional
         Storage for ``data`` (e.g. shared memory); it is set to zero here.
+    keep_filtered : bool
+        Keep each filtered projection for :meth:`reweight` (one ``(nz, cols)`` float32
+        array per key). A caller that never reweights passes False and holds one volume,
+        not a second sinogram.
     """
 
-    def __init__(self, shape, center_px: float, backend: Backend, out=None):
+    def __init__(self, shape, center_px: float, backend: Backend, out=None, keep_filtered: bool = True):
         xp = backend.xp
         shape = tuple(int(s) for s in shape)
         if len(shape) != 3 or shape[1] != shape[2]:
@@ -297,7 +338,8 @@ class VolumeAccumulator:
         self.backend = backend
         self.center_px = float(center_px)
         self.data = out
-        self._projections: dict = {}  # key -> (filtered (nz, cols), angle_rad, weight)
+        self.keep_filtered = bool(keep_filtered)
+        self._projections: dict = {}  # key -> (filtered (nz, cols) or None, angle_rad, weight)
 
     @property
     def weight_sum(self) -> float:
@@ -314,7 +356,7 @@ class VolumeAccumulator:
                 f"filtered shape: expected ({self.data.shape[0]}, cols), got {filtered.shape}"
             )
         backproject(self.data, filtered, angle_rad, weight, self.center_px, self.backend)
-        self._projections[key] = (filtered, float(angle_rad), float(weight))
+        self._projections[key] = (filtered if self.keep_filtered else None, float(angle_rad), float(weight))
 
     def volume(self):
         """Normalised copy ``data · π / weight_sum`` (zeros before the first projection)."""
@@ -334,15 +376,15 @@ class VolumeAccumulator:
         unknown = [k for k in new_weights if k not in self._projections]
         if unknown:
             raise KeyError(f"reweight: keys never added: {unknown[:5]}")
-        changed = [k for k, w in new_weights.items() if float(w) != self._projections[k][2]]
+        if not self.keep_filtered:
+            raise ValueError("reweight needs the filtered projections: create with keep_filtered=True")
+        keys = list(new_weights)
+        old = [self._projections[k][2] for k in keys]
         xp = self.backend.xp
-        for start in range(0, len(changed), _BATCH_ANGLES):
-            batch = changed[start : start + _BATCH_ANGLES]
-            stack = xp.stack([self._projections[k][0] for k in batch])
-            angles = [self._projections[k][1] for k in batch]
-            deltas = [float(new_weights[k]) - self._projections[k][2] for k in batch]
-            backproject(self.data, stack, angles, deltas, self.center_px, self.backend)
-        for k in changed:
+        reweight(self.data, lambda idx: xp.stack([self._projections[keys[i]][0] for i in idx]),
+                 [self._projections[k][1] for k in keys], old, [float(new_weights[k]) for k in keys],
+                 self.center_px, self.backend)
+        for k in keys:
             filtered, angle, _ = self._projections[k]
             self._projections[k] = (filtered, angle, float(new_weights[k]))
 

@@ -269,3 +269,17 @@ def test_accumulator_and_reconstruct_reject_inconsistent_input():
         VolumeAccumulator((2, 16, 16), 0.0, CPU, out=np.zeros((2, 16, 16)))
     with pytest.raises(ValueError, match="expected 3 angles, got 2"):
         reconstruct(np.zeros((3, 2, 16), np.float32), [0.0, 1.0], 0.0, CPU)
+
+
+def test_accumulator_without_kept_projections_builds_the_same_volume_and_refuses_reweight():
+    angles = np.linspace(0, np.pi, 24, endpoint=False)
+    sino = RampFilter(N, CPU)(ellipse_sinogram(angles))
+    weights = angle_weights(angles)
+    kept = VolumeAccumulator((2, N, N), 0.0, CPU)
+    lean = VolumeAccumulator((2, N, N), 0.0, CPU, keep_filtered=False)
+    for i in range(angles.size):
+        kept.add(i, sino[i], angles[i], weights[i])
+        lean.add(i, sino[i], angles[i], weights[i])
+    np.testing.assert_array_equal(lean.volume(), kept.volume())
+    with pytest.raises(ValueError, match="keep_filtered"):
+        lean.reweight({0: 1.0})
