@@ -77,3 +77,36 @@ def delta_px_to_phase(delta_px, energy_kev: float, pixel_size_m: float):
     """
     scale = -_phase_per_delta_px(energy_kev, pixel_size_m)
     return (delta_px * scale).astype("float32", copy=False)
+
+
+def fresnel_scaling(source_distance_m: float, detector_distance_m: float,
+                    detector_pixel_size_m: float) -> tuple[float, float, float]:
+    """Plane-wave equivalent of a cone-beam (point source) geometry: the Fresnel scaling theorem.
+
+    A point source at ``z1`` before the sample and a detector at ``z2`` behind it record the
+    hologram of a plane wave propagated over ``z2 / M`` and sampled at ``pixel / M``, magnified
+    by ``M = (z1 + z2) / z1``. Distances are taken by magnitude (NeXus writes the source
+    distance as negative).
+
+    Parameters
+    ----------
+    source_distance_m : float
+        z₁, source (focus) to sample, metres, non-zero.
+    detector_distance_m : float
+        z₂, sample to detector, metres, non-zero.
+    detector_pixel_size_m : float
+        Detector pixel size, metres, > 0.
+
+    Returns
+    -------
+    (magnification, distance_m, pixel_size_m) : tuple of float
+        ``M``, the effective propagation distance ``z₁z₂/(z₁+z₂)`` and the effective pixel size
+        ``detector_pixel_size_m / M``, metres.
+    """
+    z1, z2 = abs(float(source_distance_m)), abs(float(detector_distance_m))
+    if not (math.isfinite(z1) and math.isfinite(z2) and z1 > 0 and z2 > 0):
+        raise ValueError(f"source and detector distances must be finite and non-zero, got {z1!r}, {z2!r}")
+    if not (math.isfinite(detector_pixel_size_m) and detector_pixel_size_m > 0):
+        raise ValueError(f"detector_pixel_size_m must be > 0, got {detector_pixel_size_m!r}")
+    magnification = (z1 + z2) / z1
+    return magnification, z2 / magnification, float(detector_pixel_size_m) / magnification

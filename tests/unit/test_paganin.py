@@ -144,3 +144,17 @@ def test_filter_is_the_paganin_formula():
     assert retrieve.filter.shape == (32, 25) and retrieve.filter.dtype == np.float32
     assert retrieve.filter[1, 0] == pytest.approx(expected, rel=1e-6)
     assert retrieve.filter[0, 0] == 1.0
+
+
+def test_fresnel_scaling_of_a_cone_beam():
+    from holostream.workers.physics import fresnel_scaling
+
+    # ID16-like: focus 10 mm before the sample, detector 1 m behind it -> M = 101
+    m, z_eff, pix_eff = fresnel_scaling(-0.01, 1.0, 6.5e-6)
+    assert m == pytest.approx(101.0)
+    assert z_eff == pytest.approx(0.01 * 1.0 / 1.01)
+    assert pix_eff == pytest.approx(6.5e-6 / 101.0)
+    with pytest.raises(ValueError):
+        fresnel_scaling(0.0, 1.0, 1e-6)
+    with pytest.raises(ValueError):
+        fresnel_scaling(0.1, 1.0, -1e-6)
