@@ -12,14 +12,14 @@ import sys
 
 # command -> (module under holostream.service, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("daemon", "run the live reconstruction daemon"),
-    "status": ("status", "print the daemon's status (one-shot or --watch)"),
-    "subscribe": ("subscribe", "receive published volumes; print headers, save HDF5/PNG"),
-    "stream": ("stream", "play an NXtomo file or a simulated scan into the ingest socket"),
-    "simulate": ("simulate", "write a simulated near-field holo-tomography scan (NXtomo)"),
-    "reconstruct": ("reconstruct", "reconstruct an NXtomo scan offline into an HDF5 volume"),
-    "bench": ("bench", "measure the speed of each stage and of the whole chain"),
-    "demo": ("demo", "service + simulated detector + subscriber in one go"),
+    "serve": ("commands.serve", "run the live reconstruction daemon"),
+    "status": ("commands.status", "print the daemon's status (one-shot or --watch)"),
+    "subscribe": ("commands.subscribe", "receive published volumes; print headers, save HDF5/PNG"),
+    "stream": ("commands.stream", "play an NXtomo file or a simulated scan into the ingest socket"),
+    "simulate": ("commands.simulate", "write a simulated near-field holo-tomography scan (NXtomo)"),
+    "reconstruct": ("commands.reconstruct", "reconstruct an NXtomo scan offline into an HDF5 volume"),
+    "bench": ("commands.bench", "measure the speed of each stage and of the whole chain"),
+    "demo": ("commands.demo", "service + simulated detector + subscriber in one go"),
 }
 
 

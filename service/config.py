@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+import tomllib
 
 from holostream.shared.settings import ReconstructionSettings, SettingsError
 

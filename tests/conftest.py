@@ -52,7 +52,7 @@ def two_material_scan():
 @pytest.fixture(scope="session")
 def single_material_nx(tmp_path_factory, single_material_scan):
     """Path of ``single_material_scan`` written as NXtomo (with its δ/β)."""
-    from holostream.service.nxio import write_scan
+    from holostream.service.files.nxtomo import write_scan
 
     path = tmp_path_factory.mktemp("scans") / "single.nx"
     write_scan(str(path), single_material_scan)

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import zmq
 
-from holostream.service.status import NoAnswer, request
-from holostream.service.subscribe import decode
+from holostream.service.clients.control import NoAnswer, request
+from holostream.service.clients.subscriber import decode
 
 #: The small scan of these tests: 64×64 frames of 2 µm, 90 projections over 180°.
 SCAN = dict(n_projections=90, rows=64, cols=64, pixel_size_m=2.0e-6, distance_m=0.05,
@@ -191,9 +191,9 @@ def ingest_in_process(request):
     """``make(n_workers=1, ring_slots=4, **kwargs) -> (Ingest, Channels)``: the ingest state
     machine in the test's own process (no socket; messages go to ``Ingest.handle``); closed
     and its shared memory swept after the test."""
-    from holostream.service.channels import make_channels
+    from holostream.service.daemon.channels import make_channels
     from holostream.service.config import IngestConfig
-    from holostream.service.ingest import Ingest
+    from holostream.service.daemon.ingest import Ingest
     from holostream.shared.scanbuffers import sweep
     from holostream.shared.settings import ReconstructionSettings
 
@@ -233,7 +233,7 @@ def small_scan():
 @pytest.fixture(scope="session")
 def small_scan_data(small_scan):
     """``small_scan`` as ScanData (what stream_scan and reconstruct_scan take)."""
-    from holostream.service.nxio import scan_data_from_simulation
+    from holostream.service.files.nxtomo import scan_data_from_simulation
 
     return scan_data_from_simulation(small_scan)
 

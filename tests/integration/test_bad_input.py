@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import zmq
 
-from holostream.service.stream import scan_info_of, simulated_scan_data, stream_scan
+from holostream.service.clients.detector import scan_info_of, simulated_scan_data, stream_scan
 from holostream.shared.messages import encode_frame
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,8 @@ import h5py
 import numpy as np
 import pytest
 
-from holostream.service.reconstruct import reconstruct_scan
-from holostream.service.stream import scan_info_of, stream_scan
+from holostream.service.offline import reconstruct_scan
+from holostream.service.clients.detector import scan_info_of, stream_scan
 from holostream.shared.messages import encode_frame, encode_scan_end, encode_scan_start
 from holostream.shared.settings import ReconstructionSettings
 from holostream.workers.backend import get_backend

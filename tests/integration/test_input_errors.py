@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from holostream.service.nxio import ScanFileError, read_scan, write_scan
+from holostream.service.files.nxtomo import ScanFileError, read_scan, write_scan
 from holostream.workers.phantom import random_phantom
 from holostream.workers.simulate import simulate_scan
 

@@ -7,8 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
-from holostream.service.nxio import read_scan, scan_data_from_simulation
-from holostream.service.reconstruct import reconstruct_scan
+from holostream.service.files.nxtomo import read_scan, scan_data_from_simulation
+from holostream.service.offline import reconstruct_scan
 from holostream.shared.settings import ReconstructionSettings
 
 pytestmark = pytest.mark.integration

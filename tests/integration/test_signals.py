@@ -13,9 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from holostream.service.channels import spawn_context
-from holostream.service.stream import stream_scan
-from holostream.service.worker import free_orphaned_lock
+from holostream.service.daemon.channels import spawn_context
+from holostream.service.clients.detector import stream_scan
+from holostream.service.daemon.children import free_orphaned_lock
 from holostream.workers.backend import gpu_available
 
 pytestmark = pytest.mark.integration

@@ -20,8 +20,8 @@ import time
 import numpy as np
 import pytest
 
-from holostream.service.reconstruct import reconstruct_scan
-from holostream.service.stream import stream_scan
+from holostream.service.offline import reconstruct_scan
+from holostream.service.clients.detector import stream_scan
 from holostream.shared.settings import ReconstructionSettings
 from holostream.workers.backend import get_backend
 
@@ -253,7 +253,7 @@ def test_ingest_settles_the_groups_of_a_dead_reconstructor_from_their_handoff_ro
 
 def test_ingest_waits_for_a_backlog_but_not_for_a_group_overtaken_in_the_reconstructor(ingest_in_process):
     """A group never marked taken is lost only once groups queued after it were reconstructed."""
-    from holostream.service.ingest import LOST_AFTER_S, OVERTAKEN_S
+    from holostream.service.daemon.ingest import LOST_AFTER_S, OVERTAKEN_S
     from holostream.shared.messages import ScanInfo, encode_frame, encode_scan_end, encode_scan_start
 
     ingest, channels = ingest_in_process(n_workers=2, split=True)

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from holostream.service.notify import Notifier
+from holostream.service.daemon.notify import Notifier
 
 
 def receive(sock: socket.socket) -> dict[str, str]:

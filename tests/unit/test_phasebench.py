@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from holostream.service import phasebench
+from holostream.service.bench import phase as phasebench
 from holostream.workers.phantom import Phantom, sphere
 from holostream.workers.physics import wavelength_m
 

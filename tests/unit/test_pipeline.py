@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from holostream.service.nxio import scan_data_from_simulation
-from holostream.service.reconstruct import reconstruct_scan
+from holostream.service.files.nxtomo import scan_data_from_simulation
+from holostream.service.offline import reconstruct_scan
 from holostream.shared.settings import ReconstructionSettings
 from holostream.workers import phasing
 from holostream.workers.flatfield import average_frames

@@ -14,8 +14,8 @@ import os
 import numpy as np
 import pytest
 
-from holostream.service.publisher import LiveScan
-from holostream.service.reconstructor import ScanReconstruction, record_unreported
+from holostream.service.daemon.volumes import LiveScan
+from holostream.service.daemon.reconstructor import ScanReconstruction, record_unreported
 from holostream.shared.messages import ScanInfo
 from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers, layout, sweep
 from holostream.shared.settings import ReconstructionSettings

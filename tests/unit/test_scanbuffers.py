@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from holostream.service.channels import spawn_context
+from holostream.service.daemon.channels import spawn_context
 from holostream.shared.scanbuffers import ScanBuffers, layout, sweep, sweep_orphans
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs POSIX shared memory")

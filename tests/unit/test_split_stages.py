@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from holostream.service.config import ConfigError, config_from_dict, load_config
-from holostream.service.reconstructor import by_scan, gather, resolve_mode
+from holostream.service.daemon.reconstructor import by_scan, gather
+from holostream.service.daemon.children import resolve_mode
 from holostream.shared.scanbuffers import HANDOFF_COLUMNS, ScanBuffers, layout, sweep
 from holostream.workers import phasing
 from holostream.workers.backend import gpu_available

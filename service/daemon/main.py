@@ -12,12 +12,10 @@ daemon unlinked, exit status 0.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import queue
 import signal
-import sys
 import time
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -26,15 +24,23 @@ from typing import Any
 import numpy as np
 import zmq
 
-from holostream.service import publisher as pub
-from holostream.service.channels import Channels, make_channels, spawn_context
-from holostream.service.config import Config, ConfigError, load_config
-from holostream.service.control import Control, ControlError
-from holostream.service.ingest import run_ingest
-from holostream.service.notify import Notifier
-from holostream.service.reconstructor import ReconstructorProcess, record_unreported, resolve_mode
-from holostream.service.status import status_line
-from holostream.service.worker import WorkerPool, child_main, free_orphaned_lock, stop_processes
+from holostream.service.config import Config
+from holostream.service.daemon.channels import Channels, make_channels, spawn_context
+from holostream.service.daemon.children import (
+    ReconstructorProcess,
+    WorkerPool,
+    child_main,
+    free_orphaned_lock,
+    resolve_mode,
+    stop_processes,
+)
+from holostream.service.daemon.control import Control, ControlError
+from holostream.service.daemon.ingest import run_ingest
+from holostream.service.daemon.publisher import Publisher
+from holostream.service.daemon.notify import Notifier, status_line
+from holostream.service.daemon.reconstructor import record_unreported
+from holostream.service.daemon.volumes import LiveScan
+from holostream.service.files.volume import save_volume_h5
 from holostream.shared.scanbuffers import sweep
 from holostream.workers.backend import get_backend
 from holostream.workers.memory import DeviceBudget
@@ -75,7 +81,7 @@ class Daemon:
         self.last_seq = 0  # highest scan_seq announced so far
         self.notifier = Notifier.from_environ()
         self.backend = get_backend("cpu", threads=1)
-        self.scans: dict[int, pub.LiveScan] = {}
+        self.scans: dict[int, LiveScan] = {}
         self.early: dict[int, list[dict]] = {}  # group results that overtook their scan_open
         self.stats: dict[str, Any] = {}
         self.counters = {"scans_completed": 0, "scans_failed": 0, "volumes_published": 0,
@@ -93,7 +99,7 @@ class Daemon:
         """Bind, spawn, serve until SIGTERM/SIGINT; returns the exit status."""
         context = zmq.Context()
         try:
-            self.publisher = pub.Publisher(context, self.config.publish)
+            self.publisher = Publisher(context, self.config.publish)
             self.control = Control(context, self.config.control.address, self._handlers())
         except zmq.ZMQError as exc:
             log.error("cannot bind: %s", exc)
@@ -226,7 +232,7 @@ class Daemon:
         seq = int(event["scan_seq"])
         self.last_seq = max(self.last_seq, seq)
         try:
-            state = pub.LiveScan.open(event, time.monotonic())
+            state = LiveScan.open(event, time.monotonic())
         except (OSError, ValueError) as exc:  # ingest gone meanwhile, or a broken description
             self.counters["scans_failed"] += 1
             self.last_error = f"scan {seq}: cannot attach its shared memory: {exc}"
@@ -238,7 +244,7 @@ class Daemon:
             self._group_result(state, early)
         self.early = {s: evs for s, evs in self.early.items() if s > seq}
 
-    def _group_result(self, state: pub.LiveScan, event: dict[str, Any]) -> None:
+    def _group_result(self, state: LiveScan, event: dict[str, Any]) -> None:
         if event.get("prefix") != state.buffers.prefix:
             return  # a stale result of a dead ingest's scan with the same number
         state.record(event, time.monotonic())
@@ -251,7 +257,7 @@ class Daemon:
                 self.reconstructor.groups_done += 1
 
     # ---- publishing ------------------------------------------------------------------
-    def _advance(self, state: pub.LiveScan, now: float) -> None:
+    def _advance(self, state: LiveScan, now: float) -> None:
         """Publish a live volume when due, or the final one once every result is in."""
         if state.complete is None:
             if state.live_due(now):
@@ -283,7 +289,7 @@ class Daemon:
                  header["shape"], header["n_projections_used"], header["n_projections_expected"])
         self._drop(state)
 
-    def _send(self, state: pub.LiveScan, volume: np.ndarray, final: bool) -> dict[str, Any]:
+    def _send(self, state: LiveScan, volume: np.ndarray, final: bool) -> dict[str, Any]:
         header = state.header(volume, final)
         self.publisher.publish_volume(header, volume)
         self.publisher.publish_preview(header, volume)
@@ -293,13 +299,13 @@ class Daemon:
             name = f"{header['scan_id']}_{state.seq}" + ("" if final else f"_{header['seq']}")
             try:
                 Path(out).mkdir(parents=True, exist_ok=True)
-                pub.save_volume_h5(Path(out) / f"{name}.h5", header, volume)
+                save_volume_h5(Path(out) / f"{name}.h5", header, volume)
             except OSError as exc:
                 self.last_error = f"cannot write {name}.h5 to {out}: {exc}"
                 log.error(self.last_error)
         return header
 
-    def _drop(self, state: pub.LiveScan) -> None:
+    def _drop(self, state: LiveScan) -> None:
         """Forget a scan: tell ingest, unmap and unlink its shared memory."""
         self.scans.pop(state.seq, None)
         self.channels.commands.put({"type": "release", "scan_seq": state.seq})
@@ -429,30 +435,3 @@ class Daemon:
         }
 
 
-# ---- command line ------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``holostream serve``."""
-    parser.add_argument("--config", metavar="FILE", help="TOML configuration (deploy/holostream.toml)")
-    parser.add_argument("--ingest", metavar="ADDR", help="PULL address, overrides [ingest] address")
-    parser.add_argument("--publish", metavar="ADDR", help="PUB address, overrides [publish] address")
-    parser.add_argument("--control", metavar="ADDR", help="REP address, overrides [control] address")
-    parser.add_argument("--workers", metavar="N", type=int,
-                        help="worker processes, overrides [workers] count")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run the daemon until SIGTERM/SIGINT; 0 on a clean stop, 1 if it cannot start, 2 on bad config."""
-    overrides: dict[str, dict[str, Any]] = {}
-    for section in ("ingest", "publish", "control"):
-        if getattr(args, section):
-            overrides[section] = {"address": getattr(args, section)}
-    if args.workers is not None:
-        overrides["workers"] = {"count": args.workers}
-    try:
-        config = load_config(args.config, overrides)
-    except ConfigError as exc:
-        print(f"holostream serve: configuration error: {exc}", file=sys.stderr)
-        return 2
-    if not getattr(args, "verbose", 0):
-        logging.getLogger().setLevel(config.service.log_level.upper())
-    return Daemon(config).run()

@@ -12,47 +12,7 @@ import sys
 import time
 from typing import Any
 
-import zmq
-
-DEFAULT_CONTROL = "tcp://127.0.0.1:5570"
-
-
-class NoAnswer(RuntimeError):
-    """The daemon did not reply in time (not running, wrong address, or stuck)."""
-
-
-def request(address: str, message: dict[str, Any], timeout_s: float = 2.0,
-            context: zmq.Context | None = None) -> dict[str, Any]:
-    """Send one control request and return the decoded reply.
-
-    A fresh REQ socket per request: after a timeout a REQ socket cannot send again, and
-    with linger 0 closing it never hangs.
-
-    Raises
-    ------
-    NoAnswer
-        No reply within ``timeout_s`` seconds.
-    """
-    context = context or zmq.Context.instance()
-    sock = context.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(address)
-        sock.send(json.dumps(message).encode("utf-8"))
-        if not sock.poll(int(timeout_s * 1000), zmq.POLLIN):
-            raise NoAnswer(f"no answer from the holostream daemon at {address} within {timeout_s:g} s "
-                           "(is `holostream serve` running, with this --control address?)")
-        return json.loads(sock.recv().decode("utf-8"))
-    finally:
-        sock.close(linger=0)
-
-
-def status_line(status: dict[str, Any]) -> str:
-    """One line about a status dict (systemd's STATUS=, shown by ``systemctl status``)."""
-    if status["state"] == "reconstructing":
-        return (f"reconstructing {status['scan_id']}: {status['n_projections_used']}/"
-                f"{status['n_projections_expected']} projections")
-    return f"{status['state']}; {status['scans_completed']} scans done"
+from holostream.service.clients.control import DEFAULT_CONTROL, NoAnswer, request
 
 
 def format_status(status: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ failing task is reported with its reason and the worker goes on.
 In split mode (``[workers] mode``) a worker only flat-fields, bins and averages the group
 (:meth:`ProjectionPipeline.transmission`), writes it to ``binned[group]``, hands the group
 to the reconstructor process (``reconstruct`` queue) and tells ingest ``binned`` (free the
-slots); the reconstructor does the rest (:mod:`holostream.service.reconstructor`).
+slots); the reconstructor does the rest (:mod:`holostream.service.daemon.reconstructor`).
 """
 
 from __future__ import annotations
@@ -22,14 +22,12 @@ import math
 import os
 import queue
 import signal
-import sys
 import time
-from multiprocessing.process import BaseProcess
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from holostream.service.channels import Channels, spawn_context
+from holostream.service.daemon.channels import Channels
 from holostream.shared.messages import ScanInfo
 from holostream.shared.scanbuffers import ScanBuffers
 from holostream.shared.settings import ReconstructionSettings
@@ -265,130 +263,3 @@ def run_worker(worker_id: int, settings_device: str, channels: Channels, threads
         log.info("worker %d stopped", worker_id)
 
 
-def child_main(log_level: int, target: Any, *args: Any) -> None:
-    """Entry of every spawned child: stderr logging like the daemon's, SIGINT ignored.
-
-    A Ctrl-C in a terminal reaches the whole process group; only the daemon acts on it,
-    and it stops its children through the ``stop`` event.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=log_level, stream=sys.stderr,
-                        format="%(levelname)s %(processName)s %(name)s: %(message)s")
-    target(*args)
-
-
-def stop_processes(processes: list[BaseProcess], timeout_s: float,
-                   drain: Callable[[], None] | None = None) -> None:
-    """Join ``processes`` within ``timeout_s``; terminate, then kill, the stragglers.
-
-    ``drain`` is called while waiting: a child exits only once its queue feeder threads
-    have written everything, so whoever reads those queues must keep reading.
-    """
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        alive = [p for p in processes if p.is_alive()]
-        if not alive:
-            break
-        if drain is not None:
-            drain()  # the last child may exit meanwhile: joining it then returns at once
-        alive[0].join(0.05)
-    for proc in processes:
-        if proc.is_alive():
-            log.warning("%s did not stop in %.1f s: terminating", proc.name, timeout_s)
-            proc.terminate()
-            proc.join(1.0)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(1.0)
-
-
-def free_orphaned_lock(lock: Any, grace_s: float) -> bool:
-    """Release a multiprocessing lock that a killed process left held; True if it was.
-
-    Queue locks are held only for the instant of one small send or receive (workers never
-    block inside ``Queue.get``), so a lock still taken after ``grace_s`` (seconds, far
-    longer than any such instant) belongs to a process that died holding it, and every
-    other user of that queue would wait for ever. Only for the queues' own
-    ``_rlock``/``_wlock``, right after a child died; a free lock costs no wait.
-    """
-    if lock is None:
-        return False
-    if lock.acquire(timeout=grace_s):
-        lock.release()
-        return False
-    lock.release()  # a plain (non-recursive) semaphore: any process may release it
-    log.error("released a queue lock left held by a dead process")
-    return True
-
-
-class WorkerPool:
-    """The N worker processes of the daemon; a dead one is replaced with the same id.
-
-    Parameters
-    ----------
-    count : int
-        Number of workers.
-    device : {"cpu", "gpu", "auto"}
-    channels : Channels
-    log_level : int
-        Logging level of the children.
-    reconstruct : multiprocessing.Queue, optional
-        Split mode: the queue to the reconstructor (None: pool mode).
-    """
-
-    def __init__(self, count: int, device: str, channels: Channels, log_level: int,
-                 reconstruct: Any = None):
-        self.count = count
-        self.device = device
-        self.channels = channels
-        self.log_level = log_level
-        self.reconstruct = reconstruct
-        self.threads = max(1, len(os.sched_getaffinity(0)) // count)
-        self.processes: dict[int, BaseProcess] = {}
-        self.restarts = {w: 0 for w in range(count)}
-        self.groups_done = {w: 0 for w in range(count)}  # counted by the daemon from events
-
-    def _spawn(self, worker_id: int) -> None:
-        proc = spawn_context().Process(
-            target=child_main, name=f"holostream-worker-{worker_id}",
-            args=(self.log_level, run_worker, worker_id, self.device, self.channels, self.threads,
-                  self.reconstruct))
-        proc.start()
-        self.processes[worker_id] = proc
-
-    def start(self) -> None:
-        """Start every worker."""
-        for w in range(self.count):
-            self._spawn(w)
-
-    def dead(self) -> list[int]:
-        """Ids of the workers that have exited."""
-        return [w for w, p in self.processes.items() if not p.is_alive()]
-
-    def replace(self, dead: list[int]) -> None:
-        """Restart the workers ``dead`` (logged, counted) with the same ids."""
-        if dead:  # a worker killed mid-send or mid-receive may have left a queue locked
-            locks = [self.channels.tasks._rlock, self.channels.done._wlock, self.channels.events._wlock]
-            if self.reconstruct is not None:
-                locks.append(self.reconstruct._wlock)
-            for lock in locks:
-                free_orphaned_lock(lock, grace_s=2.0)
-        for w in dead:
-            log.error("worker %d (pid %s) died with exit code %s: replacing it",
-                      w, self.processes[w].pid, self.processes[w].exitcode)
-            self.processes[w].join(0)
-            self.restarts[w] += 1
-            self._spawn(w)
-
-    def status(self) -> list[dict[str, Any]]:
-        """One ``{"id", "pid", "alive", "restarts", "groups_done"}`` per worker."""
-        return [{"id": w, "pid": p.pid, "alive": p.is_alive(), "restarts": self.restarts[w],
-                 "groups_done": self.groups_done[w]}
-                for w, p in sorted(self.processes.items())]
-
-    def stop(self, timeout_s: float, drain: Callable[[], None] | None = None) -> None:
-        """Ask every worker to stop (``stop`` event and a stop task each) and join them."""
-        self.channels.stop.set()
-        for _ in self.processes:
-            self.channels.tasks.put({"type": "stop"})
-        stop_processes(list(self.processes.values()), timeout_s, drain)

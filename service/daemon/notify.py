@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Mapping
+from typing import Any, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -103,3 +103,11 @@ class Notifier:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+
+
+def status_line(status: dict[str, Any]) -> str:
+    """One line about a status dict (systemd's STATUS=, shown by ``systemctl status``)."""
+    if status["state"] == "reconstructing":
+        return (f"reconstructing {status['scan_id']}: {status['n_projections_used']}/"
+                f"{status['n_projections_expected']} projections")
+    return f"{status['state']}; {status['scans_completed']} scans done"

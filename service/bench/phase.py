@@ -203,8 +203,8 @@ def check_hotopy_convention(size: int = 64, distance_m: float = 0.2) -> dict:
         ``forward_max_diff``: max |I_ours − I_hotopy|; ``ctf_scale``, ``ctf_correlation``
         of HoToPy's CTF of our hologram (through :func:`from_hotopy`) against the truth.
     """
-    from hotopy import holo
     import torch
+    from hotopy import holo
 
     backend = get_backend("cpu")
     r2 = ((np.arange(size) - size / 2) ** 2)[:, None] + ((np.arange(size) - size / 2) ** 2)[None, :]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping
 
 import h5py
 import numpy as np
@@ -307,31 +306,3 @@ def write_scan(path: str, scan, entry: str = "entry", delta_beta: float | None =
             group.create_dataset("delta_beta", data=float(delta_beta))
 
 
-def write_volume(path: str, volume: np.ndarray, attrs: Mapping[str, Any]) -> None:
-    """Write a reconstructed volume to HDF5 (readable by h5py and silx).
-
-    Parameters
-    ----------
-    path : str
-        Output file (replaced when it exists).
-    volume : ndarray of shape (nz, ny, nx), float32
-        δ per voxel, ``[z, y, x]``.
-    attrs : mapping
-        Reconstruction parameters; must contain ``voxel_size_m``. Stored as attributes of
-        the dataset ``volume`` with ``units="1"`` and ``quantity="delta"``; None values
-        are left out.
-    """
-    volume = np.asarray(volume, dtype=np.float32)
-    if volume.ndim != 3:
-        raise ValueError(f"volume must be 3-D [z, y, x], got shape {volume.shape}")
-    if "voxel_size_m" not in attrs:
-        raise ValueError("attrs must contain voxel_size_m")
-    with h5py.File(path, "w") as f:
-        dset = f.create_dataset("volume", data=volume, chunks=(1, *volume.shape[1:]))
-        dset.attrs["units"] = "1"
-        dset.attrs["quantity"] = "delta"
-        dset.attrs["axes"] = "z y x"
-        dset.attrs["interpretation"] = "image"
-        for key, value in attrs.items():
-            if value is not None:
-                dset.attrs[key] = value

@@ -1,27 +1,19 @@
-"""The PUB socket: volumes, previews and status, as PROTOCOL.md writes them.
+"""Volumes assembled from the partial accumulators in shared memory, and their headers.
 
-Also the two ways a volume is assembled from the workers' partial accumulators in
-shared memory: the live one (sum of partials, normalised by the weights so far) and the
-final one (the one-shot FBP of exactly the angles that arrived).
-
-A slow or vanished subscriber never blocks the daemon: the socket has a small send
-high-water mark, linger 0, and every send is non-blocking; what cannot be queued is
-dropped and counted.
+The live volume is the sum of the partials normalised by the weights so far; the final
+one is the one-shot FBP of exactly the angles that arrived. :class:`LiveScan` is the
+daemon's view of one scan from ``scan_open`` to its final volume.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import zmq
 
-from holostream.service.config import PublishConfig
 from holostream.shared.scanbuffers import ScanBuffers
 from holostream.workers import fbp, phasing
 from holostream.workers.backend import Backend
@@ -67,71 +59,6 @@ def volume_header(scan: dict[str, Any], settings: dict[str, Any], *, scan_seq: i
         "delta_beta": float(scan["delta_beta"]), "energy_kev": float(scan["energy_kev"]),
         "distance_m": float(scan["distance_m"]), "pixel_size_m": float(scan["pixel_size_m"]),
     }
-
-
-def central_slices(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The three central cuts of ``volume[z, y, x]``: ``(volume[cz], volume[:, cy], volume[:, :, cx])``.
-
-    Returns C-contiguous float32 arrays of shapes ``(ny, nx)``, ``(nz, nx)``, ``(nz, ny)``.
-    """
-    nz, ny, nx = volume.shape
-    return tuple(np.ascontiguousarray(s, dtype=np.float32)
-                 for s in (volume[nz // 2], volume[:, ny // 2], volume[:, :, nx // 2]))
-
-
-class Publisher:
-    """The daemon's PUB socket (bound to ``config.address``)."""
-
-    def __init__(self, context: zmq.Context, config: PublishConfig):
-        self.address = config.address
-        self.socket = context.socket(zmq.PUB)
-        self.socket.setsockopt(zmq.SNDHWM, config.sndhwm)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.bind(config.address)
-        self.sent = 0
-        self.dropped = 0
-
-    def _send(self, parts: list) -> bool:
-        try:
-            self.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            self.dropped += 1
-            return False
-        self.sent += 1
-        return True
-
-    def publish_volume(self, header: dict[str, Any], volume: np.ndarray) -> bool:
-        """Send ``[b"volume", header, payload]``; ``volume`` float32 ``(nz, ny, nx)``.
-
-        Returns False when the message was dropped (send queue full).
-        """
-        volume = np.ascontiguousarray(volume, dtype="<f4")
-        if list(volume.shape) != header["shape"]:
-            raise ValueError(f"volume shape {volume.shape} disagrees with header {header['shape']}")
-        return self._send([b"volume", json.dumps(header).encode(), memoryview(volume).cast("B")])
-
-    def publish_preview(self, header: dict[str, Any], volume: np.ndarray) -> bool:
-        """Send ``[b"preview", header, z-cut, y-cut, x-cut]`` of ``volume[z, y, x]``.
-
-        ``header`` is the volume's header; the preview's says ``type: preview`` and lists
-        the three cuts' ``shapes`` and the ``indices`` (cz, cy, cx) where they were taken.
-        """
-        cuts = central_slices(volume)
-        nz, ny, nx = volume.shape
-        head = {k: v for k, v in header.items() if k not in ("shape", "type")}
-        head.update(type="preview", axes=["z", "y", "x"], indices=[nz // 2, ny // 2, nx // 2],
-                    shapes=[list(c.shape) for c in cuts], dtype="float32")
-        return self._send([b"preview", json.dumps(head).encode(),
-                           *(memoryview(c.astype("<f4", copy=False)).cast("B") for c in cuts)])
-
-    def publish_status(self, status: dict[str, Any]) -> bool:
-        """Send ``[b"status", header]`` with ``type: status`` and ``timestamp`` added."""
-        head = dict(status, type="status", timestamp=time.time())
-        return self._send([b"status", json.dumps(head).encode()])
-
-    def close(self) -> None:
-        """Close the socket (pending messages are discarded: linger 0)."""
-        self.socket.close(linger=0)
 
 
 def live_volume(partials: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
@@ -193,20 +120,6 @@ def final_volume(partials: np.ndarray, weights: np.ndarray, sinogram: np.ndarray
         data, lambda idx: backend.asarray(sinogram[groups[idx]]), angles_rad, used_weights,
         fbp.angle_weights(angles_rad), center_px, backend, _WEIGHT_TOLERANCE_RAD)
     return fbp.combine_partials(backend.to_host(data)[None], [total])
-
-
-def save_volume_h5(path: str | os.PathLike, header: dict[str, Any], volume: np.ndarray) -> None:
-    """Write ``volume`` (float32 ``(nz, ny, nx)``) as the offline ``reconstruct`` does.
-
-    Same layout as :func:`holostream.service.nxio.write_volume` (dataset ``/volume``);
-    the header's fields become its attributes. Written to a temporary name first, so a
-    reader never sees a half-written file.
-    """
-    from holostream.service.nxio import write_volume
-
-    tmp = f"{os.fspath(path)}.part"
-    write_volume(tmp, volume, header)
-    os.replace(tmp, path)
 
 
 @dataclass

@@ -18,10 +18,15 @@ import time
 import numpy as np
 import zmq
 
-from holostream.service.channels import make_channels, spawn_context
 from holostream.service.config import IngestConfig
-from holostream.service.ingest import run_ingest
-from holostream.shared.messages import ScanInfo, encode_frame, encode_scan_end, encode_scan_start
+from holostream.service.daemon.channels import make_channels, spawn_context
+from holostream.service.daemon.ingest import run_ingest
+from holostream.shared.messages import (
+    ScanInfo,
+    encode_frame,
+    encode_scan_end,
+    encode_scan_start,
+)
 from holostream.shared.scanbuffers import sweep
 from holostream.shared.settings import ReconstructionSettings
 

@@ -30,11 +30,23 @@ from typing import Any
 import numpy as np
 import zmq
 
-from holostream.service.channels import Channels
+from holostream.service.daemon.channels import Channels
 from holostream.shared.messages import (
-    Frame, Limits, ProtocolError, ScanAbort, ScanEnd, ScanInfo, ScanStart, parse_message,
+    Frame,
+    Limits,
+    ProtocolError,
+    ScanAbort,
+    ScanEnd,
+    ScanInfo,
+    ScanStart,
+    parse_message,
 )
-from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers, layout
+from holostream.shared.scanbuffers import (
+    HANDOFF_COMMITTED,
+    HANDOFF_TAKEN,
+    ScanBuffers,
+    layout,
+)
 from holostream.shared.settings import ReconstructionSettings, SettingsError
 from holostream.workers.memory import DeviceBudget
 from holostream.workers.pipeline import plan_groups

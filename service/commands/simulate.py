@@ -75,7 +75,8 @@ def _check(args: argparse.Namespace) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     """Simulate and write the scan; 2 with a one-line reason on bad options."""
-    from holostream.service.nxio import write_scan, write_volume
+    from holostream.service.files.nxtomo import write_scan
+    from holostream.service.files.volume import write_volume
     from holostream.workers.phantom import random_phantom
     from holostream.workers.simulate import DetectorModel, ground_truth, simulate_scan
 

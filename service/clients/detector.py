@@ -1,16 +1,13 @@
-"""``holostream stream``: play a scan into an ingest socket, the way a detector would.
+"""A detector stand-in: play a scan into an ingest socket over PUSH (PROTOCOL.md, "Ingest messages").
 
-Sends ``scan_start``, the darks, the flats, the projections (each with its ``angle_deg``)
-and ``scan_end`` over a PUSH socket (PROTOCOL.md, "Ingest messages"), optionally paced at
-``--fps``, and prints the rate it achieved. The scan comes from an NXtomo file or from the
-simulator (``--simulate``).
+Sends ``scan_start``, the darks, the flats, the projections (each with its ``angle_deg``) and
+``scan_end``, optionally paced at a frame rate. The scan comes from an NXtomo file
+(:class:`~holostream.service.files.nxtomo.ScanData`) or from the simulator.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,13 +16,17 @@ import numpy as np
 import zmq
 
 from holostream.shared.messages import (
-    DTYPES, ScanInfo, encode_frame, encode_scan_end, encode_scan_start,
+    DTYPES,
+    ScanInfo,
+    encode_frame,
+    encode_scan_end,
+    encode_scan_start,
 )
 
 log = logging.getLogger(__name__)
 
+
 SEND_TIMEOUT_S = 30.0  # longest wait for a receiver (or for back-pressure to ease)
-_SETTING_OPTIONS = ("binning", "angle_binning", "phase", "iterations", "filter", "publish_interval_s")
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def _wire_dtype(a: np.ndarray) -> np.ndarray:
 
 def scan_info_of(scan_data, scan_id: str, delta_beta: float | None = None,
                  reconstruction: dict[str, Any] | None = None) -> ScanInfo:
-    """The ``scan_start`` announcement of a :class:`~holostream.service.nxio.ScanData`.
+    """The ``scan_start`` announcement of a :class:`~holostream.service.files.nxtomo.ScanData`.
 
     Raises
     ------
@@ -192,7 +193,7 @@ def simulated_scan_data(size: int, n_projections: int, n_darks: int = 5, n_flats
 
     ``size`` × ``size`` frames of 1 µm pixels, 5 cm at 17.5 keV, angles evenly over 180°.
     """
-    from holostream.service.nxio import scan_data_from_simulation
+    from holostream.service.files.nxtomo import scan_data_from_simulation
     from holostream.workers.simulate import simulate_scan
 
     scan = simulate_scan(simulated_phantom(size, seed), n_projections=n_projections, rows=size, cols=size,
@@ -212,53 +213,3 @@ def simulated_truth(size: int, binning: int = 1, seed: int = 0) -> np.ndarray:
     # binned row k averages detector rows k·b … k·b + b - 1 (as in simulate_scan)
     z0_m = ((binning - 1) / 2 - (size - 1) / 2) * _SIM_PIXEL_SIZE_M
     return simulated_phantom(size, seed).voxelize(n, n, _SIM_PIXEL_SIZE_M * binning, z0_m)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``holostream stream``."""
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("input", nargs="?", help="NXtomo scan file (.nx/.h5)")
-    source.add_argument("--simulate", action="store_true", help="stream a simulated scan instead")
-    parser.add_argument("--entry", help="NXtomo entry (default: the only one)")
-    parser.add_argument("--size", type=int, default=128, help="simulated frame size, pixels (default 128)")
-    parser.add_argument("--projections", type=int, default=180, help="simulated projections (default 180)")
-    parser.add_argument("--darks", type=int, default=5, help="simulated darks (default 5)")
-    parser.add_argument("--flats", type=int, default=5, help="simulated flats (default 5)")
-    parser.add_argument("--seed", type=int, default=0, help="simulation seed")
-    parser.add_argument("--address", default="tcp://127.0.0.1:5550", help="ingest address")
-    parser.add_argument("--bind", action="store_true", help="bind the PUSH socket (service connects)")
-    parser.add_argument("--fps", type=float, help="projections per second (default: as fast as possible)")
-    parser.add_argument("--scan-id", help="scan id (default: file stem or 'simulated')")
-    parser.add_argument("--delta-beta", type=float, help="δ/β (required unless the scan holds it)")
-    parser.add_argument("--timeout", type=float, default=SEND_TIMEOUT_S,
-                        help=f"seconds to wait for the receiver (default {SEND_TIMEOUT_S:.0f})")
-    parser.add_argument("--binning", type=int, help="override: pixel binning b×b")
-    parser.add_argument("--angle-binning", type=int, help="override: consecutive projections averaged")
-    parser.add_argument("--phase", help="override: none|paganin|ctf|ap|raar or a chain text")
-    parser.add_argument("--iterations", type=int, help="override: iterations of ap/raar")
-    parser.add_argument("--filter", help="override: ram-lak|shepp-logan|cosine|hann")
-    parser.add_argument("--publish-interval-s", type=float, help="override: seconds between live volumes")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Stream the scan; prints frames/s and GB/s. Exit code 0, or 1 with the reason."""
-    from pathlib import Path
-
-    from holostream.service.nxio import ScanFileError, read_scan
-
-    try:
-        if args.simulate:
-            scan_data = simulated_scan_data(args.size, args.projections, args.darks, args.flats, args.seed)
-            scan_id = args.scan_id or "simulated"
-        else:
-            scan_data = read_scan(args.input, args.entry)
-            scan_id = args.scan_id or Path(args.input).stem
-        overrides = {k: getattr(args, k) for k in _SETTING_OPTIONS if getattr(args, k) is not None}
-        result = stream_scan(args.address, scan_data, scan_id, args.fps, bind=args.bind,
-                             delta_beta=args.delta_beta, reconstruction=overrides, timeout_s=args.timeout)
-    except (ScanFileError, ValueError, TimeoutError, OSError, zmq.ZMQError) as exc:
-        print(f"holostream stream: {exc}", file=sys.stderr)
-        return 1
-    print(f"sent {result.frames} frames ({result.bytes / 1e9:.3f} GB) of {scan_id} in "
-          f"{result.seconds:.2f} s: {result.frames_per_s:.1f} frames/s, {result.gb_per_s:.3f} GB/s")
-    return 0

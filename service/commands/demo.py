@@ -76,7 +76,7 @@ class _Collector(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from holostream.service.subscribe import decode
+        from holostream.service.clients.subscriber import decode
 
         try:
             while not self.stop.is_set():
@@ -99,9 +99,9 @@ class _Collector(threading.Thread):
 
 def run(args: argparse.Namespace) -> int:
     """Run the whole demo; 0 when a final volume arrived, 1 otherwise."""
-    from holostream.service.publisher import save_volume_h5
-    from holostream.service.stream import simulated_scan_data, stream_scan
-    from holostream.service.subscribe import write_png
+    from holostream.service.clients.detector import simulated_scan_data, stream_scan
+    from holostream.service.commands.subscribe import write_png
+    from holostream.service.files.volume import save_volume_h5
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _accuracy(args: argparse.Namespace, volume: np.ndarray) -> dict:
     """Correlation of the final volume with the simulated phantom inside the reconstruction cylinder."""
-    from holostream.service.stream import simulated_truth
+    from holostream.service.clients.detector import simulated_truth
 
     truth = simulated_truth(args.size, args.binning)
     if truth.shape != volume.shape:

@@ -24,20 +24,17 @@ import os
 import queue
 import signal
 import time
-from multiprocessing.process import BaseProcess
 from typing import Any, Callable
 
 import numpy as np
 
-from holostream.service.channels import Channels, spawn_context
-from holostream.service.worker import (
-    build_pipeline, child_main, choose_backend, free_orphaned_lock, stop_processes,
-)
+from holostream.service.daemon.channels import Channels
+from holostream.service.daemon.worker import build_pipeline, choose_backend
 from holostream.shared.messages import ScanInfo
 from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers
 from holostream.shared.settings import ReconstructionSettings
 from holostream.workers import fbp
-from holostream.workers.backend import Backend, gpu_available
+from holostream.workers.backend import Backend
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +312,7 @@ def record_unreported(state: Any, now: float) -> list[int]:
 
     Parameters
     ----------
-    state : holostream.service.publisher.LiveScan
+    state : holostream.service.daemon.publisher.LiveScan
         The daemon's view of the scan.
     now : float
         ``time.monotonic()``.
@@ -342,95 +339,5 @@ def record_unreported(state: Any, now: float) -> list[int]:
     return unreported
 
 
-_PROBE_GPU, _PROBE_NO_GPU = 0, 3
 
 
-def _probe_gpu() -> None:
-    """Exit status 0 when cupy sees a GPU, 3 when not (run in a spawned child)."""
-    raise SystemExit(_PROBE_GPU if gpu_available() else _PROBE_NO_GPU)
-
-
-def resolve_mode(mode: str, device: str) -> str:
-    """``"pool"`` or ``"split"`` for ``[workers] mode`` and ``device``.
-
-    ``auto`` is split when the device resolves to a GPU. For ``device = "auto"`` that is
-    asked in a spawned child, so the daemon never imports cupy (or touches a GPU) itself.
-    """
-    if mode != "auto":
-        return mode
-    if device != "auto":
-        return "split" if device == "gpu" else "pool"
-    probe = spawn_context().Process(target=_probe_gpu, name="holostream-gpu-probe")
-    probe.start()
-    probe.join(60.0)
-    if probe.is_alive():
-        probe.kill()
-        probe.join()
-        log.warning("GPU probe did not answer within 60 s: pool mode")
-        return "pool"
-    if probe.exitcode not in (_PROBE_GPU, _PROBE_NO_GPU):
-        log.warning("GPU probe failed (exit code %s): pool mode", probe.exitcode)
-    return "split" if probe.exitcode == _PROBE_GPU else "pool"
-
-
-class ReconstructorProcess:
-    """The daemon's one reconstructor process (split mode); a dead one is replaced.
-
-    Parameters
-    ----------
-    device : {"cpu", "gpu", "auto"}
-    batch : int
-    channels : Channels
-    reconstruct : multiprocessing.Queue
-        Workers → reconstructor.
-    log_level : int
-        Logging level of the child.
-    threads : int
-        CPU threads of the child.
-    """
-
-    def __init__(self, device: str, batch: int, channels: Channels, reconstruct: Any,
-                 log_level: int, threads: int):
-        self.device, self.batch, self.threads = device, batch, threads
-        self.channels = channels
-        self.reconstruct = reconstruct
-        self.log_level = log_level
-        self.process: BaseProcess | None = None
-        self.restarts = 0
-        self.groups_done = 0  # counted by the daemon from events
-
-    def start(self) -> None:
-        """Start the process."""
-        self.process = spawn_context().Process(
-            target=child_main, name="holostream-reconstructor",
-            args=(self.log_level, run_reconstructor, self.device, self.channels, self.reconstruct,
-                  self.batch, self.threads))
-        self.process.start()
-
-    def dead(self) -> bool:
-        """Whether the process has exited."""
-        return self.process is not None and not self.process.is_alive()
-
-    def replace(self) -> None:
-        """Restart a dead reconstructor (logged, counted); ingest must have been told first."""
-        # a process killed mid-receive or mid-send may have left a queue locked
-        for lock in (self.reconstruct._rlock, self.channels.done._wlock, self.channels.events._wlock):
-            free_orphaned_lock(lock, grace_s=2.0)
-        log.error("reconstructor (pid %s) died with exit code %s: replacing it",
-                  self.process.pid, self.process.exitcode)
-        self.process.join(0)
-        self.restarts += 1
-        self.start()
-
-    def status(self) -> dict[str, Any]:
-        """``{"pid", "alive", "restarts", "groups_done", "batch"}``."""
-        return {"pid": self.process.pid if self.process else None,
-                "alive": bool(self.process and self.process.is_alive()),
-                "restarts": self.restarts, "groups_done": self.groups_done, "batch": self.batch}
-
-    def stop(self, timeout_s: float, drain: Callable[[], None] | None = None) -> None:
-        """Ask it to stop (``stop`` event and a stop message) and join it."""
-        self.channels.stop.set()
-        self.reconstruct.put({"type": "stop"})
-        if self.process is not None:
-            stop_processes([self.process], timeout_s, drain)

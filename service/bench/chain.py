@@ -1,4 +1,4 @@
-"""``holostream bench``: projections per second of each stage and of the whole chain.
+"""The reconstruction chain benchmark: projections per second of each stage and of the whole chain.
 
 Every figure is a best-of-``--repeat`` wall time, with device synchronisation, on synthetic
 but physically sized data (a phantom's Fresnel intensity, raw uint16 frames with darks and
@@ -9,7 +9,6 @@ is what BENCHMARKS.md quotes.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -24,30 +23,6 @@ PRESETS = {
     "id16b": {"size": 682, "n_projections": 833, "binning": 3, "angle_binning": 3, "iterations": 10},
 }
 ENERGY_KEV, DISTANCE_M, PIXEL_SIZE_M, DELTA_BETA = 17.5, 0.05, 1.0e-6, 200.0
-
-
-def add_arguments(parser) -> None:
-    """Options of ``holostream bench``."""
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="demo",
-                        help="workload size (default: demo; id16b = 833 projections of 682², 682³ volume)")
-    parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--batch", type=int, default=None,
-                        help="projections timed per stage (default: 16 on CPU, 64 on GPU); "
-                             "per-volume figures scale the measured rate to the preset's count")
-    parser.add_argument("--iterations", type=int, default=None, help="AP iterations (default: preset's)")
-    parser.add_argument("--repeat", type=int, default=3, help="best of N runs per figure")
-    parser.add_argument("--no-peers", action="store_true", help="skip nabu and astra-toolbox")
-    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
-    parser.add_argument("--ingest", action="store_true",
-                        help="also measure ingest throughput of 2048x2048 uint16 frames against a bare "
-                             "pyzmq PUSH/PULL loop (separate sender process)")
-    parser.add_argument("--ingest-frames", type=int, default=200, help="frames per ingest run (default 200)")
-    parser.add_argument("--phase-peers", action="store_true",
-                        help="also score our phase retrieval against HoToPy's (when installed) on simulated "
-                             "holograms: error, correlation, scale and time per projection")
-    parser.add_argument("--pool", type=int, nargs="?", const=0, default=None, metavar="N",
-                        help="also measure dark/flat + 3x3 + 3-angle binning of 2048² uint16 frames on N "
-                             "processes at once (default N: all cores), in GB/s of raw frames")
 
 
 @dataclass
@@ -258,7 +233,7 @@ def pool_binning_throughput(processes: int, frames_per_process: int = 48, side: 
     Each process works on frames already in its memory (as the worker pool reads the
     shared-memory ring); the wall time is the slowest process's.
     """
-    from holostream.service.channels import spawn_context
+    from holostream.service.daemon.channels import spawn_context
 
     ctx = spawn_context()
     barrier, results = ctx.Barrier(processes), ctx.Queue()
@@ -285,45 +260,3 @@ def machine() -> dict:
             "numpy": np.__version__}
 
 
-def run(args) -> int:
-    """Run the benchmark and print its JSON report."""
-    from holostream.workers.backend import get_backend
-
-    backend = get_backend(args.device)
-    preset = dict(PRESETS[args.preset])
-    iterations = args.iterations if args.iterations is not None else preset["iterations"]
-    batch = args.batch or (64 if args.device == "gpu" else 16)
-    report = {"preset": args.preset, "workload": preset, "device": args.device, "machine": machine(),
-              "batch": batch, "iterations": iterations}
-    if args.device == "gpu":
-        report["machine"]["gpu"] = backend.xp.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    stages = stage_timings(backend, preset, batch, iterations, args.repeat)
-    report["stages"] = stages
-    n_volume = math.ceil(preset["n_projections"] / preset["angle_binning"])
-    chain = ("flatfield+binning", f"paganin+ap{iterations}", "ramp filter", "back-projection")
-    # each binned projection averages `angle_binning` raw frames, each flat-fielded and binned
-    frames_per = {"flatfield+binning": preset["angle_binning"]}
-    per_projection = sum(frames_per.get(name, 1) * stages[name]["seconds"] / stages[name]["projections"]
-                         for name in chain)
-    report["chain"] = {"stages": list(chain), "projections_per_s": 1.0 / per_projection,
-                       "seconds_per_volume": per_projection * n_volume,
-                       "note": "sum of the stage rates; flat-field+binning counted angle_binning "
-                               "times per projection"}
-    if args.phase_peers:
-        from holostream.service.phasebench import compare_phase_retrieval
-
-        report["phase_peers"] = compare_phase_retrieval(repeat=args.repeat)
-    if args.pool is not None:
-        report["pool_binning"] = pool_binning_throughput(args.pool or len(os.sched_getaffinity(0)))
-    if args.ingest:
-        from holostream.service.ingestbench import compare
-
-        report["ingest"] = compare(args.ingest_frames, repeat=args.repeat)
-    if not args.no_peers and args.device == "cpu":
-        report["peers"] = peer_comparison(preset["size"], min(preset["n_projections"], 360), args.repeat)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(text + "\n")
-    return 0

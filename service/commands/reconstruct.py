@@ -1,7 +1,7 @@
 """``holostream reconstruct``: an NXtomo scan → an HDF5 volume of δ, offline.
 
 The loop over a whole scan is :func:`reconstruct_scan`, a plain function of a
-:class:`~holostream.service.nxio.ScanData`, so tests and the live-vs-offline comparison
+:class:`~holostream.service.files.nxtomo.ScanData`, so tests and the live-vs-offline comparison
 call exactly what the command runs. It uses the live workers' code path:
 :class:`~holostream.workers.pipeline.ProjectionPipeline` per angle group (phase-retrieved
 in batches) and :class:`~holostream.workers.fbp.VolumeAccumulator`.
@@ -14,122 +14,14 @@ import logging
 import math
 import sys
 import time
-from typing import Callable
 
-import numpy as np
-
+from holostream.service.offline import ProgressBar, reconstruct_scan
 from holostream.shared.settings import ReconstructionSettings, SettingsError
 
 _log = logging.getLogger(__name__)
 
 #: Command-line option → settings key (same names as the TOML ``[reconstruction]`` table).
 _SETTING_OPTIONS = ("binning", "angle_binning", "phase", "iterations", "filter", "pad_mode", "device")
-
-
-def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, cor_px: float,
-                     backend, batch: int = 8,
-                     progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, dict]:
-    """Reconstruct a whole scan with the live pipeline; returns the δ volume and its attributes.
-
-    Parameters
-    ----------
-    scan : ScanData
-        Raw frames and geometry (:func:`holostream.service.nxio.read_scan`).
-    settings : ReconstructionSettings
-        Binning, angle binning, phase chain, iterations, filter, pad mode.
-    delta_beta : float
-        δ/β of the sample.
-    cor_px : float
-        Rotation-axis offset from ``(cols - 1) / 2`` in unbinned pixels.
-    backend : Backend
-        Where to compute (``settings.device`` is not consulted here).
-    batch : int
-        Angle groups phase-retrieved together.
-    progress : callable, optional
-        ``progress(groups_done, n_groups)`` after each batch.
-
-    Returns
-    -------
-    volume : ndarray of shape (rows // b, cols // b, cols // b), float32
-        δ per voxel, ``[z, y, x]``.
-    attrs : dict
-        Every parameter of the reconstruction (for :func:`nxio.write_volume`).
-    """
-    from holostream.workers import phasing
-    from holostream.workers.fbp import VolumeAccumulator
-    from holostream.workers.flatfield import average_frames
-    from holostream.workers.pipeline import ProjectionPipeline, plan_groups
-
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
-    chain = phasing.default_chain(settings.phase, settings.iterations, delta_beta)
-    flat_after = None if scan.flats_after is None else average_frames(scan.flats_after, backend)
-    pipeline = ProjectionPipeline(
-        scan.frame_shape, average_frames(scan.darks, backend), average_frames(scan.flats, backend),
-        binning=settings.binning, chain=chain, filter=settings.filter,
-        energy_kev=scan.energy_kev, distance_m=scan.distance_m, pixel_size_m=scan.pixel_size_m,
-        delta_beta=delta_beta, backend=backend, pad_mode=settings.pad_mode,
-        flat_after=flat_after, n_projections=scan.n_projections,
-    )
-    groups, group_angles_deg, weights = plan_groups(
-        scan.n_projections, settings.angle_binning, scan.angles_deg)
-    rows_b, cols_b = pipeline.binned_shape
-    center = pipeline.center_px(cor_px)
-    # every angle is known up front, so nothing is reweighted: keep no filtered projections
-    accumulator = VolumeAccumulator((rows_b, cols_b, cols_b), center, backend, keep_filtered=False)
-    for start in range(0, len(groups), batch):
-        chunk = groups[start : start + batch]
-        filtered = pipeline.process_batch(
-            [scan.projections[g.start : g.stop] for g in chunk],
-            [np.arange(g.start, g.stop) for g in chunk],
-        )
-        for j in range(len(chunk)):
-            g = start + j
-            accumulator.add(g, filtered[j], math.radians(group_angles_deg[g]), weights[g])
-        if progress is not None:
-            progress(start + len(chunk), len(groups))
-    volume = backend.to_host(accumulator.volume()).astype(np.float32, copy=False)
-    attrs = {
-        "voxel_size_m": pipeline.voxel_size_m,
-        "binning": settings.binning,
-        "angle_binning": settings.angle_binning,
-        "phase": phasing.format_chain(chain) if chain else "none",
-        "phase_setting": settings.phase,
-        "iterations": settings.iterations,
-        "filter": settings.filter,
-        "pad_mode": settings.pad_mode,
-        "cor_px": float(cor_px),
-        "center_px_binned": center,
-        "delta_beta": float(delta_beta),
-        "energy_kev": scan.energy_kev,
-        "distance_m": scan.distance_m,
-        "pixel_size_m": scan.pixel_size_m,
-        "n_projections_used": scan.n_projections,
-        "n_projections_expected": scan.n_projections,
-        "n_angle_groups": len(groups),
-        "device": backend.name,
-        "source": scan.source,
-    }
-    return volume, attrs
-
-
-class ProgressBar:
-    """A one-line progress bar on a text stream (stderr), redrawn in place."""
-
-    def __init__(self, label: str, stream=None, width: int = 30):
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.width = width
-        self.start = time.perf_counter()
-
-    def __call__(self, done: int, total: int) -> None:
-        filled = int(self.width * done / max(total, 1))
-        elapsed = time.perf_counter() - self.start
-        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
-                          f"{done}/{total} groups {elapsed:5.1f} s")
-        if done >= total:
-            self.stream.write("\n")
-        self.stream.flush()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -171,7 +63,7 @@ def _fail(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Read the scan, reconstruct it, write the volume; 2 on bad input, with one line."""
     from holostream.service.config import ConfigError
-    from holostream.service.nxio import ScanFileError, read_scan
+    from holostream.service.files.nxtomo import ScanFileError, read_scan
 
     try:
         settings = _settings(args)
@@ -191,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _reconstruct_file(args: argparse.Namespace, settings: ReconstructionSettings, scan) -> int:
     """Check the scan against the options, reconstruct, write; the exit code."""
-    from holostream.service.nxio import write_volume
+    from holostream.service.files.volume import write_volume
     from holostream.workers import phasing
     from holostream.workers.backend import get_backend
 

@@ -1,0 +1,40 @@
+"""``holostream serve``: read the configuration and run the live daemon until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from holostream.service.config import ConfigError, load_config
+from holostream.service.daemon.main import Daemon
+
+
+# ---- command line ------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``holostream serve``."""
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration (deploy/holostream.toml)")
+    parser.add_argument("--ingest", metavar="ADDR", help="PULL address, overrides [ingest] address")
+    parser.add_argument("--publish", metavar="ADDR", help="PUB address, overrides [publish] address")
+    parser.add_argument("--control", metavar="ADDR", help="REP address, overrides [control] address")
+    parser.add_argument("--workers", metavar="N", type=int,
+                        help="worker processes, overrides [workers] count")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM/SIGINT; 0 on a clean stop, 1 if it cannot start, 2 on bad config."""
+    overrides: dict[str, dict[str, Any]] = {}
+    for section in ("ingest", "publish", "control"):
+        if getattr(args, section):
+            overrides[section] = {"address": getattr(args, section)}
+    if args.workers is not None:
+        overrides["workers"] = {"count": args.workers}
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as exc:
+        print(f"holostream serve: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if not getattr(args, "verbose", 0):
+        logging.getLogger().setLevel(config.service.log_level.upper())
+    return Daemon(config).run()

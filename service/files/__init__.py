@@ -1,0 +1,1 @@
+"""File formats: NXtomo scans in and out (``nxtomo``), reconstructed volumes out (``volume``)."""
