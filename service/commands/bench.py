@@ -7,7 +7,11 @@ import math
 import os
 
 from holostream.service.bench.chain import (
-    PRESETS, machine, peer_comparison, pool_binning_throughput, stage_timings,
+    PRESETS,
+    machine,
+    peer_comparison,
+    pool_binning_throughput,
+    stage_timings,
 )
 
 

@@ -7,10 +7,12 @@ slot indices, scan numbers and counters described in docs/architecture.md.
 from __future__ import annotations
 
 import multiprocessing
+import queue
 from dataclasses import dataclass
 from multiprocessing.context import SpawnContext
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
+from typing import Any, Callable
 
 
 @dataclass
@@ -40,3 +42,22 @@ def make_channels(ctx: SpawnContext | None = None) -> Channels:
     """Create a fresh set of channels in the given (default: spawn) context."""
     ctx = ctx or spawn_context()
     return Channels(ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Queue(), ctx.Event())
+
+
+def get_within(q: Queue, timeout_s: float) -> dict[str, Any] | None:
+    """The next message of ``q``, or None after ``timeout_s`` seconds."""
+    try:
+        return q.get(timeout=timeout_s)
+    except queue.Empty:
+        return None
+
+
+def drain(q: Queue, handler: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Hand every message ``q`` holds now to ``handler`` (None: discard them)."""
+    while True:
+        try:
+            msg = q.get_nowait()
+        except queue.Empty:
+            return
+        if handler is not None:
+            handler(msg)

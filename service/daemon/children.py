@@ -16,9 +16,11 @@ import time
 from multiprocessing.process import BaseProcess
 from typing import Any, Callable
 
-from holostream.service.daemon.channels import Channels, spawn_context
+from holostream.service.daemon.channels import Channels, drain, spawn_context
+from holostream.service.daemon.ingest import run_ingest
 from holostream.service.daemon.reconstructor import run_reconstructor
 from holostream.service.daemon.worker import run_worker
+from holostream.shared.scanbuffers import sweep
 from holostream.workers.backend import gpu_available
 
 log = logging.getLogger(__name__)
@@ -242,5 +244,81 @@ class ReconstructorProcess:
         """Ask it to stop (``stop`` event and a stop message) and join it."""
         self.channels.stop.set()
         self.reconstruct.put({"type": "stop"})
+        if self.process is not None:
+            stop_processes([self.process], timeout_s, drain)
+
+
+class IngestProcess:
+    """The daemon's one ingest process; a dead or hung one is restarted.
+
+    Ingest reports ``stats`` four times a second; silent for ``silent_s`` seconds it is
+    taken as hung and killed (then restarted like a dead one).
+
+    Parameters
+    ----------
+    config : IngestConfig
+    channels : Channels
+    log_level : int
+        Logging level of the child.
+    n_workers : int
+        Partial volumes per scan in pool mode.
+    prefix : str
+        Shared-memory name prefix of the daemon, ``holostream_<pid>``.
+    split : bool
+        Split mode (one partial volume, ``binned`` and ``handoff`` parts).
+    device_budget : DeviceBudget
+        What each ``scan_start`` is checked against.
+    silent_s : float
+        Seconds without a report after which ingest counts as hung.
+    """
+
+    def __init__(self, config: Any, channels: Channels, log_level: int, n_workers: int, prefix: str,
+                 split: bool, device_budget: Any, silent_s: float = 10.0):
+        self.config, self.channels, self.log_level = config, channels, log_level
+        self.n_workers, self.prefix, self.split, self.device_budget = n_workers, prefix, split, device_budget
+        self.silent_s = silent_s
+        self.process: BaseProcess | None = None
+        self.restarts = 0
+        self.last_heard = time.monotonic()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def start(self, settings: Any, first_seq: int) -> None:
+        """Spawn ingest; its scans are numbered from ``first_seq`` (no shared-memory name reused)."""
+        sweep(f"{self.prefix}_{first_seq}_")  # buffers a dead one made but never announced
+        self.process = spawn_context().Process(
+            target=child_main, name="holostream-ingest",
+            args=(self.log_level, run_ingest, self.config, settings, self.n_workers, self.prefix,
+                  self.channels, first_seq, self.split, self.device_budget))
+        self.process.start()
+        self.last_heard = time.monotonic() + 10.0  # allow for its start (imports, bind)
+
+    def heard(self) -> None:
+        """Ingest reported: it is alive and not stuck."""
+        self.last_heard = time.monotonic()
+
+    def alive(self) -> bool:
+        """Whether ingest runs; a hung one (silent for ``silent_s``) is killed first."""
+        if self.process.is_alive() and time.monotonic() - self.last_heard > self.silent_s:
+            log.error("ingest (pid %d) silent for %.0f s: killing it", self.process.pid, self.silent_s)
+            self.process.kill()
+            self.process.join(2.0)
+        return self.process.is_alive()
+
+    def restart(self, settings: Any, first_seq: int) -> None:
+        """Replace a dead ingest; what it left in the queues is void."""
+        # ingest is the only reader of done and commands: a lock held now is orphaned
+        for lock in (self.channels.done._rlock, self.channels.commands._rlock,
+                     self.channels.tasks._wlock, self.channels.events._wlock):
+            free_orphaned_lock(lock, grace_s=2.0)
+        drain(self.channels.tasks)  # group tasks of the dead ingest's scans are void
+        drain(self.channels.commands)
+        self.restarts += 1
+        self.start(settings, first_seq)
+
+    def stop(self, timeout_s: float, drain: Callable[[], None] | None = None) -> None:
+        """Join it (the ``stop`` event is already set), terminating it if need be."""
         if self.process is not None:
             stop_processes([self.process], timeout_s, drain)

@@ -17,7 +17,6 @@ import os
 import queue
 import signal
 import time
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +24,11 @@ import numpy as np
 import zmq
 
 from holostream.service.config import Config
-from holostream.service.daemon.channels import Channels, make_channels, spawn_context
-from holostream.service.daemon.children import (
-    ReconstructorProcess,
-    WorkerPool,
-    child_main,
-    free_orphaned_lock,
-    resolve_mode,
-    stop_processes,
-)
+from holostream.service.daemon.channels import Channels, drain, make_channels, spawn_context
+from holostream.service.daemon.children import IngestProcess, ReconstructorProcess, WorkerPool, resolve_mode
 from holostream.service.daemon.control import Control, ControlError
-from holostream.service.daemon.ingest import run_ingest
-from holostream.service.daemon.publisher import Publisher
 from holostream.service.daemon.notify import Notifier, status_line
+from holostream.service.daemon.publisher import Publisher
 from holostream.service.daemon.reconstructor import record_unreported
 from holostream.service.daemon.volumes import LiveScan
 from holostream.service.files.volume import save_volume_h5
@@ -52,7 +43,6 @@ _SUPERVISE_EVERY_S = 0.5
 _FINAL_STALL_S = 15.0     # give up waiting for group results this long after the last one
 _CRASH_WINDOW_S = 30.0    # this many child deaths within this window: the daemon gives up
 _CRASH_LIMIT = 5
-_INGEST_SILENT_S = 10.0   # ingest reports 4 times a second; silent this long, it is hung
 
 
 class Daemon:
@@ -75,9 +65,8 @@ class Daemon:
                                                       reconstruct, self.log_level, threads)
         else:
             self.pool = WorkerPool(workers.count, workers.device, self.channels, self.log_level)
-        self.ingest: BaseProcess | None = None
-        self.ingest_restarts = 0
-        self.ingest_heard = time.monotonic()  # last stats event from ingest
+        self.ingest = IngestProcess(config.ingest, self.channels, self.log_level, workers.count,
+                                    self.prefix, self.mode == "split", self._device_budget())
         self.last_seq = 0  # highest scan_seq announced so far
         self.notifier = Notifier.from_environ()
         self.backend = get_backend("cpu", threads=1)
@@ -111,7 +100,7 @@ class Daemon:
             self.pool.start()
             if self.reconstructor is not None:
                 self.reconstructor.start()
-            self._start_ingest()
+            self.ingest.start(self.settings, self.last_seq + 1)
             self._loop()
         finally:
             log.info("stopping (%s)", signal.Signals(self.stop_signal).name if self.stop_signal
@@ -133,15 +122,14 @@ class Daemon:
         if self.reconstructor is not None:  # workers flush their binned groups to it on exit
             queues.append(self.reconstructor.reconstruct)
 
-        def drain() -> None:  # children exit only once their queue feeders have flushed
+        def flush() -> None:  # children exit only once their queue feeders have flushed
             for q in queues:
-                self._drain_queue(q)
+                drain(q)
 
-        self.pool.stop(timeout_s=3.0, drain=drain)
+        self.pool.stop(timeout_s=3.0, drain=flush)
         if self.reconstructor is not None:
-            self.reconstructor.stop(timeout_s=3.0, drain=lambda: self._drain_queue(self.channels.events))
-        if self.ingest is not None:
-            stop_processes([self.ingest], timeout_s=2.0, drain=drain)
+            self.reconstructor.stop(timeout_s=3.0, drain=lambda: drain(self.channels.events))
+        self.ingest.stop(timeout_s=2.0, drain=flush)
         for q in (self.channels.tasks, self.channels.commands, *queues[1:]):
             q.cancel_join_thread()  # nobody reads them any more; never hang on exit
         for state in list(self.scans.values()):
@@ -196,15 +184,6 @@ class Daemon:
                 return
             self._apply(event)
 
-    @staticmethod
-    def _drain_queue(q) -> None:
-        """Discard whatever ``q`` holds now."""
-        while True:
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                return
-
     def _apply(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         seq = event.get("scan_seq")
@@ -221,7 +200,7 @@ class Daemon:
         elif kind == "stats":
             self.stats = {k: v for k, v in event.items() if k != "type"}
             self.counters["ingest_reports"] += 1
-            self.ingest_heard = time.monotonic()
+            self.ingest.heard()
         elif kind == "rejected":
             self.counters["rejected"] += 1
             self.last_error = f"rejected: {event.get('reason')}"
@@ -312,18 +291,6 @@ class Daemon:
         state.close()
 
     # ---- supervision -----------------------------------------------------------------
-    def _start_ingest(self) -> None:
-        # a restarted ingest numbers its scans above every scan seen: no name is reused
-        first_seq = self.last_seq + 1
-        sweep(f"{self.prefix}_{first_seq}_")  # buffers the dead one made but never announced
-        self.ingest = spawn_context().Process(
-            target=child_main, name="holostream-ingest",
-            args=(self.log_level, run_ingest, self.config.ingest, self.settings,
-                  self.config.workers.count, self.prefix, self.channels, first_seq,
-                  self.mode == "split", self._device_budget()))
-        self.ingest.start()
-        self.ingest_heard = time.monotonic() + 10.0  # allow for its start (imports, bind)
-
     def _device_budget(self) -> DeviceBudget:
         """What ingest checks each scan_start against ([workers] device_memory_gb, 0: nothing)."""
         workers = self.config.workers
@@ -338,11 +305,7 @@ class Daemon:
         dead_workers = self.pool.dead()
         reconstructor_dead = self.reconstructor is not None and self.reconstructor.dead()
         self._drain_events()  # a long final volume must not make ingest look silent
-        if self.ingest.is_alive() and time.monotonic() - self.ingest_heard > _INGEST_SILENT_S:
-            log.error("ingest (pid %d) silent for %.0f s: killing it", self.ingest.pid, _INGEST_SILENT_S)
-            self.ingest.kill()
-            self.ingest.join(2.0)
-        ingest_dead = not self.ingest.is_alive()
+        ingest_dead = not self.ingest.alive()
         now = time.monotonic()
         self.deaths = [t for t in self.deaths if now - t < _CRASH_WINDOW_S]
         self.deaths += [now] * (len(dead_workers) + ingest_dead + reconstructor_dead)
@@ -365,20 +328,14 @@ class Daemon:
 
     def _restart_ingest(self) -> None:
         """A dead ingest: its open scans failed; a new ingest numbers its scans above them."""
-        self.last_error = (f"ingest process died (exit code {self.ingest.exitcode}); "
+        self.last_error = (f"ingest process died (exit code {self.ingest.process.exitcode}); "
                            "open scans failed, ingest restarted")
         log.error(self.last_error)
         for state in [s for s in self.scans.values() if s.complete is None]:
             self.counters["scans_failed"] += 1  # complete ones only wait for the workers
             self._drop(state)
-        # ingest is the only reader of done and commands: a lock held now is orphaned
-        for lock in (self.channels.done._rlock, self.channels.commands._rlock,
-                     self.channels.tasks._wlock, self.channels.events._wlock):
-            free_orphaned_lock(lock, grace_s=2.0)
-        self._drain_queue(self.channels.tasks)  # group tasks of the dead ingest's scans are void
-        self._drain_queue(self.channels.commands)
-        self.ingest_restarts += 1
-        self._start_ingest()
+        # a restarted ingest numbers its scans above every scan seen: no name is reused
+        self.ingest.restart(self.settings, self.last_seq + 1)
 
     # ---- control ---------------------------------------------------------------------
     def _handlers(self) -> dict[str, Any]:
@@ -429,7 +386,7 @@ class Daemon:
             "workers": self.pool.status(), "worker_restarts": sum(self.pool.restarts.values()),
             "mode": self.mode,
             "reconstructor": self.reconstructor.status() if self.reconstructor is not None else None,
-            "ingest_restarts": self.ingest_restarts, "ingest_pid": self.ingest.pid if self.ingest else None,
+            "ingest_restarts": self.ingest.restarts, "ingest_pid": self.ingest.pid,
             "settings": self.settings.to_dict(), "last_error": self.last_error,
             "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
         }

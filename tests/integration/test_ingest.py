@@ -372,7 +372,7 @@ def test_scan_that_cannot_fit_the_device_is_refused_before_any_frame(ingest_in_p
 
     ingest, channels = ingest_in_process(device_budget=DeviceBudget(available_bytes=1_000_000_000, batch=16))
     ingest.handle(encode_scan_start(scan_info(scan_id="huge", shape=(4096, 4096))))
-    assert ingest.scan is None and ingest.rejected["no_memory"] == 1
+    assert ingest.scan is None and ingest.rejects.counts["no_memory"] == 1
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(ingest.prefix)]  # nothing allocated
     rejection = next(e for e in iter(lambda: channels.events.get(timeout=5), None)
                      if e["type"] == "rejected")

@@ -253,7 +253,7 @@ def test_ingest_settles_the_groups_of_a_dead_reconstructor_from_their_handoff_ro
 
 def test_ingest_waits_for_a_backlog_but_not_for_a_group_overtaken_in_the_reconstructor(ingest_in_process):
     """A group never marked taken is lost only once groups queued after it were reconstructed."""
-    from holostream.service.daemon.ingest import LOST_AFTER_S, OVERTAKEN_S
+    from holostream.service.daemon.scan import LOST_AFTER_S, OVERTAKEN_S
     from holostream.shared.messages import ScanInfo, encode_frame, encode_scan_end, encode_scan_start
 
     ingest, channels = ingest_in_process(n_workers=2, split=True)

@@ -1,0 +1,351 @@
+"""Book-keeping of the scan being received: ring slots, dark/flat sums, angle groups, completion.
+
+Pure state, no sockets and no queues: the ingest process (:mod:`.ingest`) feeds it the
+validated frames and the workers' reports and sends on what it returns, the group tasks for
+the workers and the events for the daemon. A scan's life:
+
+- projections are copied into free ring slots; darks and flats are summed into their means
+  (``reference``) and need no slot;
+- an angle group is *ready* when all its projections are in the ring; it is dispatched (a
+  task is returned) once the reference is complete;
+- a dispatched group is *in flight* until the worker's ``done`` (or, in split mode, the
+  reconstructor's) or ``failed`` — or until it is taken as lost (its worker or the
+  reconstructor died holding it);
+- ``end()`` dispatches the partial groups; the scan is *finished* once it has ended (or
+  was aborted) and nothing is in flight, and :meth:`OpenScan.completion` is its
+  ``scan_complete`` event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from holostream.shared.messages import Frame, ProtocolError, ScanInfo
+from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers, layout
+from holostream.shared.settings import ReconstructionSettings
+from holostream.workers.pipeline import plan_groups
+
+log = logging.getLogger(__name__)
+
+LOST_AFTER_S = 60.0  # least time a group in a worker's hands may take before it counts as lost
+OVERTAKEN_S = 1.0  # split mode: a group queued this much later was taken first, so this one was too
+
+
+@dataclass
+class InFlight:
+    """A group sent to the workers: its slots stay taken until its ``done`` (or ``binned``)."""
+
+    slots: list[int]
+    indices: list[int]
+    order: int  # dispatch order; tasks leave the queue in this order
+    picked_at: float | None = None  # when it was surely in a worker's (reconstructor's) hands
+    stage: str = "raw"  # raw (in a worker) or binned (queued for or held by the reconstructor)
+    binned_at: float = 0.0  # when the worker handed it to the reconstructor (split mode)
+
+
+class OpenScan:
+    """The scan being received: which projections are where, which groups are done.
+
+    Parameters
+    ----------
+    seq : int
+        The daemon's running number of the scan.
+    info : ScanInfo
+        The validated ``scan_start``.
+    settings : ReconstructionSettings
+        The settings this scan runs with (server settings + its overrides).
+    buffers : ScanBuffers
+        The scan's shared memory (``ring``, ``reference``, ...).
+    groups : list of range
+        Projection indices of each angle group.
+    group_angles_deg, weights : sequence of float
+        Planned mean angle (degrees) and FBP weight (radians) of each group.
+    """
+
+    def __init__(self, seq: int, info: ScanInfo, settings: ReconstructionSettings,
+                 buffers: ScanBuffers, groups: list[range], group_angles_deg, weights):
+        self.seq, self.info, self.settings, self.buffers = seq, info, settings, buffers
+        self.groups = groups
+        self.group_angles_deg = [float(a) for a in group_angles_deg]
+        self.weights = [float(w) for w in weights]
+        self.group_of = np.empty(info.n_projections, dtype=np.int64)
+        for g, members in enumerate(groups):
+            self.group_of[list(members)] = g
+        self.missing = [len(members) for members in groups]
+        self.free_slots = list(range(self.n_slots - 1, -1, -1))
+        self.slot_of: dict[int, int] = {}  # projection index -> slot, until dispatched
+        self.angle_of: dict[int, float] = {}
+        self.sums = {"dark": np.zeros(info.shape, np.float64), "flat": np.zeros(info.shape, np.float64)}
+        self.seen: dict[str, set[int]] = {"dark": set(), "flat": set(), "projection": set()}
+        self.reference_ready = False
+        self.ready: list[int] = []  # complete groups waiting for the reference
+        self.in_flight: dict[int, InFlight] = {}
+        self.dispatched = 0
+        self.groups_done: list[int] = []
+        self.reconstructed_upto = 0.0  # split mode: latest binned_at of a group the reconstructor took
+        self.n_projections_used = 0
+        self.ending = False
+        self.aborted = False
+        self.error: str | None = None
+        # What every task repeats, built once. Workers need the scan's geometry, not a list
+        # of 100 000 angles in every task.
+        self.task_base = {"type": "group", "scan_seq": seq,
+                          "scan": {k: v for k, v in info.to_dict().items() if k != "angles_deg"},
+                          "settings": settings.to_dict(), "buffers": buffers.description()}
+
+    # ---- state -------------------------------------------------------------------------
+    @property
+    def n_slots(self) -> int:
+        """Slots of the ring."""
+        return self.buffers.ring.shape[0]
+
+    @property
+    def closing(self) -> bool:
+        """Ended or aborted: no more frames are taken."""
+        return self.ending or self.aborted
+
+    @property
+    def finished(self) -> bool:
+        """Ended or aborted, with nothing left in flight: ready for ``scan_complete``."""
+        return self.closing and not self.in_flight
+
+    def holds_slots(self) -> bool:
+        """Whether a group in flight still holds ring slots (so a ``done`` will free some)."""
+        return any(task.slots for task in self.in_flight.values())
+
+    def ring_fill(self) -> float:
+        """Fraction of the ring's slots taken."""
+        return (self.n_slots - len(self.free_slots)) / self.n_slots
+
+    # ---- frames ------------------------------------------------------------------------
+    def complete_reference(self, partial: bool = False) -> bool:
+        """Write dark and flat means into ``reference`` once all (or, ``partial``, any) arrived."""
+        counts = {kind: len(self.seen[kind]) for kind in ("dark", "flat")}
+        if not partial and (counts["dark"] < self.info.n_darks or counts["flat"] < self.info.n_flats):
+            return False
+        if self.info.n_flats > 0 and counts["flat"] == 0:
+            return False
+        dark = self.sums["dark"] / counts["dark"] if counts["dark"] else 0.0
+        flat = self.sums["flat"] / counts["flat"] if counts["flat"] else 1.0
+        self.buffers.reference[0] = dark
+        self.buffers.reference[1] = flat
+        self.reference_ready = True
+        return True
+
+    def check_new(self, frame: Frame) -> None:
+        """Raise :class:`ProtocolError` for a frame this scan cannot take (shape, dtype, duplicate)."""
+        self.info.check_frame(frame)
+        if frame.index in self.seen[frame.kind]:
+            raise ProtocolError(f"duplicate {frame.kind} index {frame.index}", "duplicate")
+
+    def add_reference(self, frame: Frame) -> list[dict[str, Any]]:
+        """Add a dark or flat to its sum; returns the tasks it releases (reference now complete)."""
+        self.seen[frame.kind].add(frame.index)
+        self.sums[frame.kind] += frame.array()
+        if not self.reference_ready and self.complete_reference():
+            return self.take_ready()
+        return []
+
+    def add_projection(self, frame: Frame) -> list[dict[str, Any]] | None:
+        """Copy a projection into a free slot; returns the tasks it completes, None without a slot."""
+        if not self.free_slots:
+            return None
+        slot = self.free_slots.pop()
+        np.copyto(self.buffers.ring[slot], frame.array())  # the one copy, ZeroMQ buffer -> ring
+        self.seen["projection"].add(frame.index)
+        self.slot_of[frame.index] = slot
+        self.angle_of[frame.index] = self.info.angle_of(frame.index, frame.angle_deg)
+        g = int(self.group_of[frame.index])
+        self.missing[g] -= 1
+        if self.missing[g] == 0:
+            self.ready.append(g)
+            return self.take_ready()
+        return []
+
+    # ---- dispatch ----------------------------------------------------------------------
+    def task(self, g: int) -> dict[str, Any]:
+        """Put group ``g`` (what of it is in the ring) in flight; returns its worker task."""
+        indices = [i for i in self.groups[g] if i in self.slot_of]
+        slots = [self.slot_of.pop(i) for i in indices]
+        if self.info.angles_known and len(indices) == len(self.groups[g]):
+            angle = self.group_angles_deg[g]
+        else:  # angles from the frames, or a partial group
+            angle = float(np.mean([self.angle_of[i] for i in indices]))
+        self.in_flight[g] = InFlight(slots, indices, self.dispatched)
+        self.dispatched += 1
+        return {**self.task_base, "group": g, "slots": slots, "indices": indices,
+                "angle_deg": angle, "weight": self.weights[g]}
+
+    def take_ready(self) -> list[dict[str, Any]]:
+        """Tasks of the complete groups, once the reference is there (else none yet)."""
+        if not self.reference_ready:
+            return []
+        tasks = [self.task(g) for g in self.ready]
+        self.ready.clear()
+        return tasks
+
+    def end(self) -> list[dict[str, Any]]:
+        """No more frames: the tasks of what is complete and of the partial groups.
+
+        Without any flat the scan cannot be reconstructed: it is aborted, with ``error`` set.
+        """
+        self.ending = True
+        if not self.reference_ready:
+            log.warning("scan %s ended with %d of %d darks and %d of %d flats", self.info.scan_id,
+                        len(self.seen["dark"]), self.info.n_darks, len(self.seen["flat"]), self.info.n_flats)
+        if not self.reference_ready and not self.complete_reference(partial=True):
+            self.error = "no flat arrived: the scan cannot be reconstructed"
+            log.error("scan %s: %s", self.info.scan_id, self.error)
+            self.abort(self.error)
+            return []
+        tasks = self.take_ready()
+        partial = sorted({int(self.group_of[i]) for i in self.slot_of})
+        return tasks + [self.task(g) for g in partial]
+
+    def abort(self, why: str) -> None:
+        """Drop the scan: held frames are discarded, groups in flight are waited for."""
+        log.info("scan %s aborted: %s", self.info.scan_id, why)
+        self.aborted = True
+        self.free_slots.extend(self.slot_of.values())
+        self.slot_of.clear()
+        self.ready.clear()
+
+    def completion(self) -> dict[str, Any]:
+        """The ``scan_complete`` event of a finished scan."""
+        return {"type": "scan_complete", "scan_seq": self.seq, "scan_id": self.info.scan_id,
+                "groups_arrived": sorted(self.groups_done), "n_projections_used": self.n_projections_used,
+                "aborted": self.aborted, "error": self.error, "group_angles_deg": self.group_angles_deg}
+
+    # ---- results -----------------------------------------------------------------------
+    def group_result(self, msg: dict[str, Any], now: float) -> bool:
+        """Take a worker's ``done``/``failed`` (or split mode's ``binned``) of a group in flight.
+
+        Frees the group's slots; ``binned`` keeps the group in flight for the
+        reconstructor. Returns True when the group is now done (reconstructed).
+        """
+        task = self.in_flight[msg["group"]]
+        self.free_slots.extend(task.slots)
+        task.slots = []
+        if task.stage == "raw":
+            for other in self.in_flight.values():  # sent earlier, so already taken by a worker
+                if other.stage == "raw" and other.order < task.order and other.picked_at is None:
+                    other.picked_at = now
+        if msg.get("type") == "binned":
+            task.stage, task.picked_at, task.binned_at = "binned", None, now
+            return False
+        del self.in_flight[msg["group"]]
+        if task.stage == "binned":
+            self.reconstructed_upto = max(self.reconstructed_upto, task.binned_at)
+        if msg.get("type") != "done":
+            return False
+        self.groups_done.append(msg["group"])
+        self.n_projections_used += len(task.indices)
+        return True
+
+    def drop(self, g: int) -> None:
+        """Give up group ``g`` (lost with its worker or the reconstructor): free its slots."""
+        self.free_slots.extend(self.in_flight.pop(g).slots)
+
+    def settle_reconstructor(self) -> tuple[list[int], list[int]]:
+        """After the reconstructor died (split mode): ``(lost, committed)`` groups it held.
+
+        Its ``handoff`` rows tell: taken and not committed, the group is lost (dropped here);
+        committed, it is in the volume (its ``done`` died in the queue feeder) and the caller
+        counts it as done; neither, it is still queued for the next reconstructor.
+        """
+        if "handoff" not in self.buffers.arrays:
+            return [], []
+        state = self.buffers.handoff[:, 0]
+        # any stage: the worker's "binned" may still be on its way, but the worker is done
+        lost = [g for g in self.in_flight if state[g] == HANDOFF_TAKEN]
+        for g in lost:
+            self.drop(g)
+        committed = [g for g in self.in_flight if state[g] == HANDOFF_COMMITTED]
+        return lost, committed
+
+    def reclaim_lost(self, now: float, queue_empty: bool, limit_s: float) -> list[int]:
+        """Drop the groups whose worker died, so that a scan never waits forever; returns them.
+
+        A group counts as lost once it has been in a worker's hands (the task queue was seen
+        empty, ``queue_empty``, or a group sent after it came back) for more than ``limit_s``
+        seconds. In split mode, once in the reconstructor's: marked taken in ``handoff``, or
+        overtaken by a group queued ``OVERTAKEN_S`` after it (taken but never marked: the
+        reconstructor was killed in between). A backlog in the reconstruct queue is never
+        lost by waiting.
+        """
+        handoff = self.buffers.arrays.get("handoff")
+        lost = []
+        for g, task in list(self.in_flight.items()):
+            if task.picked_at is None and task.stage == "raw" and queue_empty:
+                task.picked_at = now
+            elif task.picked_at is None and task.stage == "binned" and handoff[g, 0] == HANDOFF_TAKEN:
+                task.picked_at = now  # in the reconstructor's hands
+                self.reconstructed_upto = max(self.reconstructed_upto, task.binned_at)
+            elif (task.picked_at is None and task.stage == "binned"
+                  and task.binned_at + OVERTAKEN_S < self.reconstructed_upto):
+                task.picked_at = now
+            if task.picked_at is not None and now - task.picked_at > limit_s:
+                log.error("scan %s group %d not done %.0f s after a worker took it: taken as lost",
+                          self.info.scan_id, g, limit_s)
+                self.drop(g)
+                lost.append(g)
+        return lost
+
+
+def open_scan(seq: int, info: ScanInfo, settings: ReconstructionSettings, prefix: str,
+              ring_slots: int, n_partials: int, split: bool) -> OpenScan:
+    """Plan the angle groups of a new scan and create its shared memory.
+
+    Parameters
+    ----------
+    seq : int
+        The scan's running number; its buffers are named ``<prefix>_<seq>_<part>``.
+    info, settings
+        The validated ``scan_start`` and the settings it runs with.
+    prefix : str
+        ``holostream_<daemon pid>``.
+    ring_slots : int
+        Frames the ring holds (``[ingest] ring_slots``; at least one angle group).
+    n_partials : int
+        Partial volumes (one per worker in pool mode, one in split mode).
+    split : bool
+        Split mode: also the ``binned`` and ``handoff`` parts.
+
+    Raises
+    ------
+    ProtocolError
+        ``bad_field`` when the angles cannot be grouped, ``no_memory`` when the shared
+        memory cannot be had.
+    """
+    angles = info.all_angles_deg()
+    if angles is None:  # angles come with the frames; plan with uniform placeholders
+        angles = np.linspace(0.0, 180.0, info.n_projections, endpoint=False)
+    rows, cols = info.shape
+    b = settings.binning
+    try:
+        groups, group_angles, weights = plan_groups(info.n_projections, settings.angle_binning, angles)
+    except ValueError as exc:
+        raise ProtocolError(f"scan_start {info.scan_id}: {exc}", "bad_field") from exc
+    n_slots = max(min(ring_slots, info.n_projections), max(len(g) for g in groups))
+    specs = layout(info.shape, info.dtype, n_slots, len(groups), (rows // b, cols // b), n_partials,
+                   binned=split)
+    try:
+        buffers = ScanBuffers.create(f"{prefix}_{seq}", specs)
+    except (MemoryError, FileExistsError) as exc:
+        raise ProtocolError(f"scan_start {info.scan_id}: {exc}", "no_memory") from exc
+    # Touch every ring page now: a first write into fresh shared memory costs ~20x a warm
+    # copy (page allocation), which would otherwise halve the ingest rate.
+    t0 = time.monotonic()
+    buffers.ring.fill(0)
+    log.debug("ring of %.2f GB populated in %.2f s", buffers.ring.nbytes / 1e9, time.monotonic() - t0)
+    scan = OpenScan(seq, info, settings, buffers, groups, group_angles, weights)
+    log.info("scan %s open (seq %d): %d projections in %d groups, ring of %d slots, %.2f GB shared",
+             info.scan_id, seq, info.n_projections, len(groups), n_slots, buffers.nbytes / 1e9)
+    if info.n_darks == 0 and info.n_flats == 0:
+        scan.complete_reference()
+    return scan
