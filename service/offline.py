@@ -46,7 +46,7 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
     volume : ndarray of shape (rows // b, cols // b, cols // b), float32
         δ per voxel, ``[z, y, x]``.
     attrs : dict
-        Every parameter of the reconstruction (for :func:`nxio.write_volume`).
+        Every parameter of the reconstruction (for :func:`holostream.service.files.volume.write_volume`).
     """
     from holostream.workers import phasing
     from holostream.workers.fbp import VolumeAccumulator

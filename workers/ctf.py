@@ -81,7 +81,7 @@ class CTF(FourierFilterRetrieval):
         Tikhonov regularisation below / above the first CTF maximum (see module doc).
         Defaults: 1e-7 biases the scale by ≤ 1 % up to δ/β = 300; 1e-2 bounds the gain at
         the CTF zeros to 2.5. Larger ``alpha_high`` helps thick objects, where the linear
-        model fails (phasebench single material, 0.5 m: relative error 0.193 at 1e-2, 0.162
+        model fails (bench.phase single material, 0.5 m: relative error 0.193 at 1e-2, 0.162
         at 0.3, 0.159 at 1), but costs weak ones, where it holds (tests/unit/test_ctf.py's
         δ = 1e-7 spheres: 0.018 → 0.025 / 0.034 at 0.2 m, 0.031 → 0.046 / 0.060 at 0.5 m);
         thick objects are better served by ``newton`` steps (workers/phasing.py).

@@ -64,7 +64,7 @@ _PARAM_RANGES = {
 }
 RAAR_BETA = 0.75
 #: CTF regularisation above the first maximum of the ``newton`` step (gain ≤ 0.14 at the
-#: CTF zeros): the best of 0.3, 1, 3 and 10 on service/phasebench.py's phantoms.
+#: CTF zeros): the best of 0.3, 1, 3 and 10 on service/bench/phase.py's phantoms.
 NEWTON_ALPHA_HIGH = 3.0
 #: The chain recommended for thick, near-homogeneous samples, at the cost of ``ap`` with 10
 #: iterations (docs/phase-retrieval.md); ``delta_beta`` of the ``ap`` steps is the sample's.

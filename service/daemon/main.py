@@ -1,4 +1,4 @@
-"""``holostream serve``: the live reconstruction daemon, wired in one place.
+"""The live reconstruction daemon (`holostream serve`), wired in one place.
 
 The main process spawns one ingest process and N workers (docs/architecture.md, "Live
 service") and, in split mode, one reconstructor process that owns the device; then it

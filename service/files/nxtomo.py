@@ -1,4 +1,4 @@
-"""Files: NXtomo scans in (via the ``nxtomo`` package), simulated scans out, volumes out.
+"""NXtomo scans: read (via the ``nxtomo`` package) and written (simulated scans).
 
 Reading converts every quantity at the door to the project's units (``energy_kev``,
 ``distance_m``, ``pixel_size_m``, ``angles_deg``) and checks the file is usable for a

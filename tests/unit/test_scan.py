@@ -48,6 +48,14 @@ def fill_reference(scan):
     return tasks + scan.add_reference(frame("flat", 0, value=1100))
 
 
+def receive_all(scan):
+    """Reference and every projection of ``scan``; returns the tasks, one per group."""
+    tasks = fill_reference(scan)
+    for i in range(scan.info.n_projections):
+        tasks += scan.add_projection(frame("projection", i))
+    return tasks
+
+
 def test_a_group_is_dispatched_once_complete_and_the_reference_is_in(make_scan):
     scan = make_scan()  # 6 projections in 3 groups of 2
     assert scan.add_projection(frame("projection", 0)) == []  # group 0 incomplete
@@ -142,10 +150,7 @@ def test_a_group_whose_worker_died_is_given_up_after_the_limit(make_scan):
 
 def test_split_mode_groups_wait_for_the_reconstructor_and_are_settled_when_it_dies(make_scan):
     scan = make_scan(split=True)
-    fill_reference(scan)
-    tasks = []
-    for i in range(6):
-        tasks += scan.add_projection(frame("projection", i))
+    tasks = receive_all(scan)
     groups = [t["group"] for t in tasks]
     for g in groups:  # the workers binned them: slots free, groups still in flight
         assert not scan.group_result({"type": "binned", "group": g}, now=10.0)
@@ -160,10 +165,7 @@ def test_split_mode_groups_wait_for_the_reconstructor_and_are_settled_when_it_di
 
 def test_split_mode_backlog_is_never_lost_by_waiting(make_scan):
     scan = make_scan(split=True)
-    fill_reference(scan)
-    tasks = []
-    for i in range(6):
-        tasks += scan.add_projection(frame("projection", i))
+    tasks = receive_all(scan)
     first, backlog, later = (t["group"] for t in tasks)
     scan.group_result({"type": "binned", "group": first}, now=0.0)
     scan.group_result({"type": "binned", "group": backlog}, now=2 * OVERTAKEN_S)
