@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--phase", default="ap", help="phase retrieval (default ap: Paganin + 10 AP)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--publish-interval-s", type=float, default=1.0, help="live volume period (default 1 s)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="the daemon's TOML configuration (e.g. [workers] device = \"gpu\"); the demo's "
+                             "own addresses and --workers override it")
 
 
 def _free_address() -> str:
@@ -113,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     with open(log_path, "w") as log:
         daemon = subprocess.Popen(
             [sys.executable, "-m", "holostream.service.cli", "serve", "--ingest", ingest, "--publish", publish,
-             "--control", control, "--workers", str(args.workers)],
+             "--control", control, "--workers", str(args.workers),
+             *(["--config", args.config] if args.config else [])],
             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     collector = _Collector(publish, scan_id)
     try:
