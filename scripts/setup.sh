@@ -7,5 +7,5 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 # Core runtime (numpy, scipy, pyzmq, h5py, nxtomo) + pytest + the independent peers used in
-# tests and benchmarks (nabu for Paganin, astra-toolbox for FBP).
-.venv/bin/python -m pip install --quiet -e '.[test,peers]'
+# tests and benchmarks (nabu for Paganin, astra-toolbox for FBP), and the browser viewer (aiohttp).
+.venv/bin/python -m pip install --quiet -e '.[test,peers,view]'

@@ -1,0 +1,281 @@
+"""The viewer process: one SUB socket on the daemon, one web page for any number of browsers.
+
+aiohttp serves the page (``/``, ``/static/...``), a JSON snapshot (``/api/state``) and a
+WebSocket (``/ws``) per browser. The SUB socket runs as a task of the same event loop and
+keeps only the newest status and volume (:class:`ViewState`); each browser has its own
+sender that wakes up when something changed and sends the newest state, so a slow browser
+skips pictures instead of holding up the others, and nothing ever waits on the daemon.
+
+WebSocket messages to the page: JSON text ``{"type": "hello" | "status", ...}`` and binary
+``image`` messages (:mod:`.wire`) with the central slices and, when asked for, one more
+slice. From the page: ``{"type": "slice", "axis": "z", "index": 12}`` or
+``{"type": "slice", "axis": null}`` (no extra slice).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from aiohttp import WSMsgType, web
+
+from holostream import __version__
+from holostream.service.subscribe import MessageError, decode
+from holostream.service.view.state import AXES, ViewState, cut, scan_key
+from holostream.service.view.wire import dumps, pack
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PUBLISH = "tcp://127.0.0.1:5560"
+DEFAULT_LISTEN = "127.0.0.1:5580"
+STATIC = Path(__file__).parent / "static"
+
+#: Messages the SUB socket queues: few, since only the newest one is shown.
+RCVHWM = 4
+
+
+@dataclass(eq=False)  # identity: each browser is one entry of a set
+class Client:
+    """One browser: its WebSocket, what it was last sent and the extra slice it asked for."""
+
+    ws: web.WebSocketResponse
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    sent_status: int = -1
+    sent_picture: int = -1
+    axis: str | None = None
+    index: int = 0
+
+
+class Viewer:
+    """The SUB socket task and the browsers' WebSockets around one :class:`ViewState`."""
+
+    def __init__(self, publish: str, volumes: bool = True):
+        self.publish = publish
+        self.volumes = volumes
+        self.state = ViewState()
+        self.status_version = 0
+        self.clients: set[Client] = set()
+        self.context = zmq.asyncio.Context()
+
+    # ---- the daemon's side -------------------------------------------------------------
+    async def feed(self) -> None:
+        """Receive published messages forever; keep the newest and wake every browser."""
+        sock = self.context.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, RCVHWM)
+        for topic in (b"status", b"volume" if self.volumes else b"preview"):
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
+        sock.connect(self.publish)
+        try:
+            while True:
+                frames = await sock.recv_multipart()
+                try:
+                    topic, header, arrays = decode(frames)
+                    changed = self.state.take(topic, header, arrays)
+                except (MessageError, ValueError, KeyError, IndexError) as exc:
+                    log.warning("published message skipped: %s", exc)
+                    continue
+                if changed:
+                    if topic == "status":
+                        self.status_version += 1
+                    for client in self.clients:
+                        client.wake.set()
+        finally:
+            sock.close(linger=0)
+
+    # ---- the browsers' side ------------------------------------------------------------
+    def hello(self) -> dict[str, Any]:
+        """The first message to a page: what this viewer is connected to."""
+        return {"type": "hello", "publish": self.publish, "volumes": self.volumes,
+                "holostream_version": __version__, "axes": list(AXES)}
+
+    def status_message(self, now: float) -> dict[str, Any]:
+        """The newest status with its age (seconds since the daemon sent it, by our clock)."""
+        status = self.state.status or {}
+        sent = float(status.get("timestamp", self.state.status_received))
+        return {"type": "status", "status": status, "age_s": max(0.0, now - sent)}
+
+    def image_message(self, client: Client, now: float) -> bytes:
+        """The newest picture as a binary message: three central cuts and the client's slice."""
+        picture = self.state.picture
+        header = picture.header
+        entries = [{"name": axis, "axis": axis, "index": int(i)} for axis, i in zip(AXES, picture.indices)]
+        arrays = list(picture.cuts)
+        if client.axis is not None and picture.volume is not None:
+            extra, index = cut(picture.volume, client.axis, client.index)
+            entries.append({"name": "chosen", "axis": client.axis, "index": index})
+            arrays.append(extra)
+        meta = {"type": "image", "scan_key": scan_key(header), "header": header,
+                "scale": list(self.state.scale()), "shape": list(picture.shape),
+                "version": picture.version, "has_volume": picture.volume is not None,
+                "age_s": max(0.0, now - float(header.get("timestamp", picture.received))),
+                "arrays": entries}
+        return pack(meta, arrays)
+
+    async def _send_loop(self, client: Client) -> None:
+        """Send this browser what changed, whenever woken; newest state only."""
+        await client.ws.send_str(dumps(self.hello()))
+        client.wake.set()
+        while True:
+            await client.wake.wait()
+            client.wake.clear()
+            now = time.time()
+            if self.state.status is not None and client.sent_status != self.status_version:
+                client.sent_status = self.status_version
+                await client.ws.send_str(dumps(self.status_message(now)))
+            picture = self.state.picture
+            if picture is not None and client.sent_picture != picture.version:
+                client.sent_picture = picture.version
+                await client.ws.send_bytes(self.image_message(client, now))
+
+    def _request(self, client: Client, text: str) -> None:
+        """Take one request of a page (the extra slice it wants)."""
+        try:
+            request = json.loads(text)
+            if request.get("type") != "slice":
+                raise ValueError(f"unknown request type {request.get('type')!r}")
+            axis = request.get("axis")
+            if axis is not None and axis not in AXES:
+                raise ValueError(f"axis {axis!r} is not one of {', '.join(AXES)}")
+            client.axis, client.index = axis, int(request.get("index", 0))
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.warning("page request ignored: %s", exc)
+            return
+        client.sent_picture = -1  # resend the picture with the new slice
+        client.wake.set()
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        """``/ws``: one browser, until it goes away."""
+        ws = web.WebSocketResponse(heartbeat=20.0)
+        await ws.prepare(request)
+        client = Client(ws)
+        self.clients.add(client)
+        sender = asyncio.create_task(self._send_loop(client))
+        try:
+            async for message in ws:
+                if message.type == WSMsgType.TEXT:
+                    self._request(client, message.data)
+        finally:
+            self.clients.discard(client)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await sender
+        return ws
+
+    async def api_state(self, request: web.Request) -> web.Response:
+        """``/api/state``: the newest status and volume header as JSON (for scripts)."""
+        picture = self.state.picture
+        body = {**self.hello(), "type": "state", "messages": self.state.messages,
+                "browsers": len(self.clients),
+                "status": self.status_message(time.time()) if self.state.status else None,
+                "volume": picture.header if picture else None,
+                "scale": list(self.state.scale()) if picture else None}
+        return web.Response(text=dumps(body), content_type="application/json")
+
+
+async def _index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html")
+
+
+def make_app(viewer: Viewer) -> web.Application:
+    """The aiohttp application of ``viewer``; the SUB task starts and stops with it."""
+    app = web.Application()
+    app.router.add_get("/", _index)
+    app.router.add_get("/ws", viewer.websocket)
+    app.router.add_get("/api/state", viewer.api_state)
+    app.router.add_static("/static/", STATIC)
+
+    async def feed_task(app: web.Application):
+        task = asyncio.create_task(viewer.feed())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        viewer.context.term()
+
+    async def close_browsers(app: web.Application) -> None:
+        for client in list(viewer.clients):
+            await client.ws.close(code=1001, message=b"viewer stopping")
+
+    app.cleanup_ctx.append(feed_task)
+    app.on_shutdown.append(close_browsers)
+    return app
+
+
+# ---- command line ------------------------------------------------------------------------
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as ``(host, port)``; ValueError with the reason."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--listen {text!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
+    return host.strip("[]"), int(port)
+
+
+def connect_address(bound: str) -> str:
+    """Where to connect to reach a socket bound at ``bound`` (``*``/``0.0.0.0`` → loopback)."""
+    return bound.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``holostream view``."""
+    parser.add_argument("--publish", metavar="ADDR",
+                        help=f"PUB address of the daemon (default: [publish] address of --config, "
+                             f"else {DEFAULT_PUBLISH})")
+    parser.add_argument("--config", metavar="FILE", help="the daemon's TOML configuration, to find its PUB address")
+    parser.add_argument("--listen", metavar="HOST:PORT", default=DEFAULT_LISTEN,
+                        help=f"where the page is served (default {DEFAULT_LISTEN}: this machine only; "
+                             "0.0.0.0:PORT for every interface)")
+    parser.add_argument("--previews-only", action="store_true",
+                        help="subscribe to previews instead of whole volumes (less traffic; "
+                             "no slice of the user's choice)")
+
+
+async def serve(viewer: Viewer, host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM; print the page's address once it is listening."""
+    runner = web.AppRunner(make_app(viewer), handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        for address in runner.addresses:
+            print(f"holostream view: http://{address[0]}:{address[1]}/ shows {viewer.publish}", flush=True)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the viewer; 0 after Ctrl-C or SIGTERM, 1 when it cannot listen, 2 on bad options."""
+    try:
+        host, port = parse_listen(args.listen)
+        publish = args.publish
+        if publish is None and args.config:
+            from holostream.service.config import ConfigError, load_config
+            try:
+                publish = connect_address(load_config(args.config).publish.address)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+    except ValueError as exc:
+        print(f"holostream view: {exc}", file=sys.stderr)
+        return 2
+    viewer = Viewer(publish or DEFAULT_PUBLISH, volumes=not args.previews_only)
+    try:
+        asyncio.run(serve(viewer, host, port))
+    except OSError as exc:
+        print(f"holostream view: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
