@@ -19,8 +19,13 @@ AXES = ("z", "y", "x")
 #: Scales of this many recent scans are kept (a daemon runs for days of scans).
 KEPT_SCALES = 16
 
-#: Percentiles of the first volume of a scan that bound its display scale.
+#: Percentiles of a volume's central slices that bound its display scale.
 SCALE_PERCENTILES = (1.0, 99.0)
+
+#: A scan's display scale is fixed at its first picture with at least this fraction of its
+#: projections (or its final one): earlier live volumes are dominated by the streaks of the
+#: few angles in, and a scale taken from them would leave the finished sample washed out.
+SCALE_FIXED_FRACTION = 0.5
 
 
 def scan_key(header: dict[str, Any]) -> str:
@@ -29,6 +34,13 @@ def scan_key(header: dict[str, Any]) -> str:
     Two scans with the same id (a repeated acquisition) get different scales.
     """
     return f"{header.get('scan_id')}#{header.get('scan_seq', 0)}"
+
+
+def settled(header: dict[str, Any]) -> bool:
+    """True when a picture has enough projections for its scan's scale to be fixed on it."""
+    expected = int(header.get("n_projections_expected") or 0)
+    used = int(header.get("n_projections_used") or 0)
+    return bool(header.get("final")) or expected <= 0 or used >= SCALE_FIXED_FRACTION * expected
 
 
 def display_scale(images: list[np.ndarray] | tuple[np.ndarray, ...]) -> tuple[float, float]:
@@ -107,6 +119,9 @@ class Picture:
 class ViewState:
     """The latest status and picture, and the display scale of each scan seen.
 
+    ``scales`` maps :func:`scan_key` to ``(low, high, fixed)``: until a scan's scale is
+    fixed (see :data:`SCALE_FIXED_FRACTION`) it follows each picture.
+
     ``version`` grows with every accepted message, so that each browser's sender can tell
     what it has not sent yet.
     """
@@ -114,7 +129,7 @@ class ViewState:
     status: dict[str, Any] | None = None
     status_received: float = 0.0
     picture: Picture | None = None
-    scales: dict[str, tuple[float, float]] = field(default_factory=dict)
+    scales: dict[str, tuple[float, float, bool]] = field(default_factory=dict)
     version: int = 0
     messages: int = 0
 
@@ -145,12 +160,12 @@ class ViewState:
 
     def _keep(self, header, cuts, indices, shape, volume, now) -> None:
         key = scan_key(header)
-        if key not in self.scales:  # fixed at the scan's first picture, for the whole scan
-            self.scales[key] = display_scale(cuts)
+        if not self.scales.get(key, (0.0, 0.0, False))[2]:
+            self.scales[key] = (*display_scale(cuts), settled(header))
             for old in list(self.scales)[:-KEPT_SCALES]:
                 del self.scales[old]
         self.picture = Picture(dict(header), cuts, indices, shape, volume, now, self.version + 1)
 
-    def scale(self) -> tuple[float, float] | None:
-        """The display scale of the current picture's scan."""
+    def scale(self) -> tuple[float, float, bool] | None:
+        """The display scale ``(low, high, fixed)`` of the current picture's scan."""
         return self.scales.get(scan_key(self.picture.header)) if self.picture else None

@@ -14,10 +14,12 @@ from holostream.service.view.wire import dumps, pack, unpack
 aiohttp = pytest.importorskip("aiohttp", reason="the viewer needs aiohttp (pip install holostream[view])")
 
 
-def volume_message(scan_id="s1", scan_seq=1, seq=0, shape=(6, 8, 10), offset=0.0, timestamp=100.0):
+def volume_message(scan_id="s1", scan_seq=1, seq=0, shape=(6, 8, 10), offset=0.0, timestamp=100.0,
+                   used=50, expected=100, final=False):
     rng = np.random.default_rng(seq)
     volume = (rng.standard_normal(shape) + offset).astype(np.float32)
-    header = {"type": "volume", "scan_id": scan_id, "scan_seq": scan_seq, "seq": seq, "final": False,
+    header = {"type": "volume", "scan_id": scan_id, "scan_seq": scan_seq, "seq": seq, "final": final,
+              "n_projections_used": used, "n_projections_expected": expected,
               "shape": list(shape), "timestamp": timestamp, "cor_px": 1.5}
     return header, volume
 
@@ -57,17 +59,27 @@ def test_a_volume_gives_the_central_cuts_the_daemon_previews():
     assert picture.indices == (3, 4, 5) and picture.shape == (6, 8, 10) and picture.volume is volume
 
 
-def test_the_scale_is_fixed_at_a_scans_first_picture_and_new_for_the_next_scan():
+def test_the_scale_follows_the_first_pictures_then_is_fixed_for_the_scan_and_new_for_the_next():
     state = ViewState()
-    header, volume = volume_message(seq=0)
+    header, volume = volume_message(seq=0, used=10, offset=-20.0)
+    state.take("volume", header, [volume])
+    assert state.scale()[2] is False and state.scale()[1] < -15.0  # few angles: provisional
+    header, volume = volume_message(seq=0, used=49, offset=-5.0)
+    state.take("volume", header, [volume])
+    assert state.scale()[2] is False and -10.0 < state.scale()[1] < 0.0
+    header, volume = volume_message(seq=0, used=50)
     state.take("volume", header, [volume])
     first = state.scale()
+    assert first[2] is True and first[:2] == display_scale(central_slices(volume))
     header, volume = volume_message(seq=1, offset=10.0)
     state.take("volume", header, [volume])
     assert state.scale() == first  # same scan: the scale does not follow the values
-    header, volume = volume_message(scan_seq=2, seq=0, offset=10.0)
+    header, volume = volume_message(seq=2, offset=20.0, used=100, final=True)
     state.take("volume", header, [volume])
-    assert state.scale() != first and state.scale()[0] > 5.0
+    assert state.scale() == first
+    header, volume = volume_message(scan_seq=2, seq=0, offset=10.0, used=3, expected=0)
+    state.take("volume", header, [volume])
+    assert state.scale()[2] is True and state.scale()[0] > 5.0  # nothing expected: fixed at once
     for n in range(KEPT_SCALES + 3):
         header, volume = volume_message(scan_seq=10 + n)
         state.take("volume", header, [volume])

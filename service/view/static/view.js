@@ -48,7 +48,7 @@ function activeScale() {
   if (!view.image) return null;
   const o = view.override;
   if (o && o.key === view.image.meta.scan_key) return [o.low, o.high];
-  return view.image.meta.scale;
+  return view.image.meta.scale.slice(0, 2);
 }
 
 function drawSlice(canvas, slice, scale) {
@@ -116,10 +116,12 @@ function render() {
   $("caption-chosen").textContent = chosen ? `${chosen.axis} = ${chosen.index}` : "";
   drawColorbar(scale);
   if (document.activeElement !== $("scale-min") && document.activeElement !== $("scale-max")) {
-    $("scale-min").value = scale[0]; $("scale-max").value = scale[1];
+    $("scale-min").value = Number(scale[0].toPrecision(4)); $("scale-max").value = Number(scale[1].toPrecision(4));
   }
   $("scale-note").textContent = view.override && view.override.key === meta.scan_key
-    ? "Your scale, until the next scan." : "The scan's scale, fixed at its first volume.";
+    ? "Your scale, until the next scan."
+    : meta.scale[2] ? "The scan's scale, fixed once half of its projections were in."
+    : "The scan's scale follows each volume until half of its projections are in.";
   const h = meta.header;
   $("scan-id").textContent = h.scan_id;
   $("volume-seq").textContent = `${h.seq}${h.final ? " (final)" : ""}`;
