@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reconstruct": ("commands.reconstruct", "reconstruct an NXtomo scan offline into an HDF5 volume"),
     "bench": ("commands.bench", "measure the speed of each stage and of the whole chain"),
     "demo": ("commands.demo", "service + simulated detector + subscriber in one go"),
+    "view": ("commands.view", "serve a web page of the live scan (slices, progress, rates, rejects)"),
 }
 
 

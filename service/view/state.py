@@ -1,7 +1,7 @@
 """What the viewer knows: the latest status, the latest volume (or preview) and display scales.
 
 No sockets here: :class:`ViewState` takes decoded published messages (``topic, header,
-arrays`` as :func:`holostream.service.subscribe.decode` returns them) and keeps only the
+arrays`` as :func:`holostream.service.clients.subscriber.decode` returns them) and keeps only the
 newest of each kind, so a viewer that falls behind shows the latest picture, never a backlog.
 """
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from holostream.service.stream import stream_scan
+from holostream.service.clients.detector import stream_scan
 
 pytestmark = pytest.mark.integration
 
@@ -64,14 +64,14 @@ def browser():
 
 
 class Viewer:
-    """`python -m holostream.service.view` in a subprocess, serving on a free port."""
+    """`holostream view` in a subprocess, serving on a free port."""
 
     def __init__(self, tmp_path: Path, publish: str, port: int):
         self.url = f"http://127.0.0.1:{port}/"
         self.log = tmp_path / "view.log"
         self._log = open(self.log, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "holostream.service.view", "--publish", publish,
+            [sys.executable, "-m", "holostream.service.cli", "view", "--publish", publish,
              "--listen", f"127.0.0.1:{port}"], stdout=self._log, stderr=subprocess.STDOUT)
 
     def state(self) -> dict | None:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from holostream.service.publisher import central_slices
+from holostream.service.daemon.publisher import central_slices
 from holostream.service.view.state import KEPT_SCALES, ViewState, cut, display_scale, scan_key
 from holostream.service.view.wire import dumps, pack, unpack
 
@@ -140,7 +140,7 @@ def test_image_message_carries_the_chosen_slice_of_the_whole_volume():
 
 
 def test_listen_and_connect_addresses():
-    from holostream.service.view.server import connect_address, parse_listen
+    from holostream.service.commands.view import connect_address, parse_listen
 
     assert parse_listen("127.0.0.1:5580") == ("127.0.0.1", 5580)
     assert parse_listen("[::1]:8080") == ("::1", 8080)
