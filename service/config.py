@@ -20,6 +20,7 @@ import tomllib
 from holostream.shared.settings import ReconstructionSettings, SettingsError
 
 _ADDRESS = re.compile(r"^(tcp://[^\s:]+:(\d+|\*)|ipc://\S+|inproc://\S+)$")
+_LISTEN = re.compile(r"^(\[[0-9a-fA-F:]+\]|[^\s:\[\]]+):\d{1,5}$")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -37,6 +38,14 @@ class ConfigError(ValueError):
 def _address(value: Any) -> str:
     if not isinstance(value, str) or not _ADDRESS.match(value):
         raise ValueError(f"expected a ZeroMQ address like tcp://127.0.0.1:5550 or ipc:///path, got {value!r}")
+    return value
+
+
+def _listen(value: Any) -> str:
+    if value == "":
+        return value
+    if not isinstance(value, str) or not _LISTEN.match(value):
+        raise ValueError(f'expected HOST:PORT like 127.0.0.1:9560, or "" for off, got {value!r}')
     return value
 
 
@@ -152,6 +161,14 @@ class WorkersConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: the Prometheus endpoint (``GET http://ADDRESS/metrics``)."""
+
+    address: str = _opt("127.0.0.1:9560", _listen,
+                        'HOST:PORT of the Prometheus endpoint, loopback by default; "" turns it off')
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """``[service]``: logging and systemd integration."""
 
@@ -164,6 +181,7 @@ _SECTIONS: dict[str, type] = {
     "publish": PublishConfig,
     "control": ControlConfig,
     "workers": WorkersConfig,
+    "metrics": MetricsConfig,
     "service": ServiceConfig,
 }
 
@@ -176,6 +194,7 @@ class Config:
     publish: PublishConfig = field(default_factory=PublishConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     reconstruction: ReconstructionSettings = field(default_factory=ReconstructionSettings)
     service: ServiceConfig = field(default_factory=ServiceConfig)
 

@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--control", metavar="ADDR", help="REP address, overrides [control] address")
     parser.add_argument("--workers", metavar="N", type=int,
                         help="worker processes, overrides [workers] count")
+    parser.add_argument("--metrics", metavar="HOST:PORT",
+                        help='Prometheus endpoint, overrides [metrics] address ("" turns it off)')
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
             overrides[section] = {"address": getattr(args, section)}
     if args.workers is not None:
         overrides["workers"] = {"count": args.workers}
+    if args.metrics is not None:
+        overrides["metrics"] = {"address": args.metrics}
     try:
         config = load_config(args.config, overrides)
     except ConfigError as exc:

@@ -32,6 +32,16 @@ class Channels:
     commands: Queue
     stop: Event
 
+    def depths(self) -> dict[str, int]:
+        """Messages waiting in each queue now (approximate, as multiprocessing counts them)."""
+        out = {}
+        for name in ("tasks", "done", "events", "commands"):
+            try:
+                out[name] = getattr(self, name).qsize()
+            except NotImplementedError:  # macOS has no sem_getvalue; the depth is unknown there
+                pass
+        return out
+
 
 def spawn_context() -> SpawnContext:
     """The start method of every holostream child process (never fork a ZeroMQ process)."""

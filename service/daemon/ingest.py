@@ -164,6 +164,7 @@ class Ingest:
     def _frame(self, frame: Frame) -> None:
         scan = self._open_scan(frame.scan_id)
         scan.check_new(frame)
+        scan.last_frame_time = time.time()
         if frame.kind != "projection":
             self._send_tasks(scan.add_reference(frame))
             return

@@ -27,6 +27,7 @@ from holostream.service.config import Config
 from holostream.service.daemon.channels import Channels, drain, make_channels, spawn_context
 from holostream.service.daemon.children import IngestProcess, ReconstructorProcess, WorkerPool, resolve_mode
 from holostream.service.daemon.control import Control, ControlError
+from holostream.service.daemon.metrics import Metrics
 from holostream.service.daemon.notify import Notifier, status_line
 from holostream.service.daemon.publisher import Publisher
 from holostream.service.daemon.reconstructor import record_unreported
@@ -82,6 +83,7 @@ class Daemon:
         self.stop_signal: int | None = None
         self.exit_code = 0
         self.deaths: list[float] = []  # when children died (crash-loop detection)
+        self.metrics = Metrics()
 
     # ---- lifetime --------------------------------------------------------------------
     def run(self) -> int:
@@ -101,6 +103,8 @@ class Daemon:
             if self.reconstructor is not None:
                 self.reconstructor.start()
             self.ingest.start(self.settings, self.last_seq + 1)
+            # monitoring that cannot listen must not stop the service: said, and served without
+            self.last_error = self.metrics.start(self.config.metrics.address) or self.last_error
             self._loop()
         finally:
             log.info("stopping (%s)", signal.Signals(self.stop_signal).name if self.stop_signal
@@ -139,6 +143,7 @@ class Daemon:
             log.info("removed %d leftover shared-memory segment(s)", len(removed))
         self.publisher.close()
         self.control.close()
+        self.metrics.close()
 
     def _loop(self) -> None:
         poller = zmq.Poller()
@@ -169,6 +174,7 @@ class Daemon:
             if now >= next_status:
                 next_status = now + self.config.publish.status_interval_s
                 status = self.status()
+                self.metrics.update(status, self.channels.depths())
                 self.publisher.publish_status(status)
                 self.notifier.status(status_line(status))
             if watchdog_s and now >= next_watchdog:
@@ -231,6 +237,7 @@ class Daemon:
             self.counters["groups_failed"] += 1
             self.last_error = f"group {event['group']} of {state.scan_id}: {event.get('error')}"
         else:
+            self.metrics.observe_group(event)
             self.pool.groups_done[int(event["worker"])] += 1  # the worker that binned it, in split mode
             if event.get("reconstructor") and self.reconstructor is not None:
                 self.reconstructor.groups_done += 1
@@ -240,7 +247,8 @@ class Daemon:
         """Publish a live volume when due, or the final one once every result is in."""
         if state.complete is None:
             if state.live_due(now):
-                volume = state.live_volume()
+                with self.metrics.stage_seconds.labels("live_volume").time():
+                    volume = state.live_volume()
                 if volume is not None:
                     self._send(state, volume, final=False)
             return
@@ -260,8 +268,11 @@ class Daemon:
         if missing:
             log.warning("scan %s: %d group(s) never came back; finishing without them",
                         state.scan_id, len(missing))
-        volume = state.final_volume(self.backend)
+        with self.metrics.stage_seconds.labels("final_volume").time():
+            volume = state.final_volume(self.backend)
         header = self._send(state, volume, final=True)
+        if state.complete.get("last_frame_time"):
+            self.metrics.final_latency.observe(max(0.0, time.time() - state.complete["last_frame_time"]))
         self.last_final = (header, volume)
         self.counters["scans_completed"] += 1
         log.info("scan %s final volume %s from %d/%d projections", state.scan_id,
@@ -270,8 +281,9 @@ class Daemon:
 
     def _send(self, state: LiveScan, volume: np.ndarray, final: bool) -> dict[str, Any]:
         header = state.header(volume, final)
-        self.publisher.publish_volume(header, volume)
-        self.publisher.publish_preview(header, volume)
+        with self.metrics.stage_seconds.labels("publish").time():
+            self.publisher.publish_volume(header, volume)
+            self.publisher.publish_preview(header, volume)
         self.counters["volumes_published"] += 1
         out = self.config.publish.output_dir
         if out and (final or self.config.publish.save_intermediate):

@@ -90,6 +90,7 @@ class OpenScan:
         self.reconstructed_upto = 0.0  # split mode: latest binned_at of a group the reconstructor took
         self.n_projections_used = 0
         self.ending = False
+        self.last_frame_time: float | None = None  # time.time() of the last frame (metrics' latency)
         self.aborted = False
         self.error: str | None = None
         # What every task repeats, built once. Workers need the scan's geometry, not a list
@@ -219,7 +220,8 @@ class OpenScan:
         """The ``scan_complete`` event of a finished scan."""
         return {"type": "scan_complete", "scan_seq": self.seq, "scan_id": self.info.scan_id,
                 "groups_arrived": sorted(self.groups_done), "n_projections_used": self.n_projections_used,
-                "aborted": self.aborted, "error": self.error, "group_angles_deg": self.group_angles_deg}
+                "aborted": self.aborted, "error": self.error, "group_angles_deg": self.group_angles_deg,
+                "last_frame_time": self.last_frame_time}
 
     # ---- results -----------------------------------------------------------------------
     def group_result(self, msg: dict[str, Any], now: float) -> bool:

@@ -105,6 +105,7 @@ class ScanWork:
         self.accumulator = None if split else backend.asarray(self.shared_volume)
         self.in_place = self.accumulator is self.shared_volume
         self.uncommitted: list[dict[str, Any]] = []  # group_done events not yet visible
+        self.stage_seconds: dict[str, float] = {}  # of the last group (pool mode), for the metrics
         self.uncommitted_weight = 0.0
         self.last_used = self.last_commit = time.monotonic()
 
@@ -120,13 +121,21 @@ class ScanWork:
             transmission = self.pipeline.transmission(raw, list(task["indices"]))
             self.buffers.binned[task["group"]] = self.backend.to_host(transmission)
             return
-        filtered = self.pipeline.process(raw, list(task["indices"]))
+        # the pipeline's two halves timed apart for the metrics (on a GPU the copy to the
+        # host waits for the phase retrieval, so its time is not charged to back-projection)
+        t0 = time.perf_counter()
+        transmission = self.pipeline.transmission(raw, list(task["indices"]))
+        t1 = time.perf_counter()
+        filtered = self.pipeline.filtered_from_transmission(transmission[None])[0]
         self.buffers.sinogram[task["group"]] = self.backend.to_host(filtered)
+        t2 = time.perf_counter()
         angle_rad = np.array([math.radians(float(task["angle_deg"]))])
         weight = float(task["weight"])
         fbp.backproject(self.accumulator, filtered[None], angle_rad, np.array([weight]),
                         self.center_px, self.backend)
         self.uncommitted_weight += weight
+        self.stage_seconds = {"flatfield_binning": t1 - t0, "phase_filter": t2 - t1,
+                              "backprojection": time.perf_counter() - t2}
 
     def due(self, idle: bool) -> bool:
         """Whether :meth:`commit` should run now (always on the CPU, where it costs nothing)."""
@@ -193,7 +202,8 @@ def _handle(worker_id: int, task: dict[str, Any], cache: dict[str, ScanWork], ba
              "prefix": key, "group": task["group"], "angle_deg": task["angle_deg"],
              "weight": task["weight"], "n_projections": len(task["indices"]),
              "center_px": cache[key].center_px if key in cache else None,
-             "worker": worker_id, "error": error, "seconds": seconds}
+             "worker": worker_id, "error": error, "seconds": seconds,
+             "stage_seconds": cache[key].stage_seconds if key in cache and error is None else {}}
     done = "done"
     if error is not None:
         channels.events.put(event)

@@ -69,7 +69,8 @@ class Daemon:
     """`holostream serve` in a subprocess with a TOML configuration written for it."""
 
     def __init__(self, tmp_path: Path, workers: int = 2, env: dict | None = None,
-                 output_dir: Path | None = None, workers_keys: dict | None = None, **reconstruction):
+                 output_dir: Path | None = None, workers_keys: dict | None = None, metrics: str = "",
+                 **reconstruction):
         self.ingest = f"tcp://127.0.0.1:{free_port()}"
         self.publish = f"tcp://127.0.0.1:{free_port()}"
         self.control = f"tcp://127.0.0.1:{free_port()}"
@@ -78,6 +79,8 @@ class Daemon:
                  "[publish]", f'address = "{self.publish}"', "sndhwm = 100", "status_interval_s = 0.25",
                  f'output_dir = "{output_dir or ""}"',
                  "[control]", f'address = "{self.control}"',
+                 # off unless a test asks: daemons of parallel tests must not compete for one port
+                 "[metrics]", f'address = "{metrics}"',
                  "[workers]", f"count = {workers}", 'device = "cpu"',
                  *(f"{k} = {json.dumps(v)}" for k, v in (workers_keys or {}).items()),
                  "[reconstruction]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
