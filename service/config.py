@@ -132,6 +132,8 @@ class PublishConfig:
     output_dir: str | None = _opt(None, _optional_dir,
                                   "write each final volume to DIR/<scan_id>.h5 (empty: do not write)")
     save_intermediate: bool = _opt(False, _boolean, "also write the live volumes to output_dir")
+    compression: str = _opt("none", _choice("none", "gzip", "lz4", "zstd"),
+                            "compression of the volumes written: none, gzip, or lz4/zstd (need hdf5plugin)")
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rotation-axis offset from (cols-1)/2, pixels (default: file or 0)")
     parser.add_argument("--batch", type=int, default=8, help="angle groups per batch (default 8)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--compression", choices=("none", "gzip", "lz4", "zstd"), default="none",
+                        help="compression of the volume (lz4 and zstd need hdf5plugin; default none)")
 
 
 def _settings(args: argparse.Namespace) -> ReconstructionSettings:
@@ -109,10 +111,10 @@ def _reconstruct_file(args: argparse.Namespace, settings: ReconstructionSettings
                                      batch=args.batch, progress=progress)
     attrs["seconds"] = seconds = time.perf_counter() - start
     try:
-        write_volume(args.output, volume, attrs)
-    except OSError as err:
+        write_volume(args.output, volume, attrs, args.compression)
+    except (OSError, ValueError) as err:  # ValueError: lz4/zstd without hdf5plugin
         return _fail(f"{args.output}: cannot write ({err})")
     print(f"wrote {args.output}: volume {volume.shape} float32 δ, voxel "
           f"{attrs['voxel_size_m'] * 1e6:.3g} µm, {attrs['n_angle_groups']} angle groups, "
-          f"phase {attrs['phase']!r}, {seconds:.1f} s")
+          f"phase {attrs['phase_chain']!r}, {seconds:.1f} s")
     return 0

@@ -290,8 +290,8 @@ class Daemon:
             name = f"{header['scan_id']}_{state.seq}" + ("" if final else f"_{header['seq']}")
             try:
                 Path(out).mkdir(parents=True, exist_ok=True)
-                save_volume_h5(Path(out) / f"{name}.h5", header, volume)
-            except OSError as exc:
+                save_volume_h5(Path(out) / f"{name}.h5", header, volume, self.config.publish.compression)
+            except (OSError, ValueError) as exc:  # ValueError: lz4/zstd without hdf5plugin
                 self.last_error = f"cannot write {name}.h5 to {out}: {exc}"
                 log.error(self.last_error)
         return header

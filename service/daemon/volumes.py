@@ -55,7 +55,7 @@ def volume_header(scan: dict[str, Any], settings: dict[str, Any], *, scan_seq: i
         "binning": binning, "angle_binning": int(settings["angle_binning"]),
         "phase": settings["phase"], "phase_chain": phasing.format_chain(chain) if chain else "none",
         "iterations": int(settings["iterations"]),
-        "filter": settings["filter"], "cor_px": float(scan.get("cor_px") or 0.0),
+        "filter": settings["filter"], "pad_mode": settings.get("pad_mode"), "cor_px": float(scan.get("cor_px") or 0.0),
         "delta_beta": float(scan["delta_beta"]), "energy_kev": float(scan["energy_kev"]),
         "distance_m": float(scan["distance_m"]), "pixel_size_m": float(scan["pixel_size_m"]),
     }

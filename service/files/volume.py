@@ -1,53 +1,144 @@
-"""Reconstructed volumes in HDF5, one layout for the offline command and the live daemon."""
+"""Reconstructed volumes as NeXus HDF5, one layout for the offline command and the live daemon.
+
+::
+
+    /                       @default = "entry"
+    /entry                  NXentry, @default = "data"; title = the scan id
+    /entry/data             NXdata: @signal = "delta", @axes = ["z", "y", "x"]
+    /entry/data/delta       float32 [z, y, x], δ (units "1"), every parameter as an attribute
+    /entry/data/z, y, x     voxel centres in metres from the volume's centre (x, y: the axis)
+    /entry/process          NXprocess: program "holostream", version, date, the parameters again
+    /volume                 the same dataset as /entry/data/delta (the earlier layout's path)
+
+silx opens the file at its default plot (an image stack with axes and units); h5py readers of
+the earlier layout still find ``/volume`` with its attributes. Compression is optional:
+``gzip`` (built into HDF5) or, through ``hdf5plugin``, ``lz4`` and ``zstd``.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from typing import Any, Mapping
 
 import h5py
 import numpy as np
 
+from holostream import __version__
 
-def write_volume(path: str, volume: np.ndarray, attrs: Mapping[str, Any]) -> None:
-    """Write a reconstructed volume to HDF5 (readable by h5py and silx).
+#: The parameters that every saved volume carries, live or offline, under these names.
+PARAMETERS = ("voxel_size_m", "binning", "angle_binning", "phase", "phase_chain", "iterations",
+              "filter", "pad_mode", "cor_px", "delta_beta", "energy_kev", "distance_m",
+              "pixel_size_m", "n_projections_used", "n_projections_expected")
+
+#: Values of ``compression`` (``[publish] compression``, ``reconstruct --compression``).
+COMPRESSIONS = ("none", "gzip", "lz4", "zstd")
+
+
+def compression_options(compression: str) -> dict[str, Any]:
+    """Keyword arguments of ``h5py.Group.create_dataset`` for ``compression``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, or ``lz4``/``zstd`` without the ``hdf5plugin`` package.
+    """
+    if compression == "none":
+        return {}
+    if compression == "gzip":
+        return {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+    if compression in ("lz4", "zstd"):
+        try:
+            import hdf5plugin
+        except ModuleNotFoundError:
+            raise ValueError(f"compression {compression!r} needs hdf5plugin (pip install hdf5plugin)") from None
+        return dict(hdf5plugin.LZ4() if compression == "lz4" else hdf5plugin.Zstd())
+    raise ValueError(f"compression {compression!r} is not one of {', '.join(COMPRESSIONS)}")
+
+
+def _attribute(value: Any) -> Any:
+    """``value`` as HDF5 can store it: nested objects (e.g. ``distances``) as JSON text."""
+    if isinstance(value, dict) or (isinstance(value, (list, tuple)) and any(isinstance(v, (dict, list)) for v in value)):
+        return json.dumps(value)
+    return value
+
+
+def axis_coordinates(n: int, voxel_size_m: float) -> np.ndarray:
+    """Voxel centres ``(i - (n - 1) / 2) · voxel_size_m`` in metres, float64, shape ``(n,)``."""
+    return (np.arange(n) - (n - 1) / 2.0) * float(voxel_size_m)
+
+
+def write_volume(path: str | os.PathLike, volume: np.ndarray, attrs: Mapping[str, Any],
+                 compression: str = "none") -> None:
+    """Write a reconstructed volume as NeXus HDF5 (layout in the module docstring).
 
     Parameters
     ----------
-    path : str
+    path : str or path
         Output file (replaced when it exists).
     volume : ndarray of shape (nz, ny, nx), float32
         δ per voxel, ``[z, y, x]``.
     attrs : mapping
-        Reconstruction parameters; must contain ``voxel_size_m``. Stored as attributes of
-        the dataset ``volume`` with ``units="1"`` and ``quantity="delta"``; None values
-        are left out.
+        Reconstruction parameters (those of :data:`PARAMETERS` and any others); must contain
+        ``voxel_size_m``. Stored as attributes of the volume dataset and of the NXprocess
+        group; None values are left out, nested objects stored as JSON text.
+    compression : str
+        One of :data:`COMPRESSIONS`.
     """
     volume = np.asarray(volume, dtype=np.float32)
     if volume.ndim != 3:
         raise ValueError(f"volume must be 3-D [z, y, x], got shape {volume.shape}")
     if "voxel_size_m" not in attrs:
         raise ValueError("attrs must contain voxel_size_m")
+    options = compression_options(compression)
+    parameters = {k: _attribute(v) for k, v in attrs.items() if v is not None}
+    parameters.update(holostream_version=__version__, compression=compression)
     with h5py.File(path, "w") as f:
-        dset = f.create_dataset("volume", data=volume, chunks=(1, *volume.shape[1:]))
-        dset.attrs["units"] = "1"
-        dset.attrs["quantity"] = "delta"
-        dset.attrs["axes"] = "z y x"
-        dset.attrs["interpretation"] = "image"
-        for key, value in attrs.items():
-            if value is not None:
-                dset.attrs[key] = value
+        f.attrs["default"] = "entry"
+        f.attrs["creator"] = f"holostream {__version__}"
+        entry = f.create_group("entry")
+        entry.attrs.update(NX_class="NXentry", default="data")
+        entry["title"] = str(attrs.get("scan_id") or attrs.get("source") or "holostream volume")
+        data = entry.create_group("data")
+        data.attrs.update(NX_class="NXdata", signal="delta", axes=["z", "y", "x"],
+                          z_indices=0, y_indices=1, x_indices=2)
+        dset = data.create_dataset("delta", data=volume, chunks=(1, *volume.shape[1:]), **options)
+        dset.attrs.update(units="1", long_name="δ (refractive index decrement)", quantity="delta",
+                          interpretation="image")
+        dset.attrs.update(parameters)
+        for name, n in zip("zyx", volume.shape):
+            axis = data.create_dataset(name, data=axis_coordinates(n, attrs["voxel_size_m"]))
+            axis.attrs.update(units="m", long_name=f"{name} (m, from the volume's centre)")
+        process = entry.create_group("process")
+        process.attrs.update(NX_class="NXprocess")
+        process["program"] = "holostream"
+        process["version"] = __version__
+        process["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        process.attrs.update(parameters)
+        f["volume"] = dset  # a second name of the same dataset, for readers of the earlier layout
 
 
-def save_volume_h5(path: str | os.PathLike, header: dict[str, Any], volume: np.ndarray) -> None:
+def read_default_plot(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+    """The signal of the file's default NXdata (what silx shows) and its attributes.
+
+    Follows ``/@default`` → ``NXentry@default`` → ``NXdata@signal``. Raises KeyError when
+    the file has no such chain.
+    """
+    with h5py.File(path, "r") as f:
+        entry = f[f.attrs["default"]]
+        data = entry[entry.attrs["default"]]
+        signal = data[data.attrs["signal"]]
+        return signal[()], dict(signal.attrs)
+
+
+def save_volume_h5(path: str | os.PathLike, header: dict[str, Any], volume: np.ndarray,
+                   compression: str = "none") -> None:
     """Write ``volume`` (float32 ``(nz, ny, nx)``) as the offline ``reconstruct`` does.
 
-    Same layout as :func:`holostream.service.files.nxtomo.write_volume` (dataset ``/volume``);
-    the header's fields become its attributes. Written to a temporary name first, so a
-    reader never sees a half-written file.
+    The published header's fields become its attributes. Written to a temporary name first,
+    so a reader never sees a half-written file.
     """
-    from holostream.service.files.volume import write_volume
-
     tmp = f"{os.fspath(path)}.part"
-    write_volume(tmp, volume, header)
+    write_volume(tmp, volume, header, compression)
     os.replace(tmp, path)
