@@ -8,12 +8,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+
+from holostream import __version__
 
 # command -> (module under holostream.service, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("commands.serve", "run the live reconstruction daemon"),
     "status": ("commands.status", "print the daemon's status (one-shot or --watch)"),
+    "set": ("commands.set", "change the daemon's reconstruction settings (from the next scan)"),
+    "abort": ("commands.abort", "drop the scan being reconstructed"),
+    "republish": ("commands.republish", "publish the latest final volume again"),
+    "config": ("commands.config", "print the daemon's configuration (or the built-in defaults) as TOML"),
     "subscribe": ("commands.subscribe", "receive published volumes; print headers, save HDF5/PNG"),
     "stream": ("commands.stream", "play an NXtomo file or a simulated scan into the ingest socket"),
     "simulate": ("commands.simulate", "write a simulated near-field holo-tomography scan (NXtomo)"),
@@ -30,6 +37,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         prog="holostream",
         description="Live reconstruction of near-field holo-tomography: `holostream COMMAND --help` for each.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument("--version", action="version", version=f"holostream {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((a for a in argv if a in COMMANDS), None)
     for name, (module, help_text) in COMMANDS.items():
@@ -46,9 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     if args.command == "serve":
         level = min(level, logging.INFO)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    # journald stamps each line itself; anywhere else the time is part of the line
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "
+    logging.basicConfig(level=level, stream=sys.stderr, format=stamp + "%(levelname)s %(name)s: %(message)s")
     module = importlib.import_module(f"holostream.service.{COMMANDS[args.command][0]}")
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (128 + SIGINT, as shells do)
+        print(f"\nholostream {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -38,3 +38,53 @@ def request(address: str, message: dict[str, Any], timeout_s: float = 2.0,
         return json.loads(sock.recv().decode("utf-8"))
     finally:
         sock.close(linger=0)
+
+
+# ---- what every command that talks to the control socket shares ---------------------------
+def add_control_options(parser) -> None:
+    """``--control ADDR``, ``--config FILE`` (its ``[control] address``) and ``--timeout S``."""
+    parser.add_argument("--control", metavar="ADDR",
+                        help=f"control (REP) address of the daemon (default: [control] address of --config, "
+                             f"else {DEFAULT_CONTROL})")
+    parser.add_argument("--config", metavar="FILE", help="the daemon's TOML configuration, to find its control address")
+    parser.add_argument("--timeout", metavar="S", type=float, default=2.0,
+                        help="seconds to wait for an answer (default 2)")
+
+
+def control_address(args) -> str:
+    """The address ``add_control_options`` chose: ``--control``, else the TOML's, else the default.
+
+    Raises
+    ------
+    ValueError
+        When ``--config`` cannot be read or is invalid (the message names the key).
+    """
+    if args.control:
+        return args.control
+    if args.config:
+        from holostream.service.config import ConfigError, load_config
+        try:
+            bound = load_config(args.config).control.address
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        # a socket bound on every interface is reached on this machine through loopback
+        return bound.replace("://*:", "://127.0.0.1:").replace("://0.0.0.0:", "://127.0.0.1:")
+    return DEFAULT_CONTROL
+
+
+def ask(args, command: str, message: dict[str, Any]) -> dict[str, Any] | None:
+    """One request for the ``holostream COMMAND`` commands; None after printing why it failed.
+
+    Failures (bad ``--config``, no answer, a refusal) are one line on stderr, naming the command.
+    """
+    import sys
+
+    try:
+        reply = request(control_address(args), message, args.timeout)
+    except (ValueError, NoAnswer) as exc:
+        print(f"holostream {command}: {exc}", file=sys.stderr)
+        return None
+    if not reply.get("ok"):
+        print(f"holostream {command}: the daemon refused: {reply.get('error')}", file=sys.stderr)
+        return None
+    return reply

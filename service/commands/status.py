@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from holostream.service.clients.control import DEFAULT_CONTROL, NoAnswer, request
+from holostream.service.clients.control import NoAnswer, add_control_options, control_address, request
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -47,21 +47,23 @@ def format_status(status: dict[str, Any]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``holostream status``."""
-    parser.add_argument("--control", metavar="ADDR", default=DEFAULT_CONTROL,
-                        help=f"control (REP) address of the daemon (default {DEFAULT_CONTROL})")
+    add_control_options(parser)
     parser.add_argument("--watch", metavar="SECONDS", nargs="?", type=float, const=1.0,
                         help="repeat every SECONDS (default 1) until Ctrl-C")
     parser.add_argument("--json", action="store_true", help="print the raw JSON status")
-    parser.add_argument("--timeout", metavar="S", type=float, default=2.0,
-                        help="seconds to wait for an answer (default 2)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the status once or repeatedly; 1 when the daemon does not answer."""
     try:
+        address = control_address(args)
+    except ValueError as exc:
+        print(f"holostream status: {exc}", file=sys.stderr)
+        return 2
+    try:
         while True:
             try:
-                reply = request(args.control, {"cmd": "status"}, args.timeout)
+                reply = request(address, {"cmd": "status"}, args.timeout)
             except NoAnswer as exc:
                 print(f"holostream status: {exc}", file=sys.stderr)
                 return 1
