@@ -10,8 +10,6 @@ in batches) and :class:`~holostream.workers.fbp.VolumeAccumulator`.
 from __future__ import annotations
 
 import math
-import sys
-import time
 from typing import Callable
 
 import numpy as np
@@ -104,22 +102,3 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
         "source": scan.source,
     }
     return volume, attrs
-
-
-class ProgressBar:
-    """A one-line progress bar on a text stream (stderr), redrawn in place."""
-
-    def __init__(self, label: str, stream=None, width: int = 30):
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.width = width
-        self.start = time.perf_counter()
-
-    def __call__(self, done: int, total: int) -> None:
-        filled = int(self.width * done / max(total, 1))
-        elapsed = time.perf_counter() - self.start
-        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (self.width - filled)}] "
-                          f"{done}/{total} groups {elapsed:5.1f} s")
-        if done >= total:
-            self.stream.write("\n")
-        self.stream.flush()

@@ -289,6 +289,7 @@ def simulate_scan(
     binning: int | None = 1,
     seed: int = 0,
     backend: Backend | None = None,
+    progress=None,
 ) -> SimulatedScan:
     """Simulate a whole scan and voxelise its ground truth.
 
@@ -318,6 +319,8 @@ def simulate_scan(
         Seed of every random stream (noise only; the phantom is given).
     backend : Backend, optional
         Where the propagation runs (default: CPU).
+    progress : callable, optional
+        ``progress(done, total)`` after each projection.
 
     Returns
     -------
@@ -329,8 +332,12 @@ def simulate_scan(
         angles_deg = np.linspace(0.0, 180.0, n_projections, endpoint=False)
     angles_deg = np.asarray(angles_deg, dtype=np.float64)
     geometry = ScanGeometry(rows, cols, pixel_size_m, distance_m, energy_kev, cor_px)
-    projections = np.stack(list(iter_projections(
-        phantom, geometry, angles_deg, detector, supersample, seed, backend)))
+    projections = []
+    for image in iter_projections(phantom, geometry, angles_deg, detector, supersample, seed, backend):
+        projections.append(image)
+        if progress is not None:
+            progress(len(projections), len(angles_deg))
+    projections = np.stack(projections)
     flats_after = (reference_frames("flat_after", n_flats_after, geometry, detector, seed)
                    if n_flats_after else None)
     truth = None if binning is None else ground_truth(phantom, geometry, binning, supersample)

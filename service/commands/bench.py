@@ -40,7 +40,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    """Run the benchmark and print its JSON report."""
+    """Run the benchmark and print its table and JSON report."""
+    from holostream.service.bench.table import format_report
+    from holostream.service.progress import ProgressBar
     from holostream.workers.backend import get_backend
 
     backend = get_backend(args.device)
@@ -51,8 +53,12 @@ def run(args) -> int:
               "batch": batch, "iterations": iterations}
     if args.device == "gpu":
         report["machine"]["gpu"] = backend.xp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    sections = 1 + bool(args.phase_peers) + (args.pool is not None) + bool(args.ingest) \
+        + (not args.no_peers and args.device == "cpu")
+    progress, done = ProgressBar("bench", unit="section"), 0
     stages = stage_timings(backend, preset, batch, iterations, args.repeat)
     report["stages"] = stages
+    progress(done := done + 1, sections)
     n_volume = math.ceil(preset["n_projections"] / preset["angle_binning"])
     chain = ("flatfield+binning", f"paganin+ap{iterations}", "ramp filter", "back-projection")
     # each binned projection averages `angle_binning` raw frames, each flat-fielded and binned
@@ -67,15 +73,20 @@ def run(args) -> int:
         from holostream.service.bench.phase import compare_phase_retrieval
 
         report["phase_peers"] = compare_phase_retrieval(repeat=args.repeat)
+        progress(done := done + 1, sections)
     if args.pool is not None:
         report["pool_binning"] = pool_binning_throughput(args.pool or len(os.sched_getaffinity(0)))
+        progress(done := done + 1, sections)
     if args.ingest:
         from holostream.service.bench.ingest import compare
 
         report["ingest"] = compare(args.ingest_frames, repeat=args.repeat)
+        progress(done := done + 1, sections)
     if not args.no_peers and args.device == "cpu":
         report["peers"] = peer_comparison(preset["size"], min(preset["n_projections"], 360), args.repeat)
+        progress(done := done + 1, sections)
     text = json.dumps(report, indent=2)
+    print(format_report(report), end="\n\n")  # for people; the JSON below (and --json FILE) for tools
     print(text)
     if args.json:
         with open(args.json, "w") as fh:

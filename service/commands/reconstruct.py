@@ -15,7 +15,8 @@ import math
 import sys
 import time
 
-from holostream.service.offline import ProgressBar, reconstruct_scan
+from holostream.service.offline import reconstruct_scan
+from holostream.service.progress import ProgressBar
 from holostream.shared.settings import ReconstructionSettings, SettingsError
 
 _log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cor-px", type=float,
                         help="rotation-axis offset from (cols-1)/2, pixels (default: file or 0)")
     parser.add_argument("--batch", type=int, default=8, help="angle groups per batch (default 8)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (there is none unless stderr is a terminal)")
     parser.add_argument("--compression", choices=("none", "gzip", "lz4", "zstd"), default="none",
                         help="compression of the volume (lz4 and zstd need hdf5plugin; default none)")
 
@@ -105,7 +106,7 @@ def _reconstruct_file(args: argparse.Namespace, settings: ReconstructionSettings
         backend = get_backend(settings.device)
     except RuntimeError as err:
         return _fail(str(err))
-    progress = None if args.quiet else ProgressBar("reconstruct")
+    progress = None if args.quiet else ProgressBar("reconstruct", unit="group")
     start = time.perf_counter()
     volume, attrs = reconstruct_scan(scan, settings, delta_beta, cor_px, backend,
                                      batch=args.batch, progress=progress)

@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     """Simulate and write the scan; 2 with a one-line reason on bad options."""
     from holostream.service.files.nxtomo import write_scan
     from holostream.service.files.volume import write_volume
+    from holostream.service.progress import ProgressBar
     from holostream.workers.phantom import random_phantom
     from holostream.workers.simulate import DetectorModel, ground_truth, simulate_scan
 
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         supersample=args.supersample,
         detector=DetectorModel(photons=args.photons, dark_level=args.dark_level),
         n_darks=args.darks, n_flats=args.flats, n_flats_after=args.flats_after,
-        binning=None, seed=args.seed,
+        binning=None, seed=args.seed, progress=ProgressBar("simulate", unit="projection"),
     )
     delta_beta = args.delta_beta if args.materials == 1 else args.delta_beta / 2.0
     try:
