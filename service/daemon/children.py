@@ -35,8 +35,9 @@ def child_main(log_level: int, target: Any, *args: Any) -> None:
     and it stops its children through the ``stop`` event.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "  # as the daemon's (cli.py)
     logging.basicConfig(level=log_level, stream=sys.stderr,
-                        format="%(levelname)s %(processName)s %(name)s: %(message)s")
+                        format=stamp + "%(levelname)s %(processName)s %(name)s: %(message)s")
     target(*args)
 
 
