@@ -72,12 +72,31 @@ class DetectorModel:
         Relative intensity lost at the frame corners by the Gaussian beam profile.
     beam_tilt : float
         Relative intensity gradient across the columns (left to right).
+    bad_columns : tuple of (int, float)
+        ``(column, relative gain error)`` of detector columns whose response during the
+        projections differs from the flats' (e.g. ``(40, 0.05)``: 5 % too bright), the
+        residual that flat-fielding leaves and that makes rings in the volume.
     """
 
     photons: float = 2.0e4
     dark_level: float = 100.0
     beam_falloff: float = 0.25
     beam_tilt: float = 0.05
+    bad_columns: tuple[tuple[int, float], ...] = ()
+
+    def projection_profile(self, rows: int, cols: int) -> np.ndarray:
+        """Beam profile of the projections: :func:`beam_profile` times the bad columns' gains.
+
+        Returns
+        -------
+        ndarray of shape (rows, cols), float32
+        """
+        profile = beam_profile(rows, cols, self.beam_falloff, self.beam_tilt)
+        for column, error in self.bad_columns:
+            if not 0 <= column < cols or not -1.0 < error:
+                raise ValueError(f"bad column ({column}, {error}) outside 0…{cols - 1} or gain <= 0")
+            profile[:, column] *= np.float32(1.0 + error)
+        return profile
 
 
 @dataclass
@@ -264,7 +283,7 @@ def iter_projections(phantom: Phantom, geometry: ScanGeometry, angles_deg,
         Counts of the projection at ``angles_deg[i]``.
     """
     sim = HologramSimulator(phantom, geometry, supersample, backend)
-    profile = beam_profile(geometry.rows, geometry.cols, detector.beam_falloff, detector.beam_tilt)
+    profile = detector.projection_profile(geometry.rows, geometry.cols)
     rng = frame_rng(seed, "projection")
     for angle in np.asarray(angles_deg, dtype=np.float64):
         yield expose(sim.intensity(float(angle)), detector, profile, rng)
