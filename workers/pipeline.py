@@ -165,9 +165,13 @@ class ProjectionPipeline:
         """
         if len(raws) != len(indices) or len(raws) == 0:
             raise ValueError(f"need one index array per group, got {len(raws)} and {len(indices)}")
-        xp = self.backend.xp
-        return self.filtered_from_transmission(
-            xp.stack([self.transmission(r, i) for r, i in zip(raws, indices)]))
+        return self.filtered_from_transmission(self.transmissions(raws, indices))
+
+    def transmissions(self, raws: Sequence, indices: Sequence):
+        """Stack of :meth:`transmission` of several angle groups, ``(n_groups, rows_b, cols_b)``."""
+        if len(raws) != len(indices) or len(raws) == 0:
+            raise ValueError(f"need one index array per group, got {len(raws)} and {len(indices)}")
+        return self.backend.xp.stack([self.transmission(r, i) for r, i in zip(raws, indices)])
 
     def filtered_from_transmission(self, stack):
         """Filtered δ projections of a stack of binned transmissions, in one call.
@@ -187,13 +191,31 @@ class ProjectionPipeline:
         array of shape (n, rows_b, cols_b) (or (rows_b, cols_b) for one), float32, on the backend
             Ramp-filtered ``∫δ dl / voxel_size_m``, ready for back-projection.
         """
+        return self.ramp(self.delta_from_transmission(stack))
+
+    def delta_from_transmission(self, stack):
+        """Projected δ (before the ramp filter) of a stack of binned transmissions.
+
+        The ring filter (:mod:`~holostream.workers.ring`) measures its stripes on these;
+        :meth:`filtered_from_transmission` is ``self.ramp`` of them.
+
+        Parameters
+        ----------
+        stack : array of shape (n, rows_b, cols_b) or (rows_b, cols_b)
+            Flat-fielded, binned, group-averaged transmissions, numpy or backend.
+
+        Returns
+        -------
+        array of the same shape, float32, on the backend
+            ``∫δ dl / voxel_size_m``.
+        """
         xp = self.backend.xp
         stack = xp.asarray(stack, dtype=xp.float32)
         if stack.ndim not in (2, 3) or tuple(stack.shape[-2:]) != self.binned_shape:
             raise ValueError(f"transmission stack shape: expected (n, *{self.binned_shape}), "
                              f"got {stack.shape}")
         phase = self.phase(stack)
-        return self.ramp(phase_to_delta_px(phase, self.energy_kev, self.voxel_size_m))
+        return phase_to_delta_px(phase, self.energy_kev, self.voxel_size_m)
 
     def process(self, raw, indices):
         """Filtered δ projection of one angle group.

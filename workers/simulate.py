@@ -73,7 +73,7 @@ class DetectorModel:
     beam_tilt : float
         Relative intensity gradient across the columns (left to right).
     bad_columns : tuple of (int, float)
-        ``(column, relative gain error)`` of detector columns whose response during the
+        ``(column, relative gain error)`` of detector columns whose gain during the
         projections differs from the flats' (e.g. ``(40, 0.05)``: 5 % too bright), the
         residual that flat-fielding leaves and that makes rings in the volume.
     """
@@ -84,19 +84,31 @@ class DetectorModel:
     beam_tilt: float = 0.05
     bad_columns: tuple[tuple[int, float], ...] = ()
 
-    def projection_profile(self, rows: int, cols: int) -> np.ndarray:
-        """Beam profile of the projections: :func:`beam_profile` times the bad columns' gains.
+    def with_bad_columns(self, counts: np.ndarray) -> np.ndarray:
+        """Projection counts as read out through the bad columns' wrong gains.
+
+        The gain acts on the counts above the dark level, after the photon noise, so a scan
+        simulated with and without bad columns has the same noise everywhere (the difference
+        of the two is the columns' effect alone).
+
+        Parameters
+        ----------
+        counts : ndarray of shape (..., cols), uint16
 
         Returns
         -------
-        ndarray of shape (rows, cols), float32
+        ndarray, uint16, shape of ``counts``
         """
-        profile = beam_profile(rows, cols, self.beam_falloff, self.beam_tilt)
+        if not self.bad_columns:
+            return counts
+        cols = counts.shape[-1]
+        gain = np.ones(cols)
         for column, error in self.bad_columns:
-            if not 0 <= column < cols or not -1.0 < error:
+            if not 0 <= column < cols or not error > -1.0:
                 raise ValueError(f"bad column ({column}, {error}) outside 0…{cols - 1} or gain <= 0")
-            profile[:, column] *= np.float32(1.0 + error)
-        return profile
+            gain[column] = 1.0 + error
+        signal = (counts.astype(np.float64) - self.dark_level) * gain + self.dark_level
+        return np.clip(np.rint(signal), 0, _COUNT_MAX).astype(np.uint16)
 
 
 @dataclass
@@ -283,10 +295,10 @@ def iter_projections(phantom: Phantom, geometry: ScanGeometry, angles_deg,
         Counts of the projection at ``angles_deg[i]``.
     """
     sim = HologramSimulator(phantom, geometry, supersample, backend)
-    profile = detector.projection_profile(geometry.rows, geometry.cols)
+    profile = beam_profile(geometry.rows, geometry.cols, detector.beam_falloff, detector.beam_tilt)
     rng = frame_rng(seed, "projection")
     for angle in np.asarray(angles_deg, dtype=np.float64):
-        yield expose(sim.intensity(float(angle)), detector, profile, rng)
+        yield detector.with_bad_columns(expose(sim.intensity(float(angle)), detector, profile, rng))
 
 
 def simulate_scan(
