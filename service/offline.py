@@ -9,6 +9,7 @@ in batches) and :class:`~holostream.workers.fbp.VolumeAccumulator`.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -18,8 +19,47 @@ import numpy as np
 
 from holostream.shared.settings import ReconstructionSettings
 
+_log = logging.getLogger(__name__)
 
-def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, cor_px: float,
+
+#: Detector rows the centre estimate uses at most (evenly spread over the height): plenty of
+#: evidence, and its memory stays bounded on large detectors.
+COR_ROWS = 128
+
+
+def estimate_centre(scan, backend, guess_px: float | None = None):
+    """Estimate the rotation-axis offset of a scan from the few projections it needs.
+
+    Parameters
+    ----------
+    scan : ScanData
+    backend : Backend
+        Where the flat-field runs (the estimate itself runs on the host).
+    guess_px : float, optional
+        Starting guess in unbinned pixels (e.g. NXtomo's ``estimated_cor_from_motor``).
+
+    Returns
+    -------
+    CorEstimate
+        Offset from ``(cols - 1) / 2`` in unbinned pixels, with its confidence.
+    """
+    from holostream.workers.cor import CorPlan
+    from holostream.workers.flatfield import FlatField, average_frames
+
+    plan = CorPlan(scan.angles_deg)
+    rows = scan.frame_shape[0]
+    step = max(1, rows // COR_ROWS)
+    flat_after = None if scan.flats_after is None else average_frames(scan.flats_after, backend)
+    flatfield = FlatField(average_frames(scan.darks, backend), average_frames(scan.flats, backend),
+                          backend, flat_after=flat_after)
+    frames = np.stack([
+        backend.to_host(flatfield(scan.projections[i : i + 1], np.array([i]), scan.n_projections)[0, ::step])
+        for i in plan.indices
+    ])
+    return plan.estimate(frames, guess_px=guess_px)
+
+
+def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, cor_px: float | None,
                      backend, batch: int = 8,
                      progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, dict]:
     """Reconstruct a whole scan with the live pipeline; returns the δ volume and its attributes.
@@ -32,8 +72,9 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
         Binning, angle binning, phase chain, iterations, filter, pad mode.
     delta_beta : float
         δ/β of the sample.
-    cor_px : float
-        Rotation-axis offset from ``(cols - 1) / 2`` in unbinned pixels.
+    cor_px : float or None
+        Rotation-axis offset from ``(cols - 1) / 2`` in unbinned pixels; None: estimate it
+        (:func:`estimate_centre`, with ``scan.cor_guess_px`` as the starting guess).
     backend : Backend
         Where to compute (``settings.device`` is not consulted here).
     batch : int
@@ -46,7 +87,9 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
     volume : ndarray of shape (rows // b, cols // b, cols // b), float32
         δ per voxel, ``[z, y, x]``.
     attrs : dict
-        Every parameter of the reconstruction (for :func:`holostream.service.files.volume.write_volume`).
+        Every parameter of the reconstruction (for :func:`holostream.service.files.volume.write_volume`),
+        with ``cor_px``, ``cor_source`` (``"given"`` or ``"estimated"``) and, when estimated,
+        ``cor_confidence``.
     """
     from holostream.workers import phasing
     from holostream.workers.fbp import VolumeAccumulator
@@ -55,6 +98,13 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
 
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
+    cor_source, cor_confidence = "given", None
+    if cor_px is None:
+        estimate = estimate_centre(scan, backend, getattr(scan, "cor_guess_px", None))
+        cor_px, cor_source, cor_confidence = estimate.cor_px, "estimated", estimate.confidence
+        (_log.info if estimate.trusted else _log.warning)(
+            "%s: centre of rotation estimated at %+.2f px from the middle, confidence %.2f%s",
+            scan.source, cor_px, cor_confidence, "" if estimate.trusted else " (LOW: do not trust it)")
     chain = phasing.default_chain(settings.phase, settings.iterations, delta_beta)
     flat_after = None if scan.flats_after is None else average_frames(scan.flats_after, backend)
     pipeline = ProjectionPipeline(
@@ -92,6 +142,8 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
         "filter": settings.filter,
         "pad_mode": settings.pad_mode,
         "cor_px": float(cor_px),
+        "cor_source": cor_source,
+        "cor_confidence": cor_confidence,
         "center_px_binned": center,
         "delta_beta": float(delta_beta),
         "energy_kev": scan.energy_kev,

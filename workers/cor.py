@@ -13,10 +13,10 @@ beyond the field of view on one side does not bias it.
 
 Pairs: every projection whose opposite (θ + 180° modulo 360°) was measured forms an exact
 pair (360° scans, 180° scans that include their end angle). A 180° scan over [0°, 180°)
-has no exact pair: its first projections are paired with the mirrored last ones, which are
-``e = k·Δθ`` short of opposite. The shift then also contains the motion of the sample over
-``e``, linear in ``e`` for small ``e``, so the shift is measured for several ``e`` and
-extrapolated to ``e = 0`` (the "seam" of the 360° sinogram the mirror completes).
+has no exact pair: its first projection is paired with the mirrored last one, which is one
+angle step ``Δθ`` short of opposite (the "seam" of the 360° sinogram the mirror completes).
+That shift also holds the sample's motion over ``Δθ``, which is measured on both sides of
+the seam and taken out.
 
 The alignment score is the normalised cross-correlation of the row gradients (smoothed
 along the rows against noise; gradients ignore offsets and slow flat-field errors), summed
@@ -26,8 +26,8 @@ spectrum, not interpolated).
 
 Confidence combines how far the peak stands above the correlation's noise floor and how
 much higher it is than the best peak elsewhere; a scan without signal has a flat, noisy
-correlation and gets a confidence near 0. The estimate is a plan-free function: it runs on
-a few dozen projections once per scan (or a few times while a live scan grows).
+correlation and gets a confidence near 0. :class:`CorPlan` says which projections (at most
+a hundred) the estimate needs, so a service loads only those.
 """
 
 from __future__ import annotations
@@ -189,64 +189,119 @@ def _pair_groups(angles_deg: np.ndarray) -> dict[int, list[tuple[int, int, float
     return groups
 
 
-def estimate_cor(projections, angles_deg, max_offset_px: float | None = None,
-                 guess_px: float | None = None) -> CorEstimate:
-    """Estimate the rotation-axis offset of a scan from its projections.
+class CorPlan:
+    """Which projections a scan's centre estimate needs, and the estimate from them.
+
+    Set up once per scan from its angles; :attr:`indices` says which projections to load
+    (at most ``2·_MAX_PAIRS`` of them), so a service need not read the whole scan.
 
     Parameters
     ----------
-    projections : ndarray of shape (n, rows, cols), float
-        Flat-fielded projections (transmissions, holograms or phase maps) on the host.
-        A few rows suffice; every row given is used.
     angles_deg : array of shape (n,)
-        Their angles in degrees (any order; 180° and 360° scans, any start).
-    max_offset_px : float, optional
-        Largest offset searched, pixels (default: ``cols/2 - 8``, half-acquisition included).
-    guess_px : float, optional
-        A starting guess (e.g. from the motor position): the search is centred on it.
+        Angles of all the scan's projections, degrees (any order; 180° and 360° scans).
+
+    Attributes
+    ----------
+    indices : ndarray of int
+        Projection indices to pass to :meth:`estimate`, in that order.
+    method : str
+        ``"opposite"``, ``"seam"`` or ``"none"`` (no pair within a step of opposite).
+    """
+
+    def __init__(self, angles_deg):
+        angles = np.asarray(angles_deg, dtype=np.float64).ravel()
+        if angles.size == 0 or not np.all(np.isfinite(angles)):
+            raise ValueError(f"CorPlan needs finite angles, got {angles.size} values")
+        groups = _pair_groups(angles)
+        self.method = "none" if not groups else "opposite" if 0 in groups else "seam"
+        pairs = [] if not groups else groups[0] if 0 in groups else groups[min(groups, key=abs)]
+        if len(pairs) > _MAX_PAIRS:
+            pairs = [pairs[i] for i in np.linspace(0, len(pairs) - 1, _MAX_PAIRS).astype(int)]
+        order = np.argsort(angles % 360.0)
+        # The seam's motion correction uses the first two and last two projections by angle.
+        self._neighbours = (order[:2], order[-2:]) if self.method == "seam" and order.size >= 4 else None
+        needed = [i for i, _, _ in pairs] + [j for _, j, _ in pairs]
+        if self._neighbours is not None:
+            needed += list(self._neighbours[0]) + list(self._neighbours[1])
+        self.indices = np.unique(np.asarray(needed, dtype=np.int64))
+        position = {int(k): n for n, k in enumerate(self.indices)}
+        self._first = [position[i] for i, _, _ in pairs]
+        self._second = [position[j] for _, j, _ in pairs]
+        if self._neighbours is not None:
+            self._neighbours = tuple([position[int(k)] for k in ks] for ks in self._neighbours)
+
+    def estimate(self, frames, max_offset_px: float | None = None,
+                 guess_px: float | None = None) -> CorEstimate:
+        """The offset from the projections :attr:`indices`.
+
+        Parameters
+        ----------
+        frames : ndarray of shape (len(indices), rows, cols), float
+            Flat-fielded projections (transmissions, holograms or phase maps), host arrays,
+            in the order of :attr:`indices`. A few rows suffice; every row given is used.
+        max_offset_px : float, optional
+            Largest offset searched, pixels (default: ``cols/2 - 8``, half-acquisition included).
+        guess_px : float, optional
+            A starting guess (e.g. from the motor position): the search is centred on it.
+
+        Returns
+        -------
+        CorEstimate
+            The offset from ``(cols - 1) / 2`` in the pixels of ``frames``, and its confidence
+            (0 when the angles hold no usable pair).
+        """
+        p = np.asarray(frames)
+        if p.ndim == 2:
+            p = p[:, None, :]
+        if p.ndim != 3 or p.shape[0] != self.indices.size:
+            raise ValueError(f"frames: expected ({self.indices.size}, rows, cols), got shape {p.shape}")
+        center = 0.0 if guess_px is None else float(guess_px)
+        cols = p.shape[-1]
+        limit = cols / 2 - _MIN_OVERLAP_PX / 2
+        max_offset = limit if max_offset_px is None else min(float(max_offset_px), limit)
+        if self.method == "none" or max_offset <= 0:
+            return CorEstimate(center, 0.0, 0, "none")
+        lo = max(-2 * limit, 2 * (center - max_offset))
+        hi = min(2 * limit, 2 * (center + max_offset))
+        corr = _Correlation(_gradients(p[self._first]), _gradients(p[self._second][..., ::-1]))
+        shifts, curve = corr.integer_curve(int(math.ceil(max(abs(lo), abs(hi)))))
+        inside = (shifts >= math.floor(lo)) & (shifts <= math.ceil(hi))
+        shifts, curve = shifts[inside], curve[inside]
+        # The normalised correlation of a short overlap is noisier (variance ∝ 1 / overlap):
+        # weigh it like a t-statistic so that a chance match of a few pixels cannot win.
+        score = curve * np.sqrt((cols - np.abs(shifts)) / cols)
+        i, confidence = _peak_confidence(shifts, score, exclusion_px=3.0)
+        shift = corr.refine(float(shifts[i]))
+        if self._neighbours is not None:
+            shift += _seam_motion(p, *self._neighbours)
+        return CorEstimate(shift / 2.0, confidence, len(self._first), self.method)
+
+
+def estimate_cor(projections, angles_deg, max_offset_px: float | None = None,
+                 guess_px: float | None = None) -> CorEstimate:
+    """Estimate the rotation-axis offset of a scan from its projections (:class:`CorPlan`).
+
+    Parameters
+    ----------
+    projections : ndarray of shape (n, rows, cols) or (n, cols), float
+        Flat-fielded projections of the whole scan, host arrays.
+    angles_deg : array of shape (n,)
+        Their angles in degrees.
+    max_offset_px, guess_px : float, optional
+        As for :meth:`CorPlan.estimate`.
 
     Returns
     -------
     CorEstimate
-        The offset from ``(cols - 1) / 2``, pixels, and its confidence. Confidence 0 when the
-        angles hold no pair within three steps of opposite.
     """
     p = np.asarray(projections)
-    if p.ndim == 2:
-        p = p[:, None, :]
-    if p.ndim != 3:
+    if p.ndim not in (2, 3):
         raise ValueError(f"projections must be (n, rows, cols), got shape {p.shape}")
     angles = np.asarray(angles_deg, dtype=np.float64).ravel()
     if angles.size != p.shape[0]:
         raise ValueError(f"angles_deg: expected {p.shape[0]} angles, got {angles.size}")
-    cols = p.shape[-1]
-    limit = cols / 2 - _MIN_OVERLAP_PX / 2
-    max_offset = limit if max_offset_px is None else min(float(max_offset_px), limit)
-    center = 0.0 if guess_px is None else float(guess_px)
-    groups = _pair_groups(angles)
-    if not groups or max_offset <= 0:
-        return CorEstimate(center, 0.0, 0, "none")
-    method = "opposite" if 0 in groups else "seam"
-    lo = max(-2 * limit, 2 * (center - max_offset))
-    hi = min(2 * limit, 2 * (center + max_offset))
-    max_shift = int(math.ceil(max(abs(lo), abs(hi))))
-    pairs = groups[0] if method == "opposite" else groups[min(groups, key=abs)]
-    if len(pairs) > _MAX_PAIRS:
-        pairs = [pairs[i] for i in np.linspace(0, len(pairs) - 1, _MAX_PAIRS).astype(int)]
-    a = _gradients(p[[i for i, _, _ in pairs]])
-    b = _gradients(p[[j for _, j, _ in pairs]][..., ::-1])
-    corr = _Correlation(a, b)
-    shifts, curve = corr.integer_curve(max_shift)
-    inside = (shifts >= math.floor(lo)) & (shifts <= math.ceil(hi))
-    shifts, curve = shifts[inside], curve[inside]
-    # The normalised correlation of a short overlap is noisier (variance ∝ 1 / overlap): weigh
-    # it like a t-statistic so that a chance match of a few pixels cannot win.
-    score = curve * np.sqrt((cols - np.abs(shifts)) / cols)
-    i, confidence = _peak_confidence(shifts, score, exclusion_px=3.0)
-    shift = corr.refine(float(shifts[i]))
-    if method == "seam":
-        shift += _seam_motion(p, angles)
-    return CorEstimate(shift / 2.0, confidence, len(pairs), method)
+    plan = CorPlan(angles)
+    return plan.estimate(p[plan.indices], max_offset_px, guess_px)
 
 
 def _motion(a: np.ndarray, b: np.ndarray) -> float:
@@ -256,19 +311,15 @@ def _motion(a: np.ndarray, b: np.ndarray) -> float:
     return corr.refine(float(shifts[np.argmax(curve)]))
 
 
-def _seam_motion(p: np.ndarray, angles_deg: np.ndarray) -> float:
+def _seam_motion(p: np.ndarray, first: list[int], last: list[int]) -> float:
     """Correction of a 180° scan's seam shift for the one angle step its pair is short.
 
     The mirrored last projection is at ``-Δθ``, so the seam shift holds ``2·cor`` plus the
     sample's motion from 0 to ``-Δθ``. That motion is measured on both sides of the seam, from
-    the first two projections (0 → Δθ) and from the mirrored last two (-2Δθ → -Δθ), whose
-    mean is the motion over one step at the seam (second-order accurate); it is added back.
+    the first two projections (0 → Δθ, positions ``first``) and from the mirrored last two
+    (-2Δθ → -Δθ, positions ``last``), whose mean is the motion over one step at the seam
+    (second-order accurate); it is added back.
     """
-    order = np.argsort(angles_deg % 360.0)
-    if order.size < 4:
-        return 0.0
-    first = _gradients(p[order[:2]])
-    last = _gradients(p[order[-2:]][..., ::-1])
-    forward = _motion(first[0], first[1])
-    mirrored = _motion(last[0], last[1])
-    return 0.5 * (forward + mirrored)
+    a = _gradients(p[first])
+    b = _gradients(p[last][..., ::-1])
+    return 0.5 * (_motion(a[0], a[1]) + _motion(b[0], b[1]))

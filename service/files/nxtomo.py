@@ -8,6 +8,12 @@ The distance and pixel size in the file are taken as the effective (plane-wave
 equivalent) ones, as PROTOCOL.md defines them; ``sample/x_pixel_size`` (the pixel size at
 the sample) is preferred over ``instrument/detector/x_pixel_size`` when both exist. NXtomo
 has no field for δ/β; files written here keep it in ``<entry>/holostream/delta_beta``.
+
+The rotation axis, ``instrument/detector/x_rotation_axis_pixel_position``, is read as nabu
+reads it: an offset in pixels from the middle of the frame, ``(cols - 1) / 2``, not the
+absolute column that nxtomo's docstring describes (PROTOCOL.md, "Extensions"); files
+written here store it the same way. Without it the centre is estimated from the data, with
+``instrument/detector/estimated_cor_from_motor`` (same convention) as the starting guess.
 """
 
 from __future__ import annotations
@@ -47,7 +53,10 @@ class ScanData:
     angles_deg : ndarray of shape (n_projections,), float64
     energy_kev, distance_m, pixel_size_m : float
     cor_px : float or None
-        Rotation-axis offset from ``(cols - 1) / 2`` in pixels, when the file has it.
+        Rotation-axis offset from ``(cols - 1) / 2`` in pixels, when the file has it
+        (None: estimate it).
+    cor_guess_px : float or None
+        A starting guess for the estimate (the motor position), same convention.
     delta_beta : float or None
         δ/β, when the file has it (files written by :func:`write_scan`).
     source : str
@@ -65,6 +74,7 @@ class ScanData:
     cor_px: float | None = None
     delta_beta: float | None = None
     source: str = ""
+    cor_guess_px: float | None = None
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -239,7 +249,8 @@ def read_scan(path: str, entry: str | None = None, lazy: bool = False) -> ScanDa
             projections=(ProjectionFrames(path, data.name, proj_pos) if lazy
                          else _read_frames(data, proj_pos)),
             angles_deg=angles[proj_pos],
-            cor_px=det.x_rotation_axis_pixel_position,
+            cor_px=_optional_float(det.x_rotation_axis_pixel_position),
+            cor_guess_px=_optional_float(det.estimated_cor_from_motor),
             delta_beta=_stored_delta_beta(f[entry]),
             source=f"{path}::{entry}",
             **geometry,
@@ -248,6 +259,14 @@ def read_scan(path: str, entry: str | None = None, lazy: bool = False) -> ScanDa
               len(scan.darks), len(scan.flats), 0 if scan.flats_after is None else len(scan.flats_after),
               scan.n_projections, scan.frame_shape)
     return scan
+
+
+def _optional_float(value) -> float | None:
+    """A finite float, or None for an absent (or NaN) value."""
+    if value is None:
+        return None
+    value = float(getattr(value, "magnitude", value))
+    return value if np.isfinite(value) else None
 
 
 def _read_frames(data: h5py.Dataset, positions: np.ndarray) -> np.ndarray:
@@ -265,13 +284,15 @@ def _stored_delta_beta(group: h5py.Group) -> float | None:
     return value if np.isfinite(value) and value > 0 else None
 
 
-def write_scan(path: str, scan, entry: str = "entry", delta_beta: float | None = None) -> None:
+def write_scan(path: str, scan, entry: str = "entry", delta_beta: float | None = None,
+               write_cor: bool = True) -> None:
     """Write a :class:`~holostream.workers.simulate.SimulatedScan` as an NXtomo file.
 
     Frames go in acquisition order: darks, flats, projections, flats after. Energy is
     written in keV, distance and pixel sizes in metres, angles in degrees, the axis offset
     as ``x_rotation_axis_pixel_position``; δ/β (``delta_beta`` or the scan's own) in
-    ``<entry>/holostream/delta_beta``. An existing file is replaced.
+    ``<entry>/holostream/delta_beta``. With ``write_cor=False`` the axis position is left
+    out (a reader then estimates it). An existing file is replaced.
     """
     import pint
     from nxtomo import NXtomo
@@ -295,7 +316,8 @@ def write_scan(path: str, scan, entry: str = "entry", delta_beta: float | None =
     det.distance = g.distance_m * units.meter
     det.x_pixel_size = det.y_pixel_size = g.pixel_size_m * units.meter
     nx.sample.x_pixel_size = nx.sample.y_pixel_size = g.pixel_size_m * units.meter
-    det.x_rotation_axis_pixel_position = float(g.cor_px)
+    if write_cor:
+        det.x_rotation_axis_pixel_position = float(g.cor_px)
     nx.title = "holostream simulated scan"
     nx.save(file_path=path, data_path=entry, overwrite=True)
     delta_beta = delta_beta if delta_beta is not None else scan.delta_beta

@@ -117,3 +117,29 @@ def test_lazy_projections_read_the_same_frames(single_material_nx):
             lazy.projections[3]
     finally:
         lazy.projections.close()
+
+
+def test_centre_estimated_when_the_file_has_none(tmp_path):
+    # A 360° scan with the axis 9.3 px off centre and no axis position in the file: the
+    # default is to estimate it, and the volume says so; a given --cor-px wins; 'auto'
+    # estimates even when the file has one; a bad value is refused with a reason.
+    scan_file, out = tmp_path / "sim.nx", tmp_path / "vol.h5"
+    proc = holostream("simulate", "-o", scan_file, "--size", 48, "--projections", 60,
+                      "--span-deg", 360, "--cor-px", 9.3, "--axis-unknown", "--bad-columns", 2,
+                      "--wide-sample", "--seed", 3)
+    assert proc.returncode == 0, proc.stderr
+    assert read_scan(str(scan_file)).cor_px is None
+    proc = holostream("reconstruct", scan_file, "-o", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "(estimated, confidence" in proc.stdout
+    with h5py.File(out, "r") as f:
+        attrs = dict(f["volume"].attrs)
+    assert attrs["cor_source"] == "estimated" and attrs["cor_confidence"] >= 0.5
+    assert attrs["cor_px"] == pytest.approx(9.3, abs=0.3)
+    proc = holostream("reconstruct", scan_file, "-o", out, "--quiet", "--cor-px", 9.0)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(out, "r") as f:
+        assert f["volume"].attrs["cor_source"] == "given" and f["volume"].attrs["cor_px"] == 9.0
+        assert "cor_confidence" not in f["volume"].attrs
+    proc = holostream("reconstruct", scan_file, "-o", out, "--quiet", "--cor-px", "middle")
+    assert proc.returncode == 2 and "'auto'" in proc.stderr
