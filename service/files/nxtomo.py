@@ -250,7 +250,8 @@ def read_scan(path: str, entry: str | None = None, lazy: bool = False) -> ScanDa
                          else _read_frames(data, proj_pos)),
             angles_deg=angles[proj_pos],
             cor_px=_optional_float(det.x_rotation_axis_pixel_position),
-            cor_guess_px=_optional_float(det.estimated_cor_from_motor),
+            # read directly: nxtomo's accessor is deprecated (and warns on every read)
+            cor_guess_px=_optional_float(_dataset_value(f[entry], "instrument/detector/estimated_cor_from_motor")),
             delta_beta=_stored_delta_beta(f[entry]),
             source=f"{path}::{entry}",
             **geometry,
@@ -259,6 +260,12 @@ def read_scan(path: str, entry: str | None = None, lazy: bool = False) -> ScanDa
               len(scan.darks), len(scan.flats), 0 if scan.flats_after is None else len(scan.flats_after),
               scan.n_projections, scan.frame_shape)
     return scan
+
+
+def _dataset_value(group: h5py.Group, name: str):
+    """The scalar value of dataset ``name`` under ``group``, or None when absent."""
+    item = group.get(name)
+    return item[()] if isinstance(item, h5py.Dataset) and item.shape == () else None
 
 
 def _optional_float(value) -> float | None:
