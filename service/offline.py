@@ -69,7 +69,7 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
     scan : ScanData
         Raw frames and geometry (:func:`holostream.service.files.nxtomo.read_scan`).
     settings : ReconstructionSettings
-        Binning, angle binning, phase chain, iterations, filter, pad mode.
+        Binning, angle binning, phase chain, iterations, filter, pad mode, ring filter.
     delta_beta : float
         δ/β of the sample.
     cor_px : float or None
@@ -95,6 +95,7 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
     from holostream.workers.fbp import VolumeAccumulator
     from holostream.workers.flatfield import average_frames
     from holostream.workers.pipeline import ProjectionPipeline, plan_groups
+    from holostream.workers.ring import remove_stripes
 
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
@@ -120,12 +121,23 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
     center = pipeline.center_px(cor_px)
     # every angle is known up front, so nothing is reweighted: keep no filtered projections
     accumulator = VolumeAccumulator((rows_b, cols_b, cols_b), center, backend, keep_filtered=False)
+    def deltas(chunk):
+        return pipeline.delta_from_transmission(pipeline.transmissions(
+            [scan.projections[g.start : g.stop] for g in chunk],
+            [np.arange(g.start, g.stop) for g in chunk]))
+
+    # The ring filter works on whole sinograms: then every δ projection is kept (one float32
+    # binned frame per angle group) until all are in, and back-projected after it.
+    whole = None
+    if settings.ring_filter != "none":
+        whole = backend.xp.empty((len(groups), rows_b, cols_b), dtype=backend.xp.float32)
+        for start in range(0, len(groups), batch):
+            whole[start : start + batch] = deltas(groups[start : start + batch])
+        whole = remove_stripes(settings.ring_filter, whole, backend)
     for start in range(0, len(groups), batch):
         chunk = groups[start : start + batch]
-        filtered = pipeline.process_batch(
-            [scan.projections[g.start : g.stop] for g in chunk],
-            [np.arange(g.start, g.stop) for g in chunk],
-        )
+        delta = deltas(chunk) if whole is None else whole[start : start + batch]
+        filtered = pipeline.ramp(delta)
         for j in range(len(chunk)):
             g = start + j
             accumulator.add(g, filtered[j], math.radians(group_angles_deg[g]), weights[g])
@@ -141,6 +153,7 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
         "iterations": settings.iterations,
         "filter": settings.filter,
         "pad_mode": settings.pad_mode,
+        "ring_filter": settings.ring_filter,
         "cor_px": float(cor_px),
         "cor_source": cor_source,
         "cor_confidence": cor_confidence,

@@ -16,12 +16,13 @@ import sys
 import time
 
 from holostream.service.offline import ProgressBar, reconstruct_scan
-from holostream.shared.settings import ReconstructionSettings, SettingsError
+from holostream.shared.settings import RING_FILTERS, ReconstructionSettings, SettingsError
 
 _log = logging.getLogger(__name__)
 
 #: Command-line option → settings key (same names as the TOML ``[reconstruction]`` table).
-_SETTING_OPTIONS = ("binning", "angle_binning", "phase", "iterations", "filter", "pad_mode", "device")
+_SETTING_OPTIONS = ("binning", "angle_binning", "phase", "iterations", "filter", "pad_mode", "device",
+                    "ring_filter")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--filter", help="ram-lak|shepp-logan|cosine|hann")
     parser.add_argument("--pad-mode", help="edge|reflect")
     parser.add_argument("--device", help="cpu|gpu")
+    parser.add_argument("--ring-filter", help="ring (stripe) removal: "
+                        + "|".join(RING_FILTERS) + " (default none)")
     parser.add_argument("--delta-beta", type=float,
                         help="δ/β of the sample (required unless the file holds it)")
     parser.add_argument("--cor-px", type=_cor_option, metavar="PX|auto",

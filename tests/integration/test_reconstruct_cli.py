@@ -119,7 +119,7 @@ def test_lazy_projections_read_the_same_frames(single_material_nx):
         lazy.projections.close()
 
 
-def test_centre_estimated_when_the_file_has_none(tmp_path):
+def test_centre_estimated_when_the_file_has_none_and_ring_filter_chosen(tmp_path):
     # A 360° scan with the axis 9.3 px off centre and no axis position in the file: the
     # default is to estimate it, and the volume says so; a given --cor-px wins; 'auto'
     # estimates even when the file has one; a bad value is refused with a reason.
@@ -143,3 +143,10 @@ def test_centre_estimated_when_the_file_has_none(tmp_path):
         assert "cor_confidence" not in f["volume"].attrs
     proc = holostream("reconstruct", scan_file, "-o", out, "--quiet", "--cor-px", "middle")
     assert proc.returncode == 2 and "'auto'" in proc.stderr
+    # the ring filter is chosen per reconstruction and recorded
+    proc = holostream("reconstruct", scan_file, "-o", out, "--quiet", "--ring-filter", "sorting")
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(out, "r") as f:
+        assert f["volume"].attrs["ring_filter"] == "sorting"
+    proc = holostream("reconstruct", scan_file, "-o", out, "--quiet", "--ring-filter", "wavelet")
+    assert proc.returncode == 2 and "ring_filter" in proc.stderr and "sorting" in proc.stderr
