@@ -70,7 +70,9 @@ class ScanReconstruction:
         except BaseException:
             self.buffers.close()  # a scan that cannot run must not pin its memory
             raise
-        self.center_px = self.pipeline.center_px(self.scan.cor_px)
+        # A scan without cor_px is not estimated live yet: its axis is taken at the middle
+        # (the volume header says "cor_source": "default").
+        self.center_px = self.pipeline.center_px(self.scan.cor_px or 0.0)
         self.uncommitted: list[dict[str, Any]] = []  # the messages of the accumulated groups
         self.uncommitted_weight = 0.0
         self.last_used = self.last_commit = time.monotonic()

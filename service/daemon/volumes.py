@@ -50,15 +50,29 @@ def volume_header(scan: dict[str, Any], settings: dict[str, Any], *, scan_seq: i
         "final": bool(final),
         "n_projections_used": int(n_used), "n_projections_expected": int(scan["n_projections"]),
         "shape": [int(n) for n in shape], "dtype": "float32", "quantity": "delta",
-        "voxel_size_m": float(scan["pixel_size_m"]) * binning,
+        "voxel_size_m": _effective_geometry(scan)["pixel_size_m"] * binning,
         "timestamp": time.time(),
         "binning": binning, "angle_binning": int(settings["angle_binning"]),
         "phase": settings["phase"], "phase_chain": phasing.format_chain(chain) if chain else "none",
         "iterations": int(settings["iterations"]),
-        "filter": settings["filter"], "cor_px": float(scan.get("cor_px") or 0.0),
+        "filter": settings["filter"],
+        # the live path has no estimate yet: a scan without cor_px is taken as centred
+        "cor_px": float(scan.get("cor_px") or 0.0),
+        "cor_source": "given" if scan.get("cor_px") is not None else "default",
+        # sinogram ring filters need the whole scan: only `holostream reconstruct` applies them
+        "ring_filter": "none",
         "delta_beta": float(scan["delta_beta"]), "energy_kev": float(scan["energy_kev"]),
-        "distance_m": float(scan["distance_m"]), "pixel_size_m": float(scan["pixel_size_m"]),
+        **_effective_geometry(scan),
     }
+
+
+def _effective_geometry(scan: dict[str, Any]) -> dict[str, float]:
+    """``distance_m``, ``pixel_size_m`` (effective) and ``magnification`` of a scan's dict."""
+    from holostream.shared.messages import ScanInfo
+
+    info = ScanInfo.from_dict(scan)
+    return {"distance_m": info.distance_m, "pixel_size_m": info.pixel_size_m,
+            "magnification": info.magnification}
 
 
 def live_volume(partials: np.ndarray, weights: np.ndarray) -> np.ndarray | None:

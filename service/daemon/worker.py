@@ -99,7 +99,9 @@ class ScanWork:
         except BaseException:
             self.buffers.close()  # a task that cannot run must not pin the scan's memory
             raise
-        self.center_px = self.pipeline.center_px(self.scan.cor_px)
+        # A scan without cor_px is not estimated live yet: its axis is taken at the middle
+        # (the volume header says "cor_source": "default").
+        self.center_px = self.pipeline.center_px(self.scan.cor_px or 0.0)
         # split mode: the one partial volume is the reconstructor's
         self.shared_volume = None if split else self.buffers.volume[worker_id]
         self.accumulator = None if split else backend.asarray(self.shared_volume)
