@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rotation range, degrees: 180 or 360 (180)")
     parser.add_argument("--bad-columns", type=int, default=0,
                         help="detector columns with a gain error of 0.5–3 %% (rings; 0)")
+    parser.add_argument("--magnification", type=float, default=1.0,
+                        help="write the geometry as a cone beam with this magnification, with "
+                             "--distance-m and --pixel-size-m as its effective values (1: plane)")
     parser.add_argument("--wide-sample", action="store_true",
                         help="put the objects in a body 1.6 frame widths across (matter beyond "
                              "the field of view at every angle)")
@@ -78,6 +81,8 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--size must be in [16, 4096], got {args.size}"
     if args.flats_after < 0 or args.dark_level < 0:
         return "--flats-after and --dark-level must be >= 0"
+    if not (math.isfinite(args.magnification) and args.magnification >= 1.0):
+        return f"--magnification must be >= 1, got {args.magnification}"
     if args.span_deg not in (180.0, 360.0):
         return f"--span-deg must be 180 or 360, got {args.span_deg:g}"
     if not 0 <= args.bad_columns <= args.size // 4:
@@ -128,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     )
     delta_beta = args.delta_beta if args.materials == 1 else args.delta_beta / 2.0
     try:
-        write_scan(args.output, scan, delta_beta=delta_beta, write_cor=not args.axis_unknown)
+        write_scan(args.output, scan, delta_beta=delta_beta, write_cor=not args.axis_unknown,
+                   magnification=args.magnification)
     except OSError as err:
         print(f"holostream simulate: error: {args.output}: cannot write ({err})", file=sys.stderr)
         return 2

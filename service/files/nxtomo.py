@@ -4,9 +4,11 @@ Reading converts every quantity at the door to the project's units (``energy_kev
 ``distance_m``, ``pixel_size_m``, ``angles_deg``) and checks the file is usable for a
 reconstruction; anything that is not raises :class:`ScanFileError` with one-line reason.
 
-The distance and pixel size in the file are taken as the effective (plane-wave
-equivalent) ones, as PROTOCOL.md defines them; ``sample/x_pixel_size`` (the pixel size at
-the sample) is preferred over ``instrument/detector/x_pixel_size`` when both exist. NXtomo
+Geometry (PROTOCOL.md "Extensions"): ``sample/propagation_distance`` and
+``sample/x_pixel_size`` are the effective (plane-wave equivalent) values and win when
+present; otherwise a file with ``instrument/source/distance`` is a cone beam, whose detector
+distance and pixel size are turned into effective ones by Fresnel scaling, and a file
+without it is taken as plane-wave (detector distance and pixel size used as they are). NXtomo
 has no field for δ/β; files written here keep it in ``<entry>/holostream/delta_beta``.
 
 The rotation axis, ``instrument/detector/x_rotation_axis_pixel_position``, is read as nabu
@@ -52,6 +54,9 @@ class ScanData:
         when the scan was read with ``lazy=True``.
     angles_deg : ndarray of shape (n_projections,), float64
     energy_kev, distance_m, pixel_size_m : float
+        Photon energy (keV), effective (plane-wave equivalent) distance and pixel size (m).
+    magnification : float
+        Cone-beam magnification ``(z₁ + z₂) / z₁``; 1 for a plane-wave file.
     cor_px : float or None
         Rotation-axis offset from ``(cols - 1) / 2`` in pixels, when the file has it
         (None: estimate it).
@@ -75,6 +80,7 @@ class ScanData:
     delta_beta: float | None = None
     source: str = ""
     cor_guess_px: float | None = None
+    magnification: float = 1.0
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -153,6 +159,42 @@ def _magnitude(quantity, unit: str, what: str, path: str) -> float:
     if not np.isfinite(value) or value <= 0:
         raise ScanFileError(f"{path}: {what} must be a positive number, got {value}")
     return value
+
+
+def _geometry(nx, path: str) -> dict[str, float]:
+    """Effective distance and pixel size, and the magnification, of an NXtomo entry.
+
+    ``sample/propagation_distance`` and ``sample/x_pixel_size`` are effective values and win
+    when present. Otherwise, with ``instrument/source/distance`` (z₁) the beam is a cone: the
+    detector's distance (z₂) and pixel size are scaled by ``M = (z₁ + z₂) / z₁`` (Fresnel
+    scaling); without it they are taken as they are (plane wave, M = 1). Distances count by
+    magnitude (NeXus writes the source distance as negative).
+    """
+    from holostream.workers.physics import fresnel_scaling
+
+    det, sample = nx.instrument.detector, nx.sample
+    z1 = nx.instrument.source.distance
+    z2 = _magnitude(_absolute(det.distance), "m", "sample-detector distance", path)
+    if z1 is not None:
+        z1 = _magnitude(_absolute(z1), "m", "source-sample distance", path)
+        pixel = _magnitude(det.x_pixel_size, "m", "detector x pixel size", path)
+        magnification, distance, pixel_size = fresnel_scaling(z1, z2, pixel)
+    else:
+        magnification, distance = 1.0, z2
+        pixel_size = None if det.x_pixel_size is None else _magnitude(
+            det.x_pixel_size, "m", "detector x pixel size", path)
+    if sample.propagation_distance is not None:
+        distance = _magnitude(_absolute(sample.propagation_distance), "m", "propagation distance", path)
+    if sample.x_pixel_size is not None:
+        pixel_size = _magnitude(sample.x_pixel_size, "m", "sample x pixel size", path)
+    if pixel_size is None:
+        raise ScanFileError(f"{path}: no x pixel size in the file")
+    return {"distance_m": distance, "pixel_size_m": pixel_size, "magnification": magnification}
+
+
+def _absolute(quantity):
+    """``|quantity|`` keeping its unit (None stays None)."""
+    return None if quantity is None else abs(quantity)
 
 
 def _split_flats(flat_pos: np.ndarray, proj_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -236,11 +278,9 @@ def read_scan(path: str, entry: str | None = None, lazy: bool = False) -> ScanDa
         before, after = _split_flats(flat_pos, proj_pos)
         if before.size == 0:  # only flats after the scan: use them as the one reference
             before, after = after, after[:0]
-        pixel = nx.sample.x_pixel_size if nx.sample.x_pixel_size is not None else det.x_pixel_size
         geometry = dict(
             energy_kev=_magnitude(nx.instrument.beam.incident_energy, "keV", "energy", path),
-            distance_m=_magnitude(det.distance, "m", "sample-detector distance", path),
-            pixel_size_m=_magnitude(pixel, "m", "x pixel size", path),
+            **_geometry(nx, path),
         )
         scan = ScanData(
             darks=_read_frames(data, dark_pos),
@@ -292,14 +332,17 @@ def _stored_delta_beta(group: h5py.Group) -> float | None:
 
 
 def write_scan(path: str, scan, entry: str = "entry", delta_beta: float | None = None,
-               write_cor: bool = True) -> None:
+               write_cor: bool = True, magnification: float = 1.0) -> None:
     """Write a :class:`~holostream.workers.simulate.SimulatedScan` as an NXtomo file.
 
     Frames go in acquisition order: darks, flats, projections, flats after. Energy is
     written in keV, distance and pixel sizes in metres, angles in degrees, the axis offset
     as ``x_rotation_axis_pixel_position``; δ/β (``delta_beta`` or the scan's own) in
     ``<entry>/holostream/delta_beta``. With ``write_cor=False`` the axis position is left
-    out (a reader then estimates it). An existing file is replaced.
+    out (a reader then estimates it). With ``magnification`` M > 1 the geometry is written
+    as a cone beam with those effective values, as nxtomomill writes ID16 scans: source
+    distance ``-z₁`` (NeXus sign), detector distance ``z₂ = M·distance``, detector pixel
+    ``M·pixel``, and no ``sample/x_pixel_size``. An existing file is replaced.
     """
     import pint
     from nxtomo import NXtomo
@@ -320,9 +363,17 @@ def write_scan(path: str, scan, entry: str = "entry", delta_beta: float | None =
                              for f, _, a in parts])
     nx.sample.rotation_angle = angles * units.degree
     nx.instrument.beam.incident_energy = g.energy_kev * units.keV
-    det.distance = g.distance_m * units.meter
-    det.x_pixel_size = det.y_pixel_size = g.pixel_size_m * units.meter
-    nx.sample.x_pixel_size = nx.sample.y_pixel_size = g.pixel_size_m * units.meter
+    if not magnification >= 1.0:
+        raise ValueError(f"magnification must be >= 1, got {magnification}")
+    if magnification > 1.0:
+        z2 = magnification * g.distance_m
+        nx.instrument.source.distance = -(z2 / (magnification - 1.0)) * units.meter
+        det.distance = z2 * units.meter
+        det.x_pixel_size = det.y_pixel_size = magnification * g.pixel_size_m * units.meter
+    else:
+        det.distance = g.distance_m * units.meter
+        det.x_pixel_size = det.y_pixel_size = g.pixel_size_m * units.meter
+        nx.sample.x_pixel_size = nx.sample.y_pixel_size = g.pixel_size_m * units.meter
     if write_cor:
         det.x_rotation_axis_pixel_position = float(g.cor_px)
     nx.title = "holostream simulated scan"

@@ -150,3 +150,29 @@ def test_centre_estimated_when_the_file_has_none_and_ring_filter_chosen(tmp_path
         assert f["volume"].attrs["ring_filter"] == "sorting"
     proc = holostream("reconstruct", scan_file, "-o", out, "--quiet", "--ring-filter", "wavelet")
     assert proc.returncode == 2 and "ring_filter" in proc.stderr and "sorting" in proc.stderr
+
+
+def test_cone_beam_file_reconstructs_with_effective_geometry(tmp_path):
+    # A file written as a cone beam (M = 40, as nxtomomill writes ID16 scans) is read back as
+    # the same effective geometry, and the volume records it with its magnification;
+    # sample/propagation_distance, when present, wins.
+    scan_file, out = tmp_path / "cone.nx", tmp_path / "vol.h5"
+    proc = holostream("simulate", "-o", scan_file, "--size", 32, "--projections", 24,
+                      "--magnification", 40, "--seed", 2)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(scan_file, "r") as f:
+        assert f["entry/instrument/source/distance"][()] < 0
+        assert f["entry/instrument/detector/distance"][()] == pytest.approx(2.0)
+        assert "x_pixel_size" not in f["entry/sample"]
+    scan = read_scan(str(scan_file))
+    assert scan.magnification == pytest.approx(40.0)
+    assert (scan.distance_m, scan.pixel_size_m) == pytest.approx((0.05, 1e-6))
+    proc = holostream("reconstruct", scan_file, "-o", out, "--quiet", "--cor-px", 0)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(out, "r") as f:
+        attrs = f["volume"].attrs
+        assert attrs["magnification"] == pytest.approx(40.0)
+        assert (attrs["distance_m"], attrs["pixel_size_m"]) == pytest.approx((0.05, 1e-6))
+    with h5py.File(scan_file, "a") as f:
+        f["entry/sample"].create_dataset("propagation_distance", data=0.07).attrs["units"] = "m"
+    assert read_scan(str(scan_file)).distance_m == pytest.approx(0.07)
