@@ -84,14 +84,15 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
 
     Returns
     -------
-    volume : ndarray of shape (rows // b, cols // b, cols // b), float32
-        δ per voxel, ``[z, y, x]``.
+    volume : ndarray of shape (rows // b, n, n), float32
+        δ per voxel, ``[z, y, x]``; ``n = cols // b``, or for a half-acquisition scan
+        (:mod:`holostream.workers.halfacq`) the width of the disc its rotation sweeps.
     attrs : dict
         Every parameter of the reconstruction (for :func:`holostream.service.files.volume.write_volume`),
         with ``cor_px``, ``cor_source`` (``"given"`` or ``"estimated"``) and, when estimated,
         ``cor_confidence``.
     """
-    from holostream.workers import phasing
+    from holostream.workers import halfacq, phasing
     from holostream.workers.fbp import VolumeAccumulator
     from holostream.workers.flatfield import average_frames
     from holostream.workers.pipeline import ProjectionPipeline, plan_groups
@@ -119,8 +120,14 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
         scan.n_projections, settings.angle_binning, scan.angles_deg)
     rows_b, cols_b = pipeline.binned_shape
     center = pipeline.center_px(cor_px)
+    # 360° with the axis near an edge: the whole disc the rotation sweeps, each projection
+    # weighted so that the rays seen twice count once (workers/halfacq.py)
+    half = halfacq.is_half_acquisition(scan.angles_deg, cols_b, center) or bool(
+        getattr(scan, "half_acquisition", False))
+    n = halfacq.volume_width(cols_b, center) if half else cols_b
+    column_weights = backend.asarray(halfacq.detector_weights(cols_b, center)) if half else None
     # every angle is known up front, so nothing is reweighted: keep no filtered projections
-    accumulator = VolumeAccumulator((rows_b, cols_b, cols_b), center, backend, keep_filtered=False)
+    accumulator = VolumeAccumulator((rows_b, n, n), center, backend, keep_filtered=False)
     def deltas(chunk):
         return pipeline.delta_from_transmission(pipeline.transmissions(
             [scan.projections[g.start : g.stop] for g in chunk],
@@ -137,7 +144,7 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
     for start in range(0, len(groups), batch):
         chunk = groups[start : start + batch]
         delta = deltas(chunk) if whole is None else whole[start : start + batch]
-        filtered = pipeline.ramp(delta)
+        filtered = pipeline.ramp(delta if column_weights is None else delta * column_weights)
         for j in range(len(chunk)):
             g = start + j
             accumulator.add(g, filtered[j], math.radians(group_angles_deg[g]), weights[g])
@@ -154,6 +161,7 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
         "filter": settings.filter,
         "pad_mode": settings.pad_mode,
         "ring_filter": settings.ring_filter,
+        "half_acquisition": half,
         "cor_px": float(cor_px),
         "cor_source": cor_source,
         "cor_confidence": cor_confidence,

@@ -57,6 +57,8 @@ class ScanData:
         Photon energy (keV), effective (plane-wave equivalent) distance and pixel size (m).
     magnification : float
         Cone-beam magnification ``(z₁ + z₂) / z₁``; 1 for a plane-wave file.
+    half_acquisition : bool
+        The file's ``instrument/detector/half_acquisition`` (a 360° offset-axis scan).
     cor_px : float or None
         Rotation-axis offset from ``(cols - 1) / 2`` in pixels, when the file has it
         (None: estimate it).
@@ -81,6 +83,7 @@ class ScanData:
     source: str = ""
     cor_guess_px: float | None = None
     magnification: float = 1.0
+    half_acquisition: bool = False
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -292,6 +295,7 @@ def read_scan(path: str, entry: str | None = None, lazy: bool = False) -> ScanDa
             cor_px=_optional_float(det.x_rotation_axis_pixel_position),
             # read directly: nxtomo's accessor is deprecated (and warns on every read)
             cor_guess_px=_optional_float(_dataset_value(f[entry], "instrument/detector/estimated_cor_from_motor")),
+            half_acquisition=bool(det.half_acquisition),
             delta_beta=_stored_delta_beta(f[entry]),
             source=f"{path}::{entry}",
             **geometry,
