@@ -240,7 +240,7 @@ class Daemon:
         """Publish a live volume when due, or the final one once every result is in."""
         if state.complete is None:
             if state.live_due(now):
-                volume = state.live_volume()
+                volume = state.live_volume(self.backend)
                 if volume is not None:
                     self._send(state, volume, final=False)
             return
@@ -345,10 +345,27 @@ class Daemon:
                 "set": self._set, "abort": self._abort, "republish": self._republish}
 
     def _set(self, request: dict[str, Any]) -> dict[str, Any]:
-        self.settings = self.settings.merged(request["params"])  # SettingsError is a refusal
-        self.channels.commands.put({"type": "settings", "settings": self.settings.to_dict()})
-        log.info("settings changed from the next scan on: %s", request["params"])
-        return {"settings": self.settings.to_dict(), "applies": "from the next scan"}
+        params = dict(request["params"])
+        reply: dict[str, Any] = {}
+        if "cor_px" in params:  # the current scan's axis, from its next volume on
+            cor_px = params.pop("cor_px")
+            open_scans = [s for s in self.scans.values() if s.complete is None]
+            if not open_scans:
+                raise ControlError("cor_px applies to the scan being reconstructed, and there is none")
+            try:
+                open_scans[-1].centre.set_by_operator(cor_px)
+            except ValueError as err:
+                raise ControlError(str(err)) from None
+            log.info("scan %s: centre of rotation set by the operator to %+.2f px",
+                     open_scans[-1].scan_id, open_scans[-1].centre.cor_px)
+            reply.update(scan_id=open_scans[-1].scan_id, cor_px=open_scans[-1].centre.cor_px,
+                         cor_applies="from the current scan's next volume")
+        if params:
+            self.settings = self.settings.merged(params)  # SettingsError is a refusal
+            self.channels.commands.put({"type": "settings", "settings": self.settings.to_dict()})
+            log.info("settings changed from the next scan on: %s", params)
+            reply.update(applies="from the next scan")
+        return {"settings": self.settings.to_dict(), **reply}
 
     def _abort(self, request: dict[str, Any]) -> dict[str, Any]:
         open_ids = [s.scan["scan_id"] for s in self.scans.values() if s.complete is None]
@@ -376,6 +393,8 @@ class Daemon:
             "scan_seq": current.seq if current else None,
             "n_projections_used": current.n_used if current else None,
             "n_projections_expected": current.scan["n_projections"] if current else None,
+            # the current scan's axis: cor_px, cor_source, cor_confidence (when estimated)
+            "centre": current.centre.fields() if current else None,
             "frames_received": self.stats.get("received", 0),
             "frames_rejected": self.stats.get("rejected", self.counters["rejected"]),
             "frames_dropped": self.stats.get("dropped", 0),
