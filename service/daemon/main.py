@@ -33,6 +33,7 @@ from holostream.service.daemon.reconstructor import record_unreported
 from holostream.service.daemon.volumes import LiveScan
 from holostream.service.files.volume import save_volume_h5
 from holostream.shared.scanbuffers import sweep
+from holostream.shared.settings import RING_FILTERS
 from holostream.workers.backend import get_backend
 from holostream.workers.memory import DeviceBudget
 
@@ -341,7 +342,8 @@ class Daemon:
     def _handlers(self) -> dict[str, Any]:
         return {"status": lambda req: {"status": self.status()},
                 "config": lambda req: {"config": {**self.config.to_dict(),
-                                                  "reconstruction": self.settings.to_dict()}},
+                                                  "reconstruction": self.settings.to_dict()},
+                                       "ring_filters": list(RING_FILTERS)},
                 "set": self._set, "abort": self._abort, "republish": self._republish}
 
     def _set(self, request: dict[str, Any]) -> dict[str, Any]:

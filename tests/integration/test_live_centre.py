@@ -88,3 +88,4 @@ def test_operator_sets_the_centre_of_the_current_scan(daemon, subscriber, offset
     assert "cor_confidence" not in header
     bad = daemon.ask({"cmd": "set", "params": {"cor_px": 1.0}})  # no scan open any more
     assert not bad["ok"] and "no" in bad["error"]
+    assert daemon.ask({"cmd": "config"})["ring_filters"] == ["none", "sorting"]
