@@ -85,6 +85,9 @@ class ProjectionPipeline:
         Mean flat after the scan; then ``n_projections`` is needed to interpolate.
     n_projections : int, optional
         Projections in the scan (acquisition order of the indices).
+    column_weights : array of shape (cols_b,), optional
+        Weights of the detector columns applied to the δ projections before the ramp filter
+        (a 360° offset-axis scan: :func:`holostream.workers.halfacq.detector_weights`).
 
     Attributes
     ----------
@@ -97,7 +100,7 @@ class ProjectionPipeline:
     def __init__(self, raw_shape, dark, flat, *, binning: int, chain, filter: str,
                  energy_kev: float, distance_m: float, pixel_size_m: float, delta_beta: float,
                  backend: Backend, pad_mode: str = "edge", flat_after=None,
-                 n_projections: int | None = None):
+                 n_projections: int | None = None, column_weights=None):
         rows, cols = (int(n) for n in raw_shape)
         b = int(binning)
         if not 1 <= b <= min(rows, cols):
@@ -117,6 +120,12 @@ class ProjectionPipeline:
             delta_beta, backend, pad_mode,
         )
         self.ramp = RampFilter(self.binned_shape[1], backend, window=filter)
+        self.column_weights = None
+        if column_weights is not None:
+            if np.shape(column_weights) != (self.binned_shape[1],):
+                raise ValueError(f"column_weights: expected ({self.binned_shape[1]},), got "
+                                 f"{np.shape(column_weights)}")
+            self.column_weights = backend.asarray(column_weights, dtype=backend.xp.float32)
 
     def center_px(self, cor_px: float) -> float:
         """Axis offset in binned pixels from ``(cols_b - 1) / 2`` for ``cor_px`` unbinned."""
@@ -191,7 +200,10 @@ class ProjectionPipeline:
         array of shape (n, rows_b, cols_b) (or (rows_b, cols_b) for one), float32, on the backend
             Ramp-filtered ``∫δ dl / voxel_size_m``, ready for back-projection.
         """
-        return self.ramp(self.delta_from_transmission(stack))
+        delta = self.delta_from_transmission(stack)
+        if self.column_weights is not None:
+            delta *= self.column_weights
+        return self.ramp(delta)
 
     def delta_from_transmission(self, stack):
         """Projected δ (before the ramp filter) of a stack of binned transmissions.

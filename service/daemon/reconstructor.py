@@ -63,7 +63,8 @@ class ScanReconstruction:
         settings = ReconstructionSettings.from_dict(message["settings"])
         self.buffers = ScanBuffers.attach(message["buffers"])
         try:
-            self.pipeline = build_pipeline(self.scan, settings, self.buffers, backend)
+            self.pipeline = build_pipeline(self.scan, settings, self.buffers, backend,
+                                           bool(message.get("half_acquisition")))
             self.shared_volume = self.buffers.volume[0]
             # groups back-projected since the last commit: float32 (nz, n, n) on the device
             self.accumulator = backend.xp.zeros(self.shared_volume.shape, dtype=np.float32)

@@ -235,6 +235,9 @@ class LiveScan:
         header = volume_header(self.scan, self.settings, scan_seq=self.seq, seq=self.volume_seq,
                                final=final, n_used=self.n_used, shape=volume.shape)
         header.update(self.centre.fields())
+        # the volume is wider than the binned detector only for a 360° offset-axis scan
+        header["half_acquisition"] = volume.shape[-1] != int(self.scan["shape"][1]) // int(
+            self.settings["binning"])
         self.volume_seq += 1
         return header
 

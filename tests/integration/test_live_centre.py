@@ -89,3 +89,25 @@ def test_operator_sets_the_centre_of_the_current_scan(daemon, subscriber, offset
     bad = daemon.ask({"cmd": "set", "params": {"cor_px": 1.0}})  # no scan open any more
     assert not bad["ok"] and "no" in bad["error"]
     assert daemon.ask({"cmd": "config"})["ring_filters"] == ["none", "sorting"]
+
+
+def test_offset_axis_scan_live_covers_the_whole_disc(daemon, subscriber):
+    # 360°, axis 20 px right of the middle of 64 columns, given: the live volume spans the
+    # disc (2·⌈52⌉ = 104 voxels) and the final one is the offline reconstruction.
+    from holostream.workers.phantom import random_phantom
+    from holostream.workers.simulate import simulate_scan
+
+    phantom = random_phantom(8, radius_m=40e-6, height_m=60e-6, n_objects=10, size_range=(0.1, 0.3))
+    scan = simulate_scan(phantom, angles_deg=np.linspace(0, 360, 120, endpoint=False), rows=16,
+                         cols=64, cor_px=20.0, binning=None, n_darks=2, n_flats=4, seed=6)
+    data = scan_data_from_simulation(scan)
+    thread, errors = _stream(daemon.ingest, data, "half_acq", 60.0)
+    volumes = subscriber.volumes_until_final("half_acq", timeout_s=60)
+    thread.join(30)
+    assert not errors
+    header, final = volumes[-1]
+    assert header["half_acquisition"] and header["shape"] == [16, 104, 104]
+    offline, attrs = reconstruct_scan(data, ReconstructionSettings(), 200.0, 20.0,
+                                      get_backend("cpu", threads=1))
+    assert attrs["half_acquisition"]
+    np.testing.assert_allclose(final, offline, rtol=0, atol=2e-5 * float(np.abs(offline).max()))
