@@ -23,7 +23,6 @@ from holostream.workers import fbp
 from holostream.workers.backend import Backend
 from holostream.workers.binning import binned_center_px
 from holostream.workers.cor import CorPlan
-from holostream.workers.halfacq import detector_weights, is_half_acquisition, volume_width
 
 log = logging.getLogger(__name__)
 
@@ -158,29 +157,3 @@ def recentred_volume(sinogram: np.ndarray, groups: dict[int, tuple[float, float,
                         center_px, backend)
     return backend.to_host(volume) * np.float32(math.pi / weights.sum())
 
-
-def half_acquisition(scan, binning: int) -> tuple[int, np.ndarray] | None:
-    """A live 360° offset-axis scan's volume width and detector weights, or None (ingest).
-
-    Only a scan that gives its axis (``cor_px``) and announces its angles qualifies: the
-    volume is allocated at ``scan_start``, before any estimate could be made.
-
-    Parameters
-    ----------
-    scan : ScanInfo
-    binning : int
-
-    Returns
-    -------
-    (volume_width, weights) : (int, ndarray of shape (cols_b,), float32) or None
-        See :mod:`holostream.workers.halfacq`.
-    """
-    angles = scan.all_angles_deg()
-    if scan.cor_px is None or angles is None:
-        return None
-    cols = int(scan.shape[1])
-    cols_b = cols // int(binning)
-    center = binned_center_px(cols, int(binning), scan.cor_px)
-    if not is_half_acquisition(angles, cols_b, center):
-        return None
-    return volume_width(cols_b, center), detector_weights(cols_b, center)

@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from holostream.service.daemon.centre import half_acquisition
 from holostream.shared.messages import Frame, ProtocolError, ScanInfo
 from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers, layout
 from holostream.shared.settings import ReconstructionSettings
+from holostream.workers.binning import binned_center_px
+from holostream.workers.halfacq import detector_weights, is_half_acquisition, volume_width
 from holostream.workers.pipeline import plan_groups
 
 log = logging.getLogger(__name__)
@@ -353,3 +354,30 @@ def open_scan(seq: int, info: ScanInfo, settings: ReconstructionSettings, prefix
     if info.n_darks == 0 and info.n_flats == 0:
         scan.complete_reference()
     return scan
+
+
+def half_acquisition(scan, binning: int) -> tuple[int, np.ndarray] | None:
+    """A live 360° offset-axis scan's volume width and detector weights, or None.
+
+    Only a scan that gives its axis (``cor_px``) and announces its angles qualifies: the
+    volume is allocated at ``scan_start``, before any estimate could be made.
+
+    Parameters
+    ----------
+    scan : ScanInfo
+    binning : int
+
+    Returns
+    -------
+    (volume_width, weights) : (int, ndarray of shape (cols_b,), float32) or None
+        See :mod:`holostream.workers.halfacq`.
+    """
+    angles = scan.all_angles_deg()
+    if scan.cor_px is None or angles is None:
+        return None
+    cols = int(scan.shape[1])
+    cols_b = cols // int(binning)
+    center = binned_center_px(cols, int(binning), scan.cor_px)
+    if not is_half_acquisition(angles, cols_b, center):
+        return None
+    return volume_width(cols_b, center), detector_weights(cols_b, center)
