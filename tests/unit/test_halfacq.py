@@ -60,3 +60,20 @@ def test_offset_axis_scan_reconstructs_the_whole_disc(cpu_backend):
     print(f"\nhalf-acquisition ({COLS} columns, axis +{OFFSET_PX:g}): corr {corr(volume):.4f}; "
           f"full detector of {n} columns: {corr(reference):.4f}")
     assert corr(volume) >= corr(reference) - 0.02
+
+
+def test_live_scan_recognised_from_its_announcement():
+    from holostream.service.daemon.scan import half_acquisition
+    from holostream.shared.messages import ScanInfo
+    from holostream.shared.scanbuffers import layout
+
+    start = dict(scan_id="s", shape=[8, COLS], dtype="uint16", n_darks=1, n_flats=1, n_projections=90,
+                 angle_start_deg=0.0, angle_step_deg=4.0, energy_kev=17.5, distance_m=0.05,
+                 pixel_size_m=1e-6, delta_beta=200.0, cor_px=OFFSET_PX)
+    width, weights = half_acquisition(ScanInfo.from_dict(start), 1)
+    assert width == volume_width(COLS, OFFSET_PX) and weights.shape == (COLS,)
+    assert half_acquisition(ScanInfo.from_dict({**start, "angle_step_deg": 2.0}), 1) is None  # 180°
+    no_axis = {k: v for k, v in start.items() if k != "cor_px"}
+    assert half_acquisition(ScanInfo.from_dict(no_axis), 1) is None  # allocated before any estimate
+    parts = layout((8, COLS), "uint16", 4, 90, (8, COLS), 2, volume_width=width)
+    assert parts["volume"].shape == (2, 8, width, width) and parts["sinogram"].shape == (90, 8, COLS)
