@@ -28,6 +28,8 @@ import numpy as np
 from holostream.shared.messages import Frame, ProtocolError, ScanInfo
 from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers, layout
 from holostream.shared.settings import ReconstructionSettings
+from holostream.workers.binning import binned_center_px
+from holostream.workers.halfacq import detector_weights, is_half_acquisition, volume_width
 from holostream.workers.pipeline import plan_groups
 
 log = logging.getLogger(__name__)
@@ -95,9 +97,11 @@ class OpenScan:
         self.error: str | None = None
         # What every task repeats, built once. Workers need the scan's geometry, not a list
         # of 100 000 angles in every task.
+        # (a 360° offset-axis scan is recognised from its angles here, once, and says so)
         self.task_base = {"type": "group", "scan_seq": seq,
                           "scan": {k: v for k, v in info.to_dict().items() if k != "angles_deg"},
-                          "settings": settings.to_dict(), "buffers": buffers.description()}
+                          "settings": settings.to_dict(), "buffers": buffers.description(),
+                          "half_acquisition": half_acquisition(info, settings.binning) is not None}
 
     # ---- state -------------------------------------------------------------------------
     @property
@@ -334,8 +338,9 @@ def open_scan(seq: int, info: ScanInfo, settings: ReconstructionSettings, prefix
     except ValueError as exc:
         raise ProtocolError(f"scan_start {info.scan_id}: {exc}", "bad_field") from exc
     n_slots = max(min(ring_slots, info.n_projections), max(len(g) for g in groups))
+    half = half_acquisition(info, b)  # a 360° offset-axis scan: the whole disc
     specs = layout(info.shape, info.dtype, n_slots, len(groups), (rows // b, cols // b), n_partials,
-                   binned=split)
+                   binned=split, volume_width=None if half is None else half[0])
     try:
         buffers = ScanBuffers.create(f"{prefix}_{seq}", specs)
     except (MemoryError, FileExistsError) as exc:
@@ -351,3 +356,30 @@ def open_scan(seq: int, info: ScanInfo, settings: ReconstructionSettings, prefix
     if info.n_darks == 0 and info.n_flats == 0:
         scan.complete_reference()
     return scan
+
+
+def half_acquisition(scan, binning: int) -> tuple[int, np.ndarray] | None:
+    """A live 360° offset-axis scan's volume width and detector weights, or None.
+
+    Only a scan that gives its axis (``cor_px``) and announces its angles qualifies: the
+    volume is allocated at ``scan_start``, before any estimate could be made.
+
+    Parameters
+    ----------
+    scan : ScanInfo
+    binning : int
+
+    Returns
+    -------
+    (volume_width, weights) : (int, ndarray of shape (cols_b,), float32) or None
+        See :mod:`holostream.workers.halfacq`.
+    """
+    angles = scan.all_angles_deg()
+    if scan.cor_px is None or angles is None:
+        return None
+    cols = int(scan.shape[1])
+    cols_b = cols // int(binning)
+    center = binned_center_px(cols, int(binning), scan.cor_px)
+    if not is_half_acquisition(angles, cols_b, center):
+        return None
+    return volume_width(cols_b, center), detector_weights(cols_b, center)

@@ -29,7 +29,7 @@ import zmq.asyncio
 from aiohttp import WSMsgType, web
 
 from holostream import __version__
-from holostream.service.clients.subscriber import DEFAULT_PUBLISH, MessageError, decode
+from holostream.service.clients.subscriber import MessageError, decode
 from holostream.service.view.state import AXES, ViewState, cut, scan_key
 from holostream.service.view.wire import dumps, pack
 
