@@ -14,6 +14,9 @@ where ``q_i`` is projection ``i`` convolved with the discrete ramp kernel of Kak
 weights of :func:`angle_weights`. For a sinogram of projected δ in pixel units
 (``∫δ dl / pixel``) the result is δ per voxel; a disk of value 1 reconstructs to 1.
 
+The back-projection itself is :func:`holostream.workers.backprojection.backproject` (a
+compiled multi-threaded kernel on CPU), re-exported here.
+
 :class:`VolumeAccumulator` keeps ``Σ w_i BP(q_i)`` and ``Σ w_i``, so ``data · π / Σ w_i`` is a
 correctly scaled partial volume at any moment.
 """
@@ -21,23 +24,15 @@ correctly scaled partial volume at any moment.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from holostream.workers.backend import Backend
+from holostream.workers.backprojection import backproject
 from holostream.workers.padding import smooth_size
 
 #: Angles closer than this modulo π (rad) count as the same direction.
 ANGLE_TOLERANCE_RAD = 1e-7
-
-#: Elements of one back-projection work item (z-slab × pixels); ~1 MiB float32 temporaries
-#: stay in a core's cache, which was measured faster than whole-volume passes.
-_SLAB_ELEMENTS = 1 << 18
-
-#: Below this many voxel updates (angles × voxels) per call, starting threads costs more
-#: than it saves (measured: 1 angle of 64×128² took 1.2 ms alone, 3.3 ms with a 2-thread pool).
-_THREADING_MIN_UPDATES = 1 << 22
 
 #: Projections filtered or back-projected per batch: bounds the memory of filtered copies.
 _BATCH_ANGLES = 32
@@ -166,101 +161,6 @@ class RampFilter:
         spectrum *= self.response
         filtered = self.backend.irfft(spectrum, n=self.n_pad)
         return xp.ascontiguousarray(filtered[..., self.left : self.left + self.n_cols], dtype=xp.float32)
-
-
-def _detector_positions(xp, n: int, cols: int, angle_rad: float, c0: float):
-    """Table index and fraction of ``u(x, y)`` for the ``n × n`` grid, flattened.
-
-    The returned index ``j`` points into a row padded with one zero on the left and two
-    on the right (table column ``j`` ↔ detector column ``j - 1``); positions outside
-    the detector are clipped onto the zeros, so interpolation gives 0 there.
-    """
-    coords = xp.arange(n, dtype=xp.float32) - xp.float32((n - 1) / 2)
-    u = (coords[None, :] * xp.float32(math.cos(angle_rad))
-         + (coords[:, None] * xp.float32(math.sin(angle_rad)) + xp.float32(c0)))
-    u = xp.clip(u, -1.0, float(cols), out=u).ravel()
-    floor = xp.floor(u)
-    frac = u - floor
-    index = floor.astype(xp.intp)
-    index += 1
-    return index, frac
-
-
-def _slabs(nz: int, n_pixels: int, threads: int) -> list[slice]:
-    """z-ranges small enough to stay in cache, and at least one per thread."""
-    rows = max(1, min(_SLAB_ELEMENTS // max(n_pixels, 1), -(-nz // max(threads, 1))))
-    return [slice(z, min(z + rows, nz)) for z in range(0, nz, rows)]
-
-
-def backproject(volume, filtered, angles_rad, weights, center_px: float, backend: Backend) -> None:
-    """Add weighted back-projections of filtered projections into ``volume`` (in place).
-
-    ``volume[z, y, x] += Σ_i weights[i] · filtered[i][z, u_i(x, y)]`` with
-    ``u_i = (cols - 1)/2 + center_px + x cos θ_i + y sin θ_i``, linear interpolation
-    between detector columns and 0 outside the detector. The same ``u_i`` serves every
-    row z, so it is computed once per angle; the z-rows are processed in cache-sized
-    slabs, in parallel threads on CPU (``backend.threads``) when the call is large enough
-    to pay for starting them.
-
-    Parameters
-    ----------
-    volume : array of shape (nz, n, n), float32, C-contiguous
-        Accumulator, modified in place.
-    filtered : array of shape (b, nz, cols) or (nz, cols)
-        Ramp-filtered projections (:class:`RampFilter`).
-    angles_rad : array_like of shape (b,) or scalar
-        Projection angles, radians.
-    weights : array_like of shape (b,) or scalar
-        Angle weights (:func:`angle_weights`), radians.
-    center_px : float
-        Rotation-axis offset from ``(cols - 1)/2``, in the pixels of ``filtered``.
-    backend : Backend
-        Namespace of ``volume`` and ``filtered``.
-    """
-    xp = backend.xp
-    filtered = xp.asarray(filtered, dtype=xp.float32)
-    if filtered.ndim == 2:
-        filtered = filtered[None]
-    angles = np.atleast_1d(np.asarray(angles_rad, dtype=np.float64))
-    weights = np.atleast_1d(np.asarray(weights, dtype=np.float64))
-    if volume.ndim != 3 or volume.shape[1] != volume.shape[2] or volume.dtype != np.float32:
-        raise ValueError(f"volume must be float32 (nz, n, n), got {volume.dtype} {volume.shape}")
-    if not volume.flags.c_contiguous:
-        raise ValueError("volume must be C-contiguous (it is updated through a flat view)")
-    if filtered.ndim != 3 or filtered.shape[1] != volume.shape[0]:
-        raise ValueError(f"filtered shape: expected (b, {volume.shape[0]}, cols), got {filtered.shape}")
-    b, nz, cols = filtered.shape
-    if angles.shape != (b,) or weights.shape != (b,):
-        raise ValueError(f"angles and weights: expected {b} each, got {angles.size} and {weights.size}")
-    n = volume.shape[1]
-    c0 = (cols - 1) / 2 + float(center_px)
-    flat = volume.reshape(nz, n * n)
-    slabs = _slabs(nz, n * n, backend.threads)
-
-    def add_slab(zs, table, slope, index, frac):
-        value = xp.take(slope[zs], index, axis=1)
-        value *= frac
-        value += xp.take(table[zs], index, axis=1)
-        flat[zs] += value
-
-    threaded = backend.threads > 1 and len(slabs) > 1 and b * nz * n * n >= _THREADING_MIN_UPDATES
-    pool = ThreadPoolExecutor(backend.threads) if threaded else None
-    try:
-        for i in range(b):
-            if weights[i] == 0.0:
-                continue
-            index, frac = _detector_positions(xp, n, cols, angles[i], c0)
-            table = xp.zeros((nz, cols + 3), dtype=xp.float32)
-            table[:, 1 : cols + 1] = filtered[i] * xp.float32(weights[i])
-            slope = table[:, 1:] - table[:, :-1]
-            if pool is None:
-                for zs in slabs:
-                    add_slab(zs, table, slope, index, frac)
-            else:
-                list(pool.map(lambda zs: add_slab(zs, table, slope, index, frac), slabs))
-    finally:
-        if pool is not None:
-            pool.shutdown()
 
 
 def reweight(volume, filtered_of, angles_rad, old_weights, new_weights, center_px: float,
