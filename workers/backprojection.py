@@ -1,9 +1,10 @@
 """Back-projection for FBP: the compiled CPU kernel, and the array-operation reference.
 
 :func:`backproject` is the one entry point (:mod:`holostream.workers.fbp` re-exports it). On
-CPU it runs the multi-threaded kernel of :mod:`holostream.workers.backprojection_numba`; on
-GPU (and with ``reference=True``) it runs :func:`backproject_reference`, which expresses the
-same arithmetic as whole-array operations of the backend's namespace (numpy or cupy) and is
+CPU it runs the multi-threaded kernel of :mod:`holostream.workers.backprojection_numba`, on
+GPU the one-launch kernel of :mod:`holostream.workers.backprojection_cuda` (when numba-cuda
+is installed). :func:`backproject_reference` (also with ``reference=True``) expresses the
+same arithmetic as whole-array operations of the backend's namespace (numpy or cupy); it is
 the reference the kernels are tested against.
 
 Geometry (PROTOCOL.md): a point at ``(x, y)`` pixels from the rotation axis projects at angle
@@ -77,7 +78,8 @@ def backproject(volume, filtered, angles_rad, weights, center_px: float, backend
     backend : Backend
         Namespace of ``volume`` and ``filtered``; on CPU, ``backend.threads`` threads.
     reference : bool
-        Use the array-operation reference on CPU too (for tests and comparisons).
+        Use the array-operation reference instead of the compiled kernels (for tests and
+        comparisons).
     """
     xp = backend.xp
     filtered = xp.asarray(filtered, dtype=xp.float32)
@@ -95,12 +97,29 @@ def backproject(volume, filtered, angles_rad, weights, center_px: float, backend
     if angles.shape != (b,) or weights.shape != (b,):
         raise ValueError(f"angles and weights: expected {b} each, got {angles.size} and {weights.size}")
     c0 = (cols - 1) / 2 + float(center_px)
-    if backend.name == "cpu" and not reference:
+    if reference:
+        backproject_reference(volume, filtered, angles, weights, c0, backend)
+    elif backend.name == "cpu":
         from holostream.workers.backprojection_numba import backproject_numba
 
         backproject_numba(volume, filtered, angles, weights, c0, backend.threads)
+    elif (kernel := _cuda_kernel()) is not None:
+        kernel(volume, xp.ascontiguousarray(filtered), angles, weights, c0)
     else:
         backproject_reference(volume, filtered, angles, weights, c0, backend)
+
+
+def _cuda_kernel():
+    """The numba-cuda back-projector, or None where numba-cuda is not installed.
+
+    The ``gpu`` extra installs it; without it the GPU runs the array-operation reference,
+    which gives the same volume, more slowly.
+    """
+    try:
+        from holostream.workers.backprojection_cuda import backproject_cuda
+    except ImportError:
+        return None
+    return backproject_cuda
 
 
 def backproject_reference(volume, filtered, angles, weights, c0: float, backend: Backend) -> None:
