@@ -97,29 +97,30 @@ def backproject(volume, filtered, angles_rad, weights, center_px: float, backend
     if angles.shape != (b,) or weights.shape != (b,):
         raise ValueError(f"angles and weights: expected {b} each, got {angles.size} and {weights.size}")
     c0 = (cols - 1) / 2 + float(center_px)
-    if reference:
+    kernel = None if reference else _kernel(backend.name)
+    if kernel is None:
         backproject_reference(volume, filtered, angles, weights, c0, backend)
     elif backend.name == "cpu":
-        from holostream.workers.backprojection_numba import backproject_numba
-
-        backproject_numba(volume, filtered, angles, weights, c0, backend.threads)
-    elif (kernel := _cuda_kernel()) is not None:
-        kernel(volume, xp.ascontiguousarray(filtered), angles, weights, c0)
+        kernel(volume, filtered, angles, weights, c0, backend.threads)
     else:
-        backproject_reference(volume, filtered, angles, weights, c0, backend)
+        kernel(volume, xp.ascontiguousarray(filtered), angles, weights, c0)
 
 
-def _cuda_kernel():
-    """The numba-cuda back-projector, or None where numba-cuda is not installed.
+def _kernel(device: str):
+    """The compiled back-projector of ``device`` ("cpu", "gpu"), or None where it cannot import.
 
-    The ``gpu`` extra installs it; without it the GPU runs the array-operation reference,
-    which gives the same volume, more slowly.
+    numba is a dependency and numba-cuda comes with the ``gpu`` extra; an environment put
+    together by hand without them (e.g. a bare GPU machine given only some wheels) runs the
+    array-operation reference instead, which gives the same volume, more slowly.
     """
     try:
-        from holostream.workers.backprojection_cuda import backproject_cuda
+        if device == "cpu":
+            from holostream.workers.backprojection_numba import backproject_numba as kernel
+        else:
+            from holostream.workers.backprojection_cuda import backproject_cuda as kernel
     except ImportError:
         return None
-    return backproject_cuda
+    return kernel
 
 
 def backproject_reference(volume, filtered, angles, weights, c0: float, backend: Backend) -> None:
