@@ -17,10 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Presets: binned projection side, projections per volume, pixel/angle binning, iterations.
+#: Presets: binned projection side, binned projections per volume (raw frames per tomogram
+#: / angle binning, rounded down), pixel/angle binning, iterations.
 PRESETS = {
-    "demo": {"size": 128, "n_projections": 180, "binning": 2, "angle_binning": 1, "iterations": 10},
-    "id16b": {"size": 682, "n_projections": 833, "binning": 3, "angle_binning": 3, "iterations": 10},
+    "demo": {"size": 128, "n_projections": 180, "raw_frames": 180, "binning": 2, "angle_binning": 1,
+             "iterations": 10},
+    "id16b": {"size": 682, "n_projections": 833, "raw_frames": 2500, "binning": 3, "angle_binning": 3,
+              "iterations": 10},
 }
 ENERGY_KEV, DISTANCE_M, PIXEL_SIZE_M, DELTA_BETA = 17.5, 0.05, 1.0e-6, 200.0
 
@@ -141,6 +144,25 @@ def whole_scan_timings(backend, size: int, n_angles: int, repeat: int) -> dict:
     return out
 
 
+def chain_summary(stages: dict, preset: dict, iterations: int) -> dict:
+    """Per-volume time of the whole chain from the stage timings of :func:`stage_timings`.
+
+    ``preset["n_projections"]`` counts binned projections (id16b: 2500 raw frames / 3 = 833
+    per volume); each of them averages ``angle_binning`` raw frames, each flat-fielded and
+    binned, so that stage counts ``angle_binning`` times per projection.
+    """
+    chain = ("flatfield+binning", f"paganin+ap{iterations}", "ramp filter", "back-projection")
+    frames_per = {"flatfield+binning": preset["angle_binning"]}
+    per_projection = sum(frames_per.get(name, 1) * stages[name]["seconds"] / stages[name]["projections"]
+                         for name in chain)
+    return {"stages": list(chain), "projections_per_s": 1.0 / per_projection,
+            "projections_per_volume": preset["n_projections"],
+            "seconds_per_volume": per_projection * preset["n_projections"],
+            "note": "sum of the stage rates over the binned projections of one volume; flat-field+"
+                    "binning counted angle_binning times per projection; back-projection timed with "
+                    "`batch` angles per call"}
+
+
 def _row(timing: Timing, raw_bytes: int | None = None) -> dict:
     row = {"seconds": timing.seconds, "projections": timing.projections,
            "projections_per_s": timing.per_second}
@@ -149,9 +171,8 @@ def _row(timing: Timing, raw_bytes: int | None = None) -> dict:
     return row
 
 
-def peer_comparison(size: int, n_angles: int, repeat: int) -> dict:
-    """Our Paganin vs nabu's and our FBP vs astra's CPU FBP, same arrays, same process."""
-    from holostream.workers import fbp
+def peer_comparison(size: int, repeat: int) -> dict:
+    """Our Paganin vs nabu's, same arrays, same process (FBP vs astra: :mod:`.fbp`)."""
     from holostream.workers.backend import get_backend
     from holostream.workers.phasing import PhaseRetrieval, default_chain
 
@@ -174,70 +195,7 @@ def peer_comparison(size: int, n_angles: int, repeat: int) -> dict:
             "size": size, "projections": 8, "ours_s": t_ours, "nabu_s": t_nabu,
             "speed_ratio_ours_over_nabu": t_nabu / t_ours,
             "correlation": float(np.corrcoef(a, b)[0, 1])}
-
-    angles = np.linspace(0, np.pi, n_angles, endpoint=False)
-    sinogram, truth = disk_sinogram(size, max(8, size // 4), angles)
-    coords = np.arange(size) - (size - 1) / 2
-    fov = coords[:, None] ** 2 + coords[None, :] ** 2 < (0.45 * size) ** 2
-    t_ours = best_time(lambda: fbp.reconstruct(sinogram, angles, 0.0, backend), repeat)
-    try:
-        import astra
-    except ImportError as exc:
-        report["fbp_vs_astra"] = {"skipped": f"astra not importable: {exc}"}
-        return report
-    vol_geom = astra.create_vol_geom(size, size)
-    proj_geom = astra.create_proj_geom("parallel", 1.0, size, angles)
-    projector = astra.create_projector("linear", proj_geom, vol_geom)
-
-    astra_volume = np.zeros((sinogram.shape[1], size, size), np.float32)
-
-    def astra_fbp():
-        for z in range(sinogram.shape[1]):
-            sid = astra.data2d.create("-sino", proj_geom, sinogram[:, z, :])
-            rid = astra.data2d.create("-vol", vol_geom)
-            cfg = astra.astra_dict("FBP")
-            cfg.update(ProjectorId=projector, ProjectionDataId=sid, ReconstructionDataId=rid)
-            alg = astra.algorithm.create(cfg)
-            astra.algorithm.run(alg)
-            astra_volume[z] = astra.data2d.get(rid)
-            astra.algorithm.delete(alg)
-            astra.data2d.delete([sid, rid])
-
-    t_astra = best_time(astra_fbp, repeat)
-    ours_volume = fbp.reconstruct(sinogram, angles, 0.0, backend)
-    # astra's image rows run the other way along y (checked in tests/peers/test_fbp_astra.py)
-    a, b = ours_volume.ravel(), astra_volume[:, ::-1, :].ravel()
-
-    def error(volume):  # relative RMS error against the exact disks, inside the field of view
-        diff = volume[:, fov] - truth[fov]
-        return float(np.linalg.norm(diff) / (np.linalg.norm(truth[fov]) * np.sqrt(len(volume))))
-    report["fbp_vs_astra"] = {
-        "correlation": float(np.corrcoef(a, b)[0, 1]),
-        "relative_difference": float(np.linalg.norm(a - b) / np.linalg.norm(b)),
-        "error_vs_truth_ours": error(ours_volume), "error_vs_truth_astra": error(astra_volume[:, ::-1, :]),
-        "slices": sinogram.shape[1], "size": size, "angles": n_angles, "ours_s": t_ours,
-        "astra_cpu_s": t_astra, "speed_ratio_ours_over_astra": t_astra / t_ours}
     return report
-
-
-def disk_sinogram(size: int, nz: int, angles_rad, seed: int = 3):
-    """Exact parallel-beam sinogram of random disks (the same in every slice).
-
-    Returns the sinogram float32 of shape (n_angles, nz, size), line integrals in pixels,
-    and the true image float32 (size, size) sampled at voxel centres.
-    """
-    rng = np.random.default_rng(seed)
-    disks = [(*rng.uniform(-0.25, 0.25, 2) * size, rng.uniform(0.05, 0.15) * size, rng.uniform(0.5, 1.5))
-             for _ in range(6)]
-    coords = np.arange(size) - (size - 1) / 2
-    rows = np.zeros((len(angles_rad), size))
-    image = np.zeros((size, size))
-    for x0, y0, r, value in disks:
-        centre = x0 * np.cos(angles_rad) + y0 * np.sin(angles_rad)
-        rows += value * 2 * np.sqrt(np.clip(r * r - (coords[None, :] - centre[:, None]) ** 2, 0, None))
-        image += value * ((coords[None, :] - x0) ** 2 + (coords[:, None] - y0) ** 2 < r * r)
-    sinogram = np.repeat(rows[:, None, :], nz, axis=1).astype(np.float32)
-    return sinogram, image.astype(np.float32)
 
 
 def _binning_process(barrier, results, n_frames: int, side: int, b: int, k: int) -> None:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 
 from holostream.service.bench.chain import (
     PRESETS,
+    chain_summary,
     machine,
     peer_comparison,
     pool_binning_throughput,
     stage_timings,
 )
+from holostream.service.bench.fbp import compare_fbp_with_astra
 
 
 def add_arguments(parser) -> None:
@@ -26,6 +27,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--iterations", type=int, default=None, help="AP iterations (default: preset's)")
     parser.add_argument("--repeat", type=int, default=3, help="best of N runs per figure")
     parser.add_argument("--no-peers", action="store_true", help="skip nabu and astra-toolbox")
+    parser.add_argument("--fbp-slices", type=int, default=32,
+                        help="volume rows of the FBP comparison with astra-toolbox (default 32: astra "
+                             "takes 1-3 s per 682² slice per core)")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
     parser.add_argument("--ingest", action="store_true",
                         help="also measure ingest throughput of 2048x2048 uint16 frames against a bare "
@@ -59,16 +63,7 @@ def run(args) -> int:
     stages = stage_timings(backend, preset, batch, iterations, args.repeat)
     report["stages"] = stages
     progress(done := done + 1, sections)
-    n_volume = math.ceil(preset["n_projections"] / preset["angle_binning"])
-    chain = ("flatfield+binning", f"paganin+ap{iterations}", "ramp filter", "back-projection")
-    # each binned projection averages `angle_binning` raw frames, each flat-fielded and binned
-    frames_per = {"flatfield+binning": preset["angle_binning"]}
-    per_projection = sum(frames_per.get(name, 1) * stages[name]["seconds"] / stages[name]["projections"]
-                         for name in chain)
-    report["chain"] = {"stages": list(chain), "projections_per_s": 1.0 / per_projection,
-                       "seconds_per_volume": per_projection * n_volume,
-                       "note": "sum of the stage rates; flat-field+binning counted angle_binning "
-                               "times per projection"}
+    report["chain"] = chain_summary(stages, preset, iterations)
     if args.phase_peers:
         from holostream.service.bench.phase import compare_phase_retrieval
 
@@ -83,7 +78,10 @@ def run(args) -> int:
         report["ingest"] = compare(args.ingest_frames, repeat=args.repeat)
         progress(done := done + 1, sections)
     if not args.no_peers and args.device == "cpu":
-        report["peers"] = peer_comparison(preset["size"], min(preset["n_projections"], 360), args.repeat)
+        report["peers"] = peer_comparison(preset["size"], args.repeat)
+        report["peers"]["fbp_vs_astra"] = compare_fbp_with_astra(
+            preset["size"], min(preset["n_projections"], 360), args.fbp_slices,
+            len(os.sched_getaffinity(0)), args.repeat)
         progress(done := done + 1, sections)
     text = json.dumps(report, indent=2)
     print(format_report(report), end="\n\n")  # for people; the JSON below (and --json FILE) for tools
