@@ -245,6 +245,6 @@ def machine() -> dict:
         with open("/proc/cpuinfo") as fh:
             cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
     return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-            "numpy": np.__version__}
+            "numpy": np.__version__, "load_average_1_5_15min": os.getloadavg()}
 
 

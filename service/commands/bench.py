@@ -30,6 +30,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--fbp-slices", type=int, default=32,
                         help="volume rows of the FBP comparison with astra-toolbox (default 32: astra "
                              "takes 1-3 s per 682² slice per core)")
+    parser.add_argument("--fbp-only", action="store_true",
+                        help="only the FBP comparison with astra-toolbox (no stage timings, no other peers)")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
     parser.add_argument("--ingest", action="store_true",
                         help="also measure ingest throughput of 2048x2048 uint16 frames against a bare "
@@ -45,7 +47,6 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     """Run the benchmark and print its table and JSON report."""
-    from holostream.service.bench.table import format_report
     from holostream.service.progress import ProgressBar
     from holostream.workers.backend import get_backend
 
@@ -57,6 +58,9 @@ def run(args) -> int:
               "batch": batch, "iterations": iterations}
     if args.device == "gpu":
         report["machine"]["gpu"] = backend.xp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    if args.fbp_only:
+        report["peers"] = {"fbp_vs_astra": _fbp_vs_astra(preset, args)}
+        return _emit(report, args.json)
     sections = 1 + bool(args.phase_peers) + (args.pool is not None) + bool(args.ingest) \
         + (not args.no_peers and args.device == "cpu")
     progress, done = ProgressBar("bench", unit="section"), 0
@@ -79,14 +83,27 @@ def run(args) -> int:
         progress(done := done + 1, sections)
     if not args.no_peers and args.device == "cpu":
         report["peers"] = peer_comparison(preset["size"], args.repeat)
-        report["peers"]["fbp_vs_astra"] = compare_fbp_with_astra(
-            preset["size"], min(preset["n_projections"], 360), args.fbp_slices,
-            len(os.sched_getaffinity(0)), args.repeat)
+        report["peers"]["fbp_vs_astra"] = _fbp_vs_astra(preset, args)
         progress(done := done + 1, sections)
+    return _emit(report, args.json)
+
+
+def _fbp_vs_astra(preset: dict, args) -> dict:
+    """Our FBP against astra's CPU FBP at the preset's size, at 1 thread and all cores each."""
+    return compare_fbp_with_astra(preset["size"], min(preset["n_projections"], 360), args.fbp_slices,
+                                  len(os.sched_getaffinity(0)), args.repeat)
+
+
+def _emit(report: dict, path: str | None) -> int:
+    """Print the report as a table and as JSON (and write the JSON to ``path``)."""
+    from holostream.service.bench.table import format_report
+
+    # other jobs on the machine slow every figure down: say how busy it was, at both ends
+    report["machine"]["load_average_at_end"] = os.getloadavg()
     text = json.dumps(report, indent=2)
     print(format_report(report), end="\n\n")  # for people; the JSON below (and --json FILE) for tools
     print(text)
-    if args.json:
-        with open(args.json, "w") as fh:
+    if path:
+        with open(path, "w") as fh:
             fh.write(text + "\n")
     return 0

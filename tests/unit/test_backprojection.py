@@ -10,7 +10,7 @@ import pytest
 
 from holostream.workers.backend import get_backend
 from holostream.workers.backprojection import backproject
-from holostream.workers.backprojection_numba import SLAB_ROWS, weighted_table
+from holostream.workers.backprojection_numba import SLAB_ROWS, backproject_numba, weighted_table
 
 CPU1 = get_backend("cpu", threads=1)
 CPU2 = get_backend("cpu", threads=2)
@@ -26,9 +26,13 @@ def random_case(b, nz, cols, seed=0):
 
 
 def both(shape, filtered, angles, weights, center_px, backend=CPU1, start=None):
+    """The kernel (called directly: ``backproject`` sends 1-2 rows to the reference) and the reference."""
     ours = np.zeros(shape, np.float32) if start is None else start.copy()
     ref = ours.copy()
-    backproject(ours, filtered, angles, weights, center_px, backend)
+    filtered = np.asarray(filtered, np.float32)
+    c0 = (filtered.shape[-1] - 1) / 2 + center_px
+    backproject_numba(ours, filtered, np.asarray(angles, np.float64), np.asarray(weights, np.float64), c0,
+                      backend.threads)
     backproject(ref, filtered, angles, weights, center_px, CPU1, reference=True)
     return ours, ref
 
@@ -53,6 +57,15 @@ def test_kernel_adds_to_the_volume_and_threads_agree():
     two, _ = both(start.shape, filtered, angles, weights, 0.5, CPU2, start)
     assert_float32_close(one - start, ref - start)
     np.testing.assert_allclose(one, two, rtol=0, atol=1e-6 * np.abs(one).max())
+
+
+def test_backproject_uses_the_kernel_from_three_rows_and_the_reference_below():
+    for nz, kernel_expected in ((2, False), (3, True)):
+        filtered, angles, weights = random_case(5, nz, 16, seed=4)
+        via_api = np.zeros((nz, 16, 16), np.float32)
+        backproject(via_api, filtered, angles, weights, 0.0, CPU1)
+        ours, ref = both(via_api.shape, filtered, angles, weights, 0.0)
+        np.testing.assert_array_equal(via_api, ours if kernel_expected else ref)
 
 
 def test_one_call_with_many_angles_equals_one_call_per_angle():
