@@ -2,7 +2,7 @@
 
 astra's CPU ``FBP`` algorithm reconstructs one slice on one thread (measured: CPU time =
 wall time); it runs here slice by slice on ``threads`` Python threads at once (astra's
-``algorithm.run`` releases the GIL), and ours with the same ``threads``: each comparison is
+compiled ``algorithm`` module releases the GIL), and ours with the same ``threads``: each comparison is
 at an equal thread count, for one thread and for all cores. Accuracy is the relative RMS
 error against the exact disks inside the field of view, for both, so a speed ratio is at
 equal accuracy or the report says otherwise. Our time is the one-shot
