@@ -33,8 +33,7 @@ SLAB_ROWS = 32
 _LOCK = threading.Lock()
 
 
-@numba.njit(parallel=True, cache=False, boundscheck=False, nogil=True)
-def _accumulate(volume, table, cos_a, sin_a, c0, cols):  # pragma: no cover - compiled
+def _accumulate_py(volume, table, cos_a, sin_a, c0, cols):  # pragma: no cover - compiled
     nz, n = volume.shape[0], volume.shape[1]
     n_slabs, n_angles = table.shape[0], table.shape[1]
     half = (n - 1) / 2.0
@@ -63,6 +62,19 @@ def _accumulate(volume, table, cos_a, sin_a, c0, cols):  # pragma: no cover - co
         for k in range(min(SLAB_ROWS, nz - z0)):
             for x in range(n):
                 volume[z0 + k, y, x] += acc[x, k]
+
+
+def _compiled(cache: bool):
+    return numba.njit(parallel=True, cache=cache, boundscheck=False, nogil=True)(_accumulate_py)
+
+
+# Compiling takes 3-16 s on the 2-core VM, in every process that back-projects (each worker,
+# the reconstructor): the machine code is cached on disk (next to this file, else in the
+# user's cache or NUMBA_CACHE_DIR) so that only the first process on a machine pays it.
+try:
+    _accumulate = _compiled(cache=True)
+except RuntimeError:  # numba finds no writable cache directory: compile in each process
+    _accumulate = _compiled(cache=False)
 
 
 def weighted_table(filtered: np.ndarray, weights: np.ndarray) -> np.ndarray:
