@@ -30,6 +30,14 @@ _SLAB_ELEMENTS = 1 << 18
 #: 8 and more rows faster in the kernel).
 _CPU_KERNEL_MIN_ROWS = 3
 
+#: Calls with fewer voxel updates (angles × voxels) than this stay with the reference on CPU.
+#: A process's first kernel call costs 1-3 s on the 2-core VM (numba's import, the cached
+#: machine code, its thread pool; 3-16 s more where nothing is cached yet): a live scan of
+#: small volumes saw it as a stalled first group (fewer live volumes in tests/integration,
+#: pool mode 64³ × 1 angle and split mode 64³ × 4 angles per call), while such calls take
+#: milliseconds either way. From 256³ × 1 angle on, the kernel is used.
+_CPU_KERNEL_MIN_UPDATES = 1 << 24
+
 #: Below this many voxel updates (angles × voxels) per call, starting threads costs more
 #: than it saves (measured: 1 angle of 64×128² took 1.2 ms alone, 3.3 ms with a 2-thread pool).
 _THREADING_MIN_UPDATES = 1 << 22
@@ -102,9 +110,11 @@ def backproject(volume, filtered, angles_rad, weights, center_px: float, backend
     if angles.shape != (b,) or weights.shape != (b,):
         raise ValueError(f"angles and weights: expected {b} each, got {angles.size} and {weights.size}")
     c0 = (cols - 1) / 2 + float(center_px)
-    # the CPU kernel works on 32 rows at a time: one or two rows are faster one angle at a time
-    thin = backend.name == "cpu" and nz < _CPU_KERNEL_MIN_ROWS
-    kernel = None if reference or thin else _kernel(backend.name)
+    # the CPU kernel works on 32 rows at a time (one or two rows are faster one angle at a
+    # time) and is worth loading for large calls only
+    small = backend.name == "cpu" and (
+        nz < _CPU_KERNEL_MIN_ROWS or b * nz * volume.shape[1] ** 2 < _CPU_KERNEL_MIN_UPDATES)
+    kernel = None if reference or small else _kernel(backend.name)
     if kernel is None:
         backproject_reference(volume, filtered, angles, weights, c0, backend)
     elif backend.name == "cpu":

@@ -2,10 +2,10 @@
 
 astra's CPU ``FBP`` algorithm reconstructs one slice on one thread (measured: CPU time =
 wall time); it runs here slice by slice on ``threads`` Python threads at once (astra's
-compiled ``algorithm`` module releases the GIL), and ours with the same ``threads``: each comparison is
-at an equal thread count, for one thread and for all cores. Accuracy is the relative RMS
-error against the exact disks inside the field of view, for both, so a speed ratio is at
-equal accuracy or the report says otherwise. Our time is the one-shot
+compiled ``algorithm`` module releases the GIL), and ours with the same ``threads``: each
+comparison is at an equal thread count, for one thread and for all cores. Accuracy is the
+relative RMS error against the exact disks inside the field of view, for both, so a speed
+ratio is at equal accuracy or the report says otherwise. Our time is the one-shot
 :func:`~holostream.workers.fbp.reconstruct` (ramp filter + back-projection), astra's its
 ``FBP`` (its filter + back-projection).
 """
