@@ -43,7 +43,11 @@ def format_report(report: dict[str, Any]) -> str:
     peers = report.get("peers") or {}
     if peers:
         lines += ["", f"{'comparison':<24}{'ours (s)':>10}{'peer (s)':>10}{'ours faster':>13}  agreement"]
-        for name, row in peers.items():
+        # a comparison made at several thread counts ("runs") gives one line per count
+        rows = [(f"{name} {t} thr" if "runs" in row else name, r)
+                for name, row in peers.items()
+                for t, r in (row["runs"].items() if "runs" in row else [(None, row)])]
+        for name, row in rows:
             peer_s = next((v for k, v in row.items() if k.endswith("_s") and k != "ours_s"), None)
             ratio = next((v for k, v in row.items() if k.startswith("speed_ratio")), None)
             lines.append(f"{name.replace('_', ' '):<24}{_number(row.get('ours_s')):>10}{_number(peer_s):>10}"

@@ -20,3 +20,12 @@ def test_id16b_volume_counts_833_binned_projections():
     assert summary["projections_per_volume"] == 833
     assert summary["seconds_per_volume"] == pytest.approx(833 * (3 * 0.1 + 0.5 + 0.025 + 0.125))
     assert summary["projections_per_s"] == pytest.approx(1 / 0.95)
+
+
+def test_table_gives_one_line_per_thread_count_of_the_fbp_comparison():
+    from holostream.service.bench.table import format_report
+
+    run = {"ours_s": 1.0, "astra_cpu_s": 13.0, "speed_ratio_ours_over_astra": 13.0, "correlation": 0.9998}
+    report = {"stages": {}, "peers": {"fbp_vs_astra": {"size": 682, "runs": {"1": run, "2": dict(run, ours_s=0.5)}}}}
+    text = format_report(report)
+    assert "fbp vs astra 1 thr" in text and "fbp vs astra 2 thr" in text and "13×" in text
