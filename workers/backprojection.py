@@ -35,8 +35,12 @@ _CPU_KERNEL_MIN_ROWS = 3
 #: machine code, its thread pool; 3-16 s more where nothing is cached yet): a live scan of
 #: small volumes saw it as a stalled first group (fewer live volumes in tests/integration,
 #: pool mode 64³ × 1 angle and split mode 64³ × 4 angles per call), while such calls take
-#: milliseconds either way. From 256³ × 1 angle on, the kernel is used.
+#: milliseconds either way. From 256³ × 1 angle on (or once a process has loaded it), the
+#: kernel is used.
 _CPU_KERNEL_MIN_UPDATES = 1 << 24
+
+# Devices whose compiled kernel this process has loaded (small calls then use it too).
+_LOADED: set[str] = set()
 
 #: Below this many voxel updates (angles × voxels) per call, starting threads costs more
 #: than it saves (measured: 1 angle of 64×128² took 1.2 ms alone, 3.3 ms with a 2-thread pool).
@@ -111,10 +115,12 @@ def backproject(volume, filtered, angles_rad, weights, center_px: float, backend
         raise ValueError(f"angles and weights: expected {b} each, got {angles.size} and {weights.size}")
     c0 = (cols - 1) / 2 + float(center_px)
     # the CPU kernel works on 32 rows at a time (one or two rows are faster one angle at a
-    # time) and is worth loading for large calls only
-    small = backend.name == "cpu" and (
-        nz < _CPU_KERNEL_MIN_ROWS or b * nz * volume.shape[1] ** 2 < _CPU_KERNEL_MIN_UPDATES)
+    # time) and is worth loading for a large call; once loaded, it serves every call
+    small = backend.name == "cpu" and (nz < _CPU_KERNEL_MIN_ROWS or (
+        b * nz * volume.shape[1] ** 2 < _CPU_KERNEL_MIN_UPDATES and "cpu" not in _LOADED))
     kernel = None if reference or small else _kernel(backend.name)
+    if kernel is not None:
+        _LOADED.add(backend.name)
     if kernel is None:
         backproject_reference(volume, filtered, angles, weights, c0, backend)
     elif backend.name == "cpu":

@@ -8,6 +8,7 @@ float32 in the reference), so they agree to float32 round-off, not bit for bit.
 import numpy as np
 import pytest
 
+from holostream.workers import backprojection
 from holostream.workers.backend import get_backend
 from holostream.workers.backprojection import backproject
 from holostream.workers.backprojection_numba import SLAB_ROWS, backproject_numba, weighted_table
@@ -64,12 +65,22 @@ def test_kernel_adds_to_the_volume_and_threads_agree():
     (5, 3, 600, False),  # 5.4 M voxel updates: milliseconds either way, no kernel to load
     (5, 3, 1100, True),  # 18 M voxel updates
 ])
-def test_backproject_chooses_the_kernel_for_large_calls_only(b, nz, n, kernel_expected):
+def test_backproject_chooses_the_kernel_for_large_calls_only(b, nz, n, kernel_expected, monkeypatch):
+    monkeypatch.setattr(backprojection, "_LOADED", set())  # as in a fresh process
     filtered, angles, weights = random_case(b, nz, n, seed=4)
     via_api = np.zeros((nz, n, n), np.float32)
     backproject(via_api, filtered, angles, weights, 0.0, CPU1)
     ours, ref = both(via_api.shape, filtered, angles, weights, 0.0)
     np.testing.assert_array_equal(via_api, ours if kernel_expected else ref)
+
+
+def test_once_loaded_the_kernel_serves_small_calls_too(monkeypatch):
+    monkeypatch.setattr(backprojection, "_LOADED", {"cpu"})
+    filtered, angles, weights = random_case(5, 3, 40, seed=5)
+    via_api = np.zeros((3, 40, 40), np.float32)
+    backproject(via_api, filtered, angles, weights, 0.0, CPU1)
+    ours, _ = both(via_api.shape, filtered, angles, weights, 0.0)
+    np.testing.assert_array_equal(via_api, ours)
 
 
 def test_one_call_with_many_angles_equals_one_call_per_angle():
