@@ -34,6 +34,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--phase-peers", action="store_true",
                         help="also score our phase retrieval against HoToPy's (when installed) on simulated "
                              "holograms: error, correlation, scale and time per projection")
+    parser.add_argument("--cluster", action="store_true",
+                        help="also measure the distributed engine (Dask; Ray too if installed): start-up, "
+                             "overhead per angle-group task, series scaling from 1 to 2 worker processes")
     parser.add_argument("--pool", type=int, nargs="?", const=0, default=None, metavar="N",
                         help="also measure dark/flat + 3x3 + 3-angle binning of 2048² uint16 frames on N "
                              "processes at once (default N: all cores), in GB/s of raw frames")
@@ -73,6 +76,10 @@ def run(args) -> int:
         from holostream.service.bench.ingest import compare
 
         report["ingest"] = compare(args.ingest_frames, repeat=args.repeat)
+    if args.cluster:
+        from holostream.service.bench.cluster import cluster_report
+
+        report["cluster"] = cluster_report(args.repeat)
     if not args.no_peers and args.device == "cpu":
         report["peers"] = peer_comparison(preset["size"], min(preset["n_projections"], 360), args.repeat)
     text = json.dumps(report, indent=2)
