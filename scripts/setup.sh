@@ -8,4 +8,4 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install --quiet --upgrade pip
 # Core runtime (numpy, scipy, pyzmq, h5py, nxtomo) + pytest + the independent peers used in
 # tests and benchmarks (nabu for Paganin, astra-toolbox for FBP), and the browser viewer (aiohttp).
-.venv/bin/python -m pip install --quiet -e '.[test,peers,view,compression]'
+.venv/bin/python -m pip install --quiet -e '.[test,peers,view,compression,cluster]'

@@ -40,6 +40,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--phase-peers", action="store_true",
                         help="also score our phase retrieval against HoToPy's (when installed) on simulated "
                              "holograms: error, correlation, scale and time per projection")
+    parser.add_argument("--cluster", action="store_true",
+                        help="also measure the distributed engine (Dask; Ray too if installed): start-up, "
+                             "overhead per angle-group task, series scaling from 1 to 2 worker processes")
     parser.add_argument("--pool", type=int, nargs="?", const=0, default=None, metavar="N",
                         help="also measure dark/flat + 3x3 + 3-angle binning of 2048² uint16 frames on N "
                              "processes at once (default N: all cores), in GB/s of raw frames")
@@ -61,7 +64,7 @@ def run(args) -> int:
     if args.fbp_only:
         report["peers"] = {"fbp_vs_astra": _fbp_vs_astra(preset, args)}
         return _emit(report, args.json)
-    sections = 1 + bool(args.phase_peers) + (args.pool is not None) + bool(args.ingest) \
+    sections = 1 + bool(args.phase_peers) + (args.pool is not None) + bool(args.ingest) + bool(args.cluster) \
         + (not args.no_peers and args.device == "cpu")
     progress, done = ProgressBar("bench", unit="section"), 0
     stages = stage_timings(backend, preset, batch, iterations, args.repeat)
@@ -80,6 +83,11 @@ def run(args) -> int:
         from holostream.service.bench.ingest import compare
 
         report["ingest"] = compare(args.ingest_frames, repeat=args.repeat)
+        progress(done := done + 1, sections)
+    if args.cluster:
+        from holostream.service.bench.cluster import cluster_report
+
+        report["cluster"] = cluster_report(args.repeat)
         progress(done := done + 1, sections)
     if not args.no_peers and args.device == "cpu":
         report["peers"] = peer_comparison(preset["size"], args.repeat)

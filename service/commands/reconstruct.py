@@ -28,8 +28,8 @@ _SETTING_OPTIONS = ("binning", "angle_binning", "phase", "iterations", "filter",
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``holostream reconstruct``."""
-    parser.add_argument("input", help="NXtomo scan file (.nx/.h5)")
-    parser.add_argument("-o", "--output", required=True, help="output HDF5 volume")
+    parser.add_argument("input", nargs="+", help="NXtomo scan file (.nx/.h5); with --series: files, folders, globs")
+    parser.add_argument("-o", "--output", required=True, help="output HDF5 volume (with --series: a folder)")
     parser.add_argument("--entry", help="NXtomo entry (default: the only one)")
     parser.add_argument("--config", help="TOML file; its [reconstruction] table sets defaults")
     parser.add_argument("--binning", type=int, help="pixel binning b×b")
@@ -51,6 +51,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar (there is none unless stderr is a terminal)")
     parser.add_argument("--compression", choices=("none", "gzip", "lz4", "zstd"), default="none",
                         help="compression of the volume (lz4 and zstd need hdf5plugin; default none)")
+    series = parser.add_argument_group("series of scans (one volume each, restartable: done scans are skipped)")
+    series.add_argument("--series", action="store_true",
+                        help="every input names scans of a series: files, folders of .nx/.h5 files, globs")
+    series.add_argument("--cluster", metavar="ADDR",
+                        help="run the series on a Dask scheduler (tls://host:8786), or 'local' for a cluster "
+                             "of worker processes here; default: one scan after the other in this process")
+    series.add_argument("--cluster-workers", type=int, default=2, metavar="N",
+                        help="worker processes of --cluster local (default 2)")
+    series.add_argument("--cluster-tls", metavar="DIR",
+                        help="folder with ca.pem, cert.pem, key.pem for a tls:// scheduler")
 
 
 def _cor_option(text: str) -> float | str:
@@ -92,6 +102,13 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(err))
     if args.batch < 1:
         return _fail(f"--batch must be >= 1, got {args.batch}")
+    if args.series or args.cluster:
+        from holostream.service.cluster.series import run_command
+
+        return run_command(args)
+    if len(args.input) > 1:
+        return _fail(f"{len(args.input)} inputs: give --series to reconstruct each as a scan of a series")
+    args.input = args.input[0]
     try:
         scan = read_scan(args.input, args.entry, lazy=True)
     except ScanFileError as err:
