@@ -76,11 +76,18 @@ class ScanInfo:
     energy_kev : float
         Photon energy (keV).
     distance_m, pixel_size_m : float
-        Effective propagation distance and pixel size (metres).
+        Effective propagation distance and pixel size (metres); for a cone-beam scan the
+        values derived from the three fields below (Fresnel scaling).
     delta_beta : float
         δ/β ratio for single-material phase retrieval.
-    cor_px : float
-        Rotation-axis offset from ``(cols - 1) / 2`` in unbinned pixels.
+    cor_px : float or None
+        Rotation-axis offset from ``(cols - 1) / 2`` in unbinned pixels; None when the
+        scan left it out: the service estimates it.
+    source_distance_m, detector_distance_m, detector_pixel_size_m : float or None
+        The cone-beam geometry as given (z₁, z₂, detector pixel), None for a plane-wave
+        ``scan_start``.
+    magnification : float
+        ``(z₁ + z₂) / z₁``; 1 for a plane-wave ``scan_start``.
     reconstruction : dict
         Raw per-scan overrides of the server's reconstruction settings; the service
         validates them against its settings schema.
@@ -99,8 +106,12 @@ class ScanInfo:
     angles_deg: tuple[float, ...] | None = None
     angle_start_deg: float | None = None
     angle_step_deg: float | None = None
-    cor_px: float = 0.0
+    cor_px: float | None = None
     reconstruction: dict[str, Any] = field(default_factory=dict)
+    source_distance_m: float | None = None
+    detector_distance_m: float | None = None
+    detector_pixel_size_m: float | None = None
+    magnification: float = 1.0
 
     @property
     def angles_known(self) -> bool:
@@ -164,8 +175,9 @@ class ScanInfo:
         """Plain JSON-able dict (the ``scan_start`` header without ``type``), for queues."""
         d = {"scan_id": self.scan_id, "shape": list(self.shape), "dtype": self.dtype,
              "n_darks": self.n_darks, "n_flats": self.n_flats, "n_projections": self.n_projections,
-             "energy_kev": self.energy_kev, "distance_m": self.distance_m,
-             "pixel_size_m": self.pixel_size_m, "delta_beta": self.delta_beta, "cor_px": self.cor_px}
+             "energy_kev": self.energy_kev, "delta_beta": self.delta_beta, **_geometry_fields(self)}
+        if self.cor_px is not None:
+            d["cor_px"] = self.cor_px
         if self.angles_deg is not None:
             d["angles_deg"] = list(self.angles_deg)
         if self.angle_start_deg is not None:
@@ -308,12 +320,60 @@ def _format(d: dict, limits: Limits) -> tuple[tuple[int, int], str]:
 
 
 _SCAN_START_REQUIRED = {"scan_id", "shape", "dtype", "n_darks", "n_flats", "n_projections",
-                        "energy_kev", "distance_m", "pixel_size_m", "delta_beta"}
+                        "energy_kev", "delta_beta"}
 _SCAN_START_OPTIONAL = {"angles_deg", "angle_start_deg", "angle_step_deg", "cor_px", "reconstruction"}
+#: The two ways of giving the geometry (PROTOCOL.md "Extensions"): exactly one, whole.
+_PLANE_WAVE = ("distance_m", "pixel_size_m")
+_CONE_BEAM = ("source_distance_m", "detector_distance_m", "detector_pixel_size_m")
+
+
+def _parse_geometry(d: dict) -> dict[str, float | None]:
+    """ScanInfo's geometry fields from a ``scan_start``: plane-wave or cone-beam, not both.
+
+    A cone-beam geometry is turned into its plane-wave equivalent (Fresnel scaling theorem,
+    the formula of ``workers/physics.fresnel_scaling``, which shared/ may not import):
+    ``M = (z₁ + z₂) / z₁``, distance ``z₂ / M``, pixel ``detector pixel / M``.
+    """
+    plane = [k for k in _PLANE_WAVE if k in d]
+    cone = [k for k in _CONE_BEAM if k in d]
+    if plane and cone:
+        raise ProtocolError(f"give either {' + '.join(_PLANE_WAVE)} or {' + '.join(_CONE_BEAM)}, "
+                            f"not both (got {', '.join(plane + cone)})", "bad_field")
+    if cone:
+        missing = [k for k in _CONE_BEAM if k not in d]
+        if missing:
+            raise ProtocolError(f"cone-beam geometry needs {', '.join(missing)} too", "missing_field")
+        # Distances by magnitude: NeXus writes the source distance as negative.
+        z1, z2 = (abs(_float(d, k)) for k in _CONE_BEAM[:2])
+        if z1 == 0 or z2 == 0:
+            raise ProtocolError("source_distance_m and detector_distance_m must be non-zero",
+                                "out_of_range")
+        pixel = _float(d, "detector_pixel_size_m", positive=True)
+        magnification = (z1 + z2) / z1
+        return {"distance_m": z2 / magnification, "pixel_size_m": pixel / magnification,
+                "source_distance_m": z1, "detector_distance_m": z2, "detector_pixel_size_m": pixel,
+                "magnification": magnification}
+    missing = [k for k in _PLANE_WAVE if k not in d]
+    if missing:
+        raise ProtocolError(f"missing {', '.join(missing)} (or give {', '.join(_CONE_BEAM)})",
+                            "missing_field")
+    return {"distance_m": _float(d, "distance_m", positive=True),
+            "pixel_size_m": _float(d, "pixel_size_m", positive=True), "magnification": 1.0}
+
+
+def _geometry_fields(scan: "ScanInfo") -> dict[str, float]:
+    """The geometry of ``scan`` as its ``scan_start`` gave it (for :meth:`ScanInfo.to_dict`)."""
+    if scan.source_distance_m is None:
+        return {"distance_m": scan.distance_m, "pixel_size_m": scan.pixel_size_m}
+    return {"source_distance_m": scan.source_distance_m,
+            "detector_distance_m": scan.detector_distance_m,
+            "detector_pixel_size_m": scan.detector_pixel_size_m}
 
 
 def _parse_scan_start(d: dict, limits: Limits) -> ScanInfo:
-    _keys(d, _SCAN_START_REQUIRED, _SCAN_START_OPTIONAL, "scan_start")
+    _keys(d, _SCAN_START_REQUIRED, _SCAN_START_OPTIONAL | set(_PLANE_WAVE) | set(_CONE_BEAM),
+          "scan_start")
+    geometry = _parse_geometry(d)
     shape, dtype = _format(d, limits)
     n_projections = _int(d, "n_projections", 1, limits.max_projections)
     angles = None
@@ -343,12 +403,11 @@ def _parse_scan_start(d: dict, limits: Limits) -> ScanInfo:
         n_flats=_int(d, "n_flats", 0, limits.max_references),
         n_projections=n_projections,
         energy_kev=_float(d, "energy_kev", positive=True),
-        distance_m=_float(d, "distance_m", positive=True),
-        pixel_size_m=_float(d, "pixel_size_m", positive=True),
         delta_beta=_float(d, "delta_beta", positive=True),
         angles_deg=angles, angle_start_deg=start, angle_step_deg=step,
-        cor_px=_float(d, "cor_px") if "cor_px" in d else 0.0,
+        cor_px=_float(d, "cor_px") if "cor_px" in d else None,  # absent: estimate it
         reconstruction=dict(reconstruction),
+        **geometry,
     )
 
 

@@ -50,7 +50,8 @@ class PartSpec:
 
 
 def layout(frame_shape: tuple[int, int], frame_dtype: str, n_slots: int, n_groups: int,
-           binned_shape: tuple[int, int], n_workers: int, binned: bool = False) -> dict[str, PartSpec]:
+           binned_shape: tuple[int, int], n_workers: int, binned: bool = False,
+           volume_width: int | None = None) -> dict[str, PartSpec]:
     """The parts of one scan's buffers (docs/architecture.md, "Shared memory of one scan").
 
     Parameters
@@ -77,21 +78,24 @@ def layout(frame_shape: tuple[int, int], frame_dtype: str, n_slots: int, n_group
     dict of str to PartSpec
         ``ring`` (n_slots, rows, cols) frame dtype; ``reference`` float32 (2, rows, cols)
         (dark mean, flat mean); ``sinogram`` float32 (n_groups, rows_b, cols_b);
-        ``volume`` float32 (n_workers, rows_b, cols_b, cols_b); ``weights`` float64 (n_workers,);
+        ``volume`` float32 (n_workers, rows_b, n, n) with ``n = volume_width or cols_b``;
+        ``weights`` float64 (n_workers,);
         with ``binned``, also ``binned`` float32 (n_groups, rows_b, cols_b) and
         ``handoff`` float64 (n_groups, 5).
     """
     rows, cols = frame_shape
     rows_b, cols_b = binned_shape
+    n = cols_b if volume_width is None else int(volume_width)
     for name, value in (("n_slots", n_slots), ("n_groups", n_groups), ("n_workers", n_workers),
-                        ("rows", rows), ("cols", cols), ("rows_b", rows_b), ("cols_b", cols_b)):
+                        ("rows", rows), ("cols", cols), ("rows_b", rows_b), ("cols_b", cols_b),
+                        ("volume_width", n)):
         if value < 1:
             raise ValueError(f"{name}={value}: every dimension of the scan buffers must be >= 1")
     parts = {
         "ring": PartSpec(np.dtype(frame_dtype).name, (n_slots, rows, cols)),
         "reference": PartSpec("float32", (2, rows, cols)),
         "sinogram": PartSpec("float32", (n_groups, rows_b, cols_b)),
-        "volume": PartSpec("float32", (n_workers, rows_b, cols_b, cols_b)),
+        "volume": PartSpec("float32", (n_workers, rows_b, n, n)),
         "weights": PartSpec("float64", (n_workers,)),
     }
     if binned:

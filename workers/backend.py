@@ -58,6 +58,17 @@ class Backend:
         """Inverse of :meth:`rfft2`; ``s`` is the real output shape of the last two axes."""
         return self._fft.irfft2(a, s=s, axes=(-2, -1), **self._kw())
 
+    @property
+    def ndimage(self) -> ModuleType:
+        """``scipy.ndimage`` on CPU, ``cupyx.scipy.ndimage`` on GPU (same functions)."""
+        if self.name == "gpu":
+            import cupyx.scipy.ndimage
+
+            return cupyx.scipy.ndimage
+        import scipy.ndimage
+
+        return scipy.ndimage
+
     def asarray(self, a, dtype=None):
         """Move/convert ``a`` to this backend's array type (no copy when already there)."""
         return self.xp.asarray(a, dtype=dtype)

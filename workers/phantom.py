@@ -216,6 +216,34 @@ class Phantom:
         return fine
 
 
+def with_body(phantom: Phantom, semi_axes_m, delta: float, beta: float,
+              center_m=(0.0, 0.0, 0.0), psi_rad: float = 0.0) -> Phantom:
+    """``phantom`` inside a homogeneous body, e.g. one wider than the field of view.
+
+    The body is one more ellipsoid (its δ and β add to the objects' where they overlap),
+    listed first. With semi-axes beyond the detector half-width it makes the usual case of
+    matter cut by the image edge on every projection.
+
+    Parameters
+    ----------
+    phantom : Phantom
+    semi_axes_m : tuple of float
+        ``(a, b, c)`` of the body in metres.
+    delta, beta : float
+        The body's refractive-index decrement and absorption index.
+    center_m : tuple of float
+        ``(x, y, z)`` of its centre in metres.
+    psi_rad : float
+        Rotation about the vertical axis, radians.
+
+    Returns
+    -------
+    Phantom
+    """
+    body = Ellipsoid(tuple(center_m), tuple(semi_axes_m), delta, beta, psi_rad)
+    return Phantom((body,) + tuple(phantom.objects))
+
+
 def random_phantom(
     seed: int,
     radius_m: float,

@@ -85,6 +85,9 @@ class ProjectionPipeline:
         Mean flat after the scan; then ``n_projections`` is needed to interpolate.
     n_projections : int, optional
         Projections in the scan (acquisition order of the indices).
+    column_weights : array of shape (cols_b,), optional
+        Weights of the detector columns applied to the δ projections before the ramp filter
+        (a 360° offset-axis scan: :func:`holostream.workers.halfacq.detector_weights`).
 
     Attributes
     ----------
@@ -97,7 +100,7 @@ class ProjectionPipeline:
     def __init__(self, raw_shape, dark, flat, *, binning: int, chain, filter: str,
                  energy_kev: float, distance_m: float, pixel_size_m: float, delta_beta: float,
                  backend: Backend, pad_mode: str = "edge", flat_after=None,
-                 n_projections: int | None = None):
+                 n_projections: int | None = None, column_weights=None):
         rows, cols = (int(n) for n in raw_shape)
         b = int(binning)
         if not 1 <= b <= min(rows, cols):
@@ -117,6 +120,12 @@ class ProjectionPipeline:
             delta_beta, backend, pad_mode,
         )
         self.ramp = RampFilter(self.binned_shape[1], backend, window=filter)
+        self.column_weights = None
+        if column_weights is not None:
+            if np.shape(column_weights) != (self.binned_shape[1],):
+                raise ValueError(f"column_weights: expected ({self.binned_shape[1]},), got "
+                                 f"{np.shape(column_weights)}")
+            self.column_weights = backend.asarray(column_weights, dtype=backend.xp.float32)
 
     def center_px(self, cor_px: float) -> float:
         """Axis offset in binned pixels from ``(cols_b - 1) / 2`` for ``cor_px`` unbinned."""
@@ -165,9 +174,13 @@ class ProjectionPipeline:
         """
         if len(raws) != len(indices) or len(raws) == 0:
             raise ValueError(f"need one index array per group, got {len(raws)} and {len(indices)}")
-        xp = self.backend.xp
-        return self.filtered_from_transmission(
-            xp.stack([self.transmission(r, i) for r, i in zip(raws, indices)]))
+        return self.filtered_from_transmission(self.transmissions(raws, indices))
+
+    def transmissions(self, raws: Sequence, indices: Sequence):
+        """Stack of :meth:`transmission` of several angle groups, ``(n_groups, rows_b, cols_b)``."""
+        if len(raws) != len(indices) or len(raws) == 0:
+            raise ValueError(f"need one index array per group, got {len(raws)} and {len(indices)}")
+        return self.backend.xp.stack([self.transmission(r, i) for r, i in zip(raws, indices)])
 
     def filtered_from_transmission(self, stack):
         """Filtered δ projections of a stack of binned transmissions, in one call.
@@ -187,13 +200,34 @@ class ProjectionPipeline:
         array of shape (n, rows_b, cols_b) (or (rows_b, cols_b) for one), float32, on the backend
             Ramp-filtered ``∫δ dl / voxel_size_m``, ready for back-projection.
         """
+        delta = self.delta_from_transmission(stack)
+        if self.column_weights is not None:
+            delta *= self.column_weights
+        return self.ramp(delta)
+
+    def delta_from_transmission(self, stack):
+        """Projected δ (before the ramp filter) of a stack of binned transmissions.
+
+        The ring filter (:mod:`~holostream.workers.ring`) measures its stripes on these;
+        :meth:`filtered_from_transmission` is ``self.ramp`` of them.
+
+        Parameters
+        ----------
+        stack : array of shape (n, rows_b, cols_b) or (rows_b, cols_b)
+            Flat-fielded, binned, group-averaged transmissions, numpy or backend.
+
+        Returns
+        -------
+        array of the same shape, float32, on the backend
+            ``∫δ dl / voxel_size_m``.
+        """
         xp = self.backend.xp
         stack = xp.asarray(stack, dtype=xp.float32)
         if stack.ndim not in (2, 3) or tuple(stack.shape[-2:]) != self.binned_shape:
             raise ValueError(f"transmission stack shape: expected (n, *{self.binned_shape}), "
                              f"got {stack.shape}")
         phase = self.phase(stack)
-        return self.ramp(phase_to_delta_px(phase, self.energy_kev, self.voxel_size_m))
+        return phase_to_delta_px(phase, self.energy_kev, self.voxel_size_m)
 
     def process(self, raw, indices):
         """Filtered δ projection of one angle group.

@@ -72,12 +72,43 @@ class DetectorModel:
         Relative intensity lost at the frame corners by the Gaussian beam profile.
     beam_tilt : float
         Relative intensity gradient across the columns (left to right).
+    bad_columns : tuple of (int, float)
+        ``(column, relative gain error)`` of detector columns whose gain during the
+        projections differs from the flats' (e.g. ``(40, 0.05)``: 5 % too bright), the
+        residual that flat-fielding leaves and that makes rings in the volume.
     """
 
     photons: float = 2.0e4
     dark_level: float = 100.0
     beam_falloff: float = 0.25
     beam_tilt: float = 0.05
+    bad_columns: tuple[tuple[int, float], ...] = ()
+
+    def with_bad_columns(self, counts: np.ndarray) -> np.ndarray:
+        """Projection counts as read out through the bad columns' wrong gains.
+
+        The gain acts on the counts above the dark level, after the photon noise, so a scan
+        simulated with and without bad columns has the same noise everywhere (the difference
+        of the two is the columns' effect alone).
+
+        Parameters
+        ----------
+        counts : ndarray of shape (..., cols), uint16
+
+        Returns
+        -------
+        ndarray, uint16, shape of ``counts``
+        """
+        if not self.bad_columns:
+            return counts
+        cols = counts.shape[-1]
+        gain = np.ones(cols)
+        for column, error in self.bad_columns:
+            if not 0 <= column < cols or not error > -1.0:
+                raise ValueError(f"bad column ({column}, {error}) outside 0…{cols - 1} or gain <= 0")
+            gain[column] = 1.0 + error
+        signal = (counts.astype(np.float64) - self.dark_level) * gain + self.dark_level
+        return np.clip(np.rint(signal), 0, _COUNT_MAX).astype(np.uint16)
 
 
 @dataclass
@@ -267,7 +298,7 @@ def iter_projections(phantom: Phantom, geometry: ScanGeometry, angles_deg,
     profile = beam_profile(geometry.rows, geometry.cols, detector.beam_falloff, detector.beam_tilt)
     rng = frame_rng(seed, "projection")
     for angle in np.asarray(angles_deg, dtype=np.float64):
-        yield expose(sim.intensity(float(angle)), detector, profile, rng)
+        yield detector.with_bad_columns(expose(sim.intensity(float(angle)), detector, profile, rng))
 
 
 def simulate_scan(

@@ -108,6 +108,36 @@ def stage_timings(backend, preset: dict, batch: int, iterations: int, repeat: in
     volume = xp.zeros((size, size, size), xp.float32)
     t = best_time(lambda: fbp.backproject(volume, filtered, angles, weights, 0.0, backend), repeat, sync)
     out["back-projection"] = _row(Timing(t, batch))
+    out.update(whole_scan_timings(backend, size, min(math.ceil(preset["n_projections"]
+                                                               / preset["angle_binning"]), 720), repeat))
+    return out
+
+
+#: Detector rows the whole-scan stages are timed on (their cost is linear in the rows).
+_ROWS_TIMED = 16
+
+
+def whole_scan_timings(backend, size: int, n_angles: int, repeat: int) -> dict:
+    """Stages that work on a whole scan at once: the sorting ring filter, the centre estimate.
+
+    The ring filter is timed on ``_ROWS_TIMED`` rows of ``n_angles`` projections and scaled to
+    ``size`` rows (its cost is linear in the rows), so its row reads as seconds per projection
+    of the preset; the centre estimate is once per scan (at most ~100 projections, 128 rows).
+    """
+    from holostream.workers.cor import estimate_cor
+    from holostream.workers.ring import remove_stripes
+
+    rng = np.random.default_rng(2)
+    rows = min(_ROWS_TIMED, size)
+    stack = backend.asarray(rng.normal(0, 1, (n_angles, rows, size)).astype(np.float32))
+    t = best_time(lambda: remove_stripes("sorting", stack, backend), repeat, backend.synchronize)
+    out = {"ring filter (sorting)": {**_row(Timing(t * size / rows, n_angles)),
+                                     "note": f"timed on {rows} rows, scaled to {size}"}}
+    host = backend.to_host(stack)[:, :, :]
+    angles = np.linspace(0.0, 360.0, n_angles, endpoint=False)
+    t = best_time(lambda: estimate_cor(host, angles), repeat)
+    out["centre estimate"] = {"seconds_per_scan": t * min(size, 128) / rows, "angles": n_angles,
+                              "note": f"360° pairs, timed on {rows} rows, scaled to {min(size, 128)}"}
     return out
 
 

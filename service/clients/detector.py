@@ -76,7 +76,8 @@ def scan_info_of(scan_data, scan_id: str, delta_beta: float | None = None,
         energy_kev=float(scan_data.energy_kev), distance_m=float(scan_data.distance_m),
         pixel_size_m=float(scan_data.pixel_size_m), delta_beta=float(delta_beta),
         angles_deg=tuple(float(a) for a in scan_data.angles_deg),
-        cor_px=float(scan_data.cor_px or 0.0), reconstruction=dict(reconstruction or {}))
+        cor_px=None if scan_data.cor_px is None else float(scan_data.cor_px),  # None: estimate
+        reconstruction=dict(reconstruction or {}))
 
 
 class _Sender:

@@ -17,12 +17,13 @@ import time
 
 from holostream.service.offline import reconstruct_scan
 from holostream.service.progress import ProgressBar
-from holostream.shared.settings import ReconstructionSettings, SettingsError
+from holostream.shared.settings import RING_FILTERS, ReconstructionSettings, SettingsError
 
 _log = logging.getLogger(__name__)
 
 #: Command-line option → settings key (same names as the TOML ``[reconstruction]`` table).
-_SETTING_OPTIONS = ("binning", "angle_binning", "phase", "iterations", "filter", "pad_mode", "device")
+_SETTING_OPTIONS = ("binning", "angle_binning", "phase", "iterations", "filter", "pad_mode", "device",
+                    "ring_filter")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,14 +39,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--filter", help="ram-lak|shepp-logan|cosine|hann")
     parser.add_argument("--pad-mode", help="edge|reflect")
     parser.add_argument("--device", help="cpu|gpu")
+    parser.add_argument("--ring-filter", help="ring (stripe) removal: "
+                        + "|".join(RING_FILTERS) + " (default none)")
     parser.add_argument("--delta-beta", type=float,
                         help="δ/β of the sample (required unless the file holds it)")
-    parser.add_argument("--cor-px", type=float,
-                        help="rotation-axis offset from (cols-1)/2, pixels (default: file or 0)")
+    parser.add_argument("--cor-px", type=_cor_option, metavar="PX|auto",
+                        help="rotation-axis offset from (cols-1)/2, unbinned pixels, or 'auto' to "
+                             "estimate it (default: the file's x_rotation_axis_pixel_position, "
+                             "else auto)")
     parser.add_argument("--batch", type=int, default=8, help="angle groups per batch (default 8)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (there is none unless stderr is a terminal)")
     parser.add_argument("--compression", choices=("none", "gzip", "lz4", "zstd"), default="none",
                         help="compression of the volume (lz4 and zstd need hdf5plugin; default none)")
+
+
+def _cor_option(text: str) -> float | str:
+    """``--cor-px``: a finite number of pixels or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels or 'auto', got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def _settings(args: argparse.Namespace) -> ReconstructionSettings:
@@ -95,7 +113,9 @@ def _reconstruct_file(args: argparse.Namespace, settings: ReconstructionSettings
         return _fail(f"{args.input}: the file has no delta_beta; give --delta-beta")
     if not (math.isfinite(delta_beta) and delta_beta > 0):
         return _fail(f"--delta-beta must be a positive number, got {delta_beta}")
-    cor_px = args.cor_px if args.cor_px is not None else (scan.cor_px or 0.0)
+    # None: estimate (asked for, or the file has no axis position).
+    cor_px = args.cor_px if args.cor_px is not None else scan.cor_px
+    cor_px = None if cor_px == "auto" else cor_px
     if settings.binning > min(scan.frame_shape):
         return _fail(f"binning {settings.binning} exceeds the frame size {scan.frame_shape}")
     try:  # the worker's full check of the chain: step names and parameters
@@ -115,7 +135,12 @@ def _reconstruct_file(args: argparse.Namespace, settings: ReconstructionSettings
         write_volume(args.output, volume, attrs, args.compression)
     except (OSError, ValueError) as err:  # ValueError: lz4/zstd without hdf5plugin
         return _fail(f"{args.output}: cannot write ({err})")
+    centre = f"centre {attrs['cor_px']:+.2f} px ({attrs['cor_source']}"
+    if attrs.get("cor_confidence") is not None:
+        centre += f", confidence {attrs['cor_confidence']:.2f}"
+        if attrs["cor_confidence"] < 0.5:
+            centre += ": LOW, check it or give --cor-px"
     print(f"wrote {args.output}: volume {volume.shape} float32 δ, voxel "
           f"{attrs['voxel_size_m'] * 1e6:.3g} µm, {attrs['n_angle_groups']} angle groups, "
-          f"phase {attrs['phase_chain']!r}, {seconds:.1f} s")
+          f"phase {attrs['phase_chain']!r}, {centre}), {seconds:.1f} s")
     return 0

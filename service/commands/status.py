@@ -21,6 +21,13 @@ def format_status(status: dict[str, Any]) -> str:
     if status.get("scan_id"):
         lines.append(f"scan             {status['scan_id']} (#{status.get('scan_seq')}): "
                      f"{status.get('n_projections_used')}/{status.get('n_projections_expected')} projections")
+    centre = status.get("centre")
+    if centre:
+        line = f"centre           {centre['cor_px']:+.2f} px ({centre['cor_source']}"
+        if centre.get("cor_confidence") is not None:
+            line += f", confidence {centre['cor_confidence']:.2f}"
+            line += "" if centre["cor_confidence"] >= 0.5 else ": LOW, do not trust it"
+        lines.append(line + ")")
     lines.append(f"frames           received {status.get('frames_received', 0)}, "
                  f"rejected {status.get('frames_rejected', 0)}, dropped {status.get('frames_dropped', 0)}")
     ingest = status.get("ingest") or {}

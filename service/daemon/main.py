@@ -34,6 +34,7 @@ from holostream.service.daemon.reconstructor import record_unreported
 from holostream.service.daemon.volumes import LiveScan
 from holostream.service.files.volume import save_volume_h5
 from holostream.shared.scanbuffers import sweep
+from holostream.shared.settings import RING_FILTERS
 from holostream.workers.backend import get_backend
 from holostream.workers.memory import DeviceBudget
 
@@ -248,7 +249,7 @@ class Daemon:
         if state.complete is None:
             if state.live_due(now):
                 with self.metrics.stage_seconds.labels("live_volume").time():
-                    volume = state.live_volume()
+                    volume = state.live_volume(self.backend)
                 if volume is not None:
                     self._send(state, volume, final=False)
             return
@@ -353,14 +354,32 @@ class Daemon:
     def _handlers(self) -> dict[str, Any]:
         return {"status": lambda req: {"status": self.status()},
                 "config": lambda req: {"config": {**self.config.to_dict(),
-                                                  "reconstruction": self.settings.to_dict()}},
+                                                  "reconstruction": self.settings.to_dict()},
+                                       "ring_filters": list(RING_FILTERS)},
                 "set": self._set, "abort": self._abort, "republish": self._republish}
 
     def _set(self, request: dict[str, Any]) -> dict[str, Any]:
-        self.settings = self.settings.merged(request["params"])  # SettingsError is a refusal
-        self.channels.commands.put({"type": "settings", "settings": self.settings.to_dict()})
-        log.info("settings changed from the next scan on: %s", request["params"])
-        return {"settings": self.settings.to_dict(), "applies": "from the next scan"}
+        params = dict(request["params"])
+        reply: dict[str, Any] = {}
+        if "cor_px" in params:  # the current scan's axis, from its next volume on
+            cor_px = params.pop("cor_px")
+            open_scans = [s for s in self.scans.values() if s.complete is None]
+            if not open_scans:
+                raise ControlError("cor_px applies to the scan being reconstructed, and there is none")
+            try:
+                open_scans[-1].centre.set_by_operator(cor_px)
+            except ValueError as err:
+                raise ControlError(str(err)) from None
+            log.info("scan %s: centre of rotation set by the operator to %+.2f px",
+                     open_scans[-1].scan_id, open_scans[-1].centre.cor_px)
+            reply.update(scan_id=open_scans[-1].scan_id, cor_px=open_scans[-1].centre.cor_px,
+                         cor_applies="from the current scan's next volume")
+        if params:
+            self.settings = self.settings.merged(params)  # SettingsError is a refusal
+            self.channels.commands.put({"type": "settings", "settings": self.settings.to_dict()})
+            log.info("settings changed from the next scan on: %s", params)
+            reply.update(applies="from the next scan")
+        return {"settings": self.settings.to_dict(), **reply}
 
     def _abort(self, request: dict[str, Any]) -> dict[str, Any]:
         open_ids = [s.scan["scan_id"] for s in self.scans.values() if s.complete is None]
@@ -388,6 +407,8 @@ class Daemon:
             "scan_seq": current.seq if current else None,
             "n_projections_used": current.n_used if current else None,
             "n_projections_expected": current.scan["n_projections"] if current else None,
+            # the current scan's axis: cor_px, cor_source, cor_confidence (when estimated)
+            "centre": current.centre.fields() if current else None,
             "frames_received": self.stats.get("received", 0),
             "frames_rejected": self.stats.get("rejected", self.counters["rejected"]),
             "frames_dropped": self.stats.get("dropped", 0),

@@ -63,14 +63,17 @@ class ScanReconstruction:
         settings = ReconstructionSettings.from_dict(message["settings"])
         self.buffers = ScanBuffers.attach(message["buffers"])
         try:
-            self.pipeline = build_pipeline(self.scan, settings, self.buffers, backend)
+            self.pipeline = build_pipeline(self.scan, settings, self.buffers, backend,
+                                           bool(message.get("half_acquisition")))
             self.shared_volume = self.buffers.volume[0]
             # groups back-projected since the last commit: float32 (nz, n, n) on the device
             self.accumulator = backend.xp.zeros(self.shared_volume.shape, dtype=np.float32)
         except BaseException:
             self.buffers.close()  # a scan that cannot run must not pin its memory
             raise
-        self.center_px = self.pipeline.center_px(self.scan.cor_px)
+        # A scan without cor_px is not estimated live yet: its axis is taken at the middle
+        # (the volume header says "cor_source": "default").
+        self.center_px = self.pipeline.center_px(self.scan.cor_px or 0.0)
         self.uncommitted: list[dict[str, Any]] = []  # the messages of the accumulated groups
         self.uncommitted_weight = 0.0
         self.last_used = self.last_commit = time.monotonic()

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from holostream.service.daemon.centre import half_acquisition
 from holostream.shared.messages import Frame, ProtocolError, ScanInfo
 from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers, layout
 from holostream.shared.settings import ReconstructionSettings
@@ -95,9 +96,11 @@ class OpenScan:
         self.error: str | None = None
         # What every task repeats, built once. Workers need the scan's geometry, not a list
         # of 100 000 angles in every task.
+        # (a 360° offset-axis scan is recognised from its angles here, once, and says so)
         self.task_base = {"type": "group", "scan_seq": seq,
                           "scan": {k: v for k, v in info.to_dict().items() if k != "angles_deg"},
-                          "settings": settings.to_dict(), "buffers": buffers.description()}
+                          "settings": settings.to_dict(), "buffers": buffers.description(),
+                          "half_acquisition": half_acquisition(info, settings.binning) is not None}
 
     # ---- state -------------------------------------------------------------------------
     @property
@@ -334,8 +337,9 @@ def open_scan(seq: int, info: ScanInfo, settings: ReconstructionSettings, prefix
     except ValueError as exc:
         raise ProtocolError(f"scan_start {info.scan_id}: {exc}", "bad_field") from exc
     n_slots = max(min(ring_slots, info.n_projections), max(len(g) for g in groups))
+    half = half_acquisition(info, b)  # a 360° offset-axis scan: the whole disc
     specs = layout(info.shape, info.dtype, n_slots, len(groups), (rows // b, cols // b), n_partials,
-                   binned=split)
+                   binned=split, volume_width=None if half is None else half[0])
     try:
         buffers = ScanBuffers.create(f"{prefix}_{seq}", specs)
     except (MemoryError, FileExistsError) as exc:

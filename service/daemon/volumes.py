@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from holostream.service.daemon.centre import LiveCentre, recentred_volume
 from holostream.shared.scanbuffers import ScanBuffers
 from holostream.workers import fbp, phasing
 from holostream.workers.backend import Backend
@@ -50,15 +51,29 @@ def volume_header(scan: dict[str, Any], settings: dict[str, Any], *, scan_seq: i
         "final": bool(final),
         "n_projections_used": int(n_used), "n_projections_expected": int(scan["n_projections"]),
         "shape": [int(n) for n in shape], "dtype": "float32", "quantity": "delta",
-        "voxel_size_m": float(scan["pixel_size_m"]) * binning,
+        "voxel_size_m": _effective_geometry(scan)["pixel_size_m"] * binning,
         "timestamp": time.time(),
         "binning": binning, "angle_binning": int(settings["angle_binning"]),
         "phase": settings["phase"], "phase_chain": phasing.format_chain(chain) if chain else "none",
         "iterations": int(settings["iterations"]),
-        "filter": settings["filter"], "pad_mode": settings.get("pad_mode"), "cor_px": float(scan.get("cor_px") or 0.0),
+        "filter": settings["filter"], "pad_mode": settings.get("pad_mode"),
+        # LiveScan.header replaces these with its centre (estimated or the operator's)
+        "cor_px": float(scan.get("cor_px") or 0.0),
+        "cor_source": "given" if scan.get("cor_px") is not None else "default",
+        # sinogram ring filters need the whole scan: only `holostream reconstruct` applies them
+        "ring_filter": "none",
         "delta_beta": float(scan["delta_beta"]), "energy_kev": float(scan["energy_kev"]),
-        "distance_m": float(scan["distance_m"]), "pixel_size_m": float(scan["pixel_size_m"]),
+        **_effective_geometry(scan),
     }
+
+
+def _effective_geometry(scan: dict[str, Any]) -> dict[str, float]:
+    """``distance_m``, ``pixel_size_m`` (effective) and ``magnification`` of a scan's dict."""
+    from holostream.shared.messages import ScanInfo
+
+    info = ScanInfo.from_dict(scan)
+    return {"distance_m": info.distance_m, "pixel_size_m": info.pixel_size_m,
+            "magnification": info.magnification}
 
 
 def live_volume(partials: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
@@ -144,6 +159,11 @@ class LiveScan:
     volume_seq: int = 0
     complete: dict[str, Any] | None = None
     last_result: float = field(default_factory=time.monotonic)
+    centre: LiveCentre | None = None  # the axis the volumes use (given, estimated, operator)
+
+    def __post_init__(self):
+        if self.centre is None:
+            self.centre = LiveCentre.of_scan(self.scan, self.settings)
 
     @classmethod
     def open(cls, event: dict[str, Any], now: float) -> "LiveScan":
@@ -185,13 +205,25 @@ class LiveScan:
         arrived = set((self.complete or {}).get("groups_arrived", []))
         return arrived - set(self.groups) - self.failed
 
-    def live_volume(self) -> np.ndarray | None:
-        """The current normalised sum of the partials (None before the first group)."""
+    def live_volume(self, backend: Backend) -> np.ndarray | None:
+        """The current normalised sum of the partials (None before the first group).
+
+        With a centre other than the workers' (estimated or set by the operator), the
+        one-shot FBP of the arrived groups from the sinogram with that centre instead.
+        """
         self.published_groups = len(self.groups)
+        self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id)
+        if self.groups and self.centre.differs_from(self.center_px):
+            return recentred_volume(self.buffers.sinogram, self.groups, self.centre.binned_px,
+                                    self.buffers.volume.shape[1:], backend, final=False)
         return live_volume(self.buffers.volume, self.buffers.weights)
 
     def final_volume(self, backend: Backend) -> np.ndarray:
         """The one-shot FBP of the groups that arrived (see :func:`final_volume`)."""
+        self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id)
+        if self.centre.differs_from(self.center_px):
+            return recentred_volume(self.buffers.sinogram, self.groups, self.centre.binned_px,
+                                    self.buffers.volume.shape[1:], backend, final=True)
         groups = np.array(sorted(self.groups))
         angles = np.array([self.groups[g][0] for g in groups])
         used = np.array([self.groups[g][1] for g in groups])
@@ -202,6 +234,10 @@ class LiveScan:
         """The header of this scan's next volume message."""
         header = volume_header(self.scan, self.settings, scan_seq=self.seq, seq=self.volume_seq,
                                final=final, n_used=self.n_used, shape=volume.shape)
+        header.update(self.centre.fields())
+        # the volume is wider than the binned detector only for a 360° offset-axis scan
+        header["half_acquisition"] = volume.shape[-1] != int(self.scan["shape"][1]) // int(
+            self.settings["binning"])
         self.volume_seq += 1
         return header
 

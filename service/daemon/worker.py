@@ -33,6 +33,8 @@ from holostream.shared.scanbuffers import ScanBuffers
 from holostream.shared.settings import ReconstructionSettings
 from holostream.workers import fbp
 from holostream.workers.backend import Backend, get_backend, gpu_available
+from holostream.workers.binning import binned_center_px
+from holostream.workers.halfacq import detector_weights
 from holostream.workers.phasing import default_chain
 from holostream.workers.pipeline import ProjectionPipeline
 
@@ -56,14 +58,23 @@ def choose_backend(device: str, threads: int = 1) -> Backend:
 
 
 def build_pipeline(scan: ScanInfo, settings: ReconstructionSettings, buffers: ScanBuffers,
-                   backend: Backend) -> ProjectionPipeline:
-    """The :class:`ProjectionPipeline` of a scan, from its shared dark/flat ``reference``."""
+                   backend: Backend, half: bool = False) -> ProjectionPipeline:
+    """The :class:`ProjectionPipeline` of a scan, from its shared dark/flat ``reference``.
+
+    ``half``: a 360° offset-axis scan (the task's ``half_acquisition``, decided by ingest from
+    the angles, which tasks do not carry): the detector columns are weighted before the ramp.
+    """
+    column_weights = None
+    if half:
+        cols = int(scan.shape[1])
+        column_weights = detector_weights(cols // settings.binning,
+                                          binned_center_px(cols, settings.binning, scan.cor_px or 0.0))
     return ProjectionPipeline(
         tuple(scan.shape), backend.asarray(buffers.reference[0]), backend.asarray(buffers.reference[1]),
         binning=settings.binning, chain=default_chain(settings.phase, settings.iterations, scan.delta_beta),
         filter=settings.filter, energy_kev=scan.energy_kev, distance_m=scan.distance_m,
         pixel_size_m=scan.pixel_size_m, delta_beta=scan.delta_beta, backend=backend,
-        pad_mode=settings.pad_mode)
+        pad_mode=settings.pad_mode, column_weights=column_weights)
 
 
 class ScanWork:
@@ -95,11 +106,14 @@ class ScanWork:
         settings = ReconstructionSettings.from_dict(task["settings"])
         self.buffers = ScanBuffers.attach(task["buffers"])
         try:
-            self.pipeline = build_pipeline(self.scan, settings, self.buffers, backend)
+            self.pipeline = build_pipeline(self.scan, settings, self.buffers, backend,
+                                           bool(task.get("half_acquisition")))
         except BaseException:
             self.buffers.close()  # a task that cannot run must not pin the scan's memory
             raise
-        self.center_px = self.pipeline.center_px(self.scan.cor_px)
+        # A scan without cor_px is not estimated live yet: its axis is taken at the middle
+        # (the volume header says "cor_source": "default").
+        self.center_px = self.pipeline.center_px(self.scan.cor_px or 0.0)
         # split mode: the one partial volume is the reconstructor's
         self.shared_volume = None if split else self.buffers.volume[worker_id]
         self.accumulator = None if split else backend.asarray(self.shared_volume)

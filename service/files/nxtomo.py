@@ -4,10 +4,18 @@ Reading converts every quantity at the door to the project's units (``energy_kev
 ``distance_m``, ``pixel_size_m``, ``angles_deg``) and checks the file is usable for a
 reconstruction; anything that is not raises :class:`ScanFileError` with one-line reason.
 
-The distance and pixel size in the file are taken as the effective (plane-wave
-equivalent) ones, as PROTOCOL.md defines them; ``sample/x_pixel_size`` (the pixel size at
-the sample) is preferred over ``instrument/detector/x_pixel_size`` when both exist. NXtomo
+Geometry (PROTOCOL.md "Extensions"): ``sample/propagation_distance`` and
+``sample/x_pixel_size`` are the effective (plane-wave equivalent) values and win when
+present; otherwise a file with ``instrument/source/distance`` is a cone beam, whose detector
+distance and pixel size are turned into effective ones by Fresnel scaling, and a file
+without it is taken as plane-wave (detector distance and pixel size used as they are). NXtomo
 has no field for δ/β; files written here keep it in ``<entry>/holostream/delta_beta``.
+
+The rotation axis, ``instrument/detector/x_rotation_axis_pixel_position``, is read as nabu
+reads it: an offset in pixels from the middle of the frame, ``(cols - 1) / 2``, not the
+absolute column that nxtomo's docstring describes (PROTOCOL.md, "Extensions"); files
+written here store it the same way. Without it the centre is estimated from the data, with
+``instrument/detector/estimated_cor_from_motor`` (same convention) as the starting guess.
 """
 
 from __future__ import annotations
@@ -46,8 +54,16 @@ class ScanData:
         when the scan was read with ``lazy=True``.
     angles_deg : ndarray of shape (n_projections,), float64
     energy_kev, distance_m, pixel_size_m : float
+        Photon energy (keV), effective (plane-wave equivalent) distance and pixel size (m).
+    magnification : float
+        Cone-beam magnification ``(z₁ + z₂) / z₁``; 1 for a plane-wave file.
+    half_acquisition : bool
+        The file's ``instrument/detector/half_acquisition`` (a 360° offset-axis scan).
     cor_px : float or None
-        Rotation-axis offset from ``(cols - 1) / 2`` in pixels, when the file has it.
+        Rotation-axis offset from ``(cols - 1) / 2`` in pixels, when the file has it
+        (None: estimate it).
+    cor_guess_px : float or None
+        A starting guess for the estimate (the motor position), same convention.
     delta_beta : float or None
         δ/β, when the file has it (files written by :func:`write_scan`).
     source : str
@@ -65,6 +81,9 @@ class ScanData:
     cor_px: float | None = None
     delta_beta: float | None = None
     source: str = ""
+    cor_guess_px: float | None = None
+    magnification: float = 1.0
+    half_acquisition: bool = False
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -143,6 +162,42 @@ def _magnitude(quantity, unit: str, what: str, path: str) -> float:
     if not np.isfinite(value) or value <= 0:
         raise ScanFileError(f"{path}: {what} must be a positive number, got {value}")
     return value
+
+
+def _geometry(nx, path: str) -> dict[str, float]:
+    """Effective distance and pixel size, and the magnification, of an NXtomo entry.
+
+    ``sample/propagation_distance`` and ``sample/x_pixel_size`` are effective values and win
+    when present. Otherwise, with ``instrument/source/distance`` (z₁) the beam is a cone: the
+    detector's distance (z₂) and pixel size are scaled by ``M = (z₁ + z₂) / z₁`` (Fresnel
+    scaling); without it they are taken as they are (plane wave, M = 1). Distances count by
+    magnitude (NeXus writes the source distance as negative).
+    """
+    from holostream.workers.physics import fresnel_scaling
+
+    det, sample = nx.instrument.detector, nx.sample
+    z1 = nx.instrument.source.distance
+    z2 = _magnitude(_absolute(det.distance), "m", "sample-detector distance", path)
+    if z1 is not None:
+        z1 = _magnitude(_absolute(z1), "m", "source-sample distance", path)
+        pixel = _magnitude(det.x_pixel_size, "m", "detector x pixel size", path)
+        magnification, distance, pixel_size = fresnel_scaling(z1, z2, pixel)
+    else:
+        magnification, distance = 1.0, z2
+        pixel_size = None if det.x_pixel_size is None else _magnitude(
+            det.x_pixel_size, "m", "detector x pixel size", path)
+    if sample.propagation_distance is not None:
+        distance = _magnitude(_absolute(sample.propagation_distance), "m", "propagation distance", path)
+    if sample.x_pixel_size is not None:
+        pixel_size = _magnitude(sample.x_pixel_size, "m", "sample x pixel size", path)
+    if pixel_size is None:
+        raise ScanFileError(f"{path}: no x pixel size in the file")
+    return {"distance_m": distance, "pixel_size_m": pixel_size, "magnification": magnification}
+
+
+def _absolute(quantity):
+    """``|quantity|`` keeping its unit (None stays None)."""
+    return None if quantity is None else abs(quantity)
 
 
 def _split_flats(flat_pos: np.ndarray, proj_pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -226,11 +281,9 @@ def read_scan(path: str, entry: str | None = None, lazy: bool = False) -> ScanDa
         before, after = _split_flats(flat_pos, proj_pos)
         if before.size == 0:  # only flats after the scan: use them as the one reference
             before, after = after, after[:0]
-        pixel = nx.sample.x_pixel_size if nx.sample.x_pixel_size is not None else det.x_pixel_size
         geometry = dict(
             energy_kev=_magnitude(nx.instrument.beam.incident_energy, "keV", "energy", path),
-            distance_m=_magnitude(det.distance, "m", "sample-detector distance", path),
-            pixel_size_m=_magnitude(pixel, "m", "x pixel size", path),
+            **_geometry(nx, path),
         )
         scan = ScanData(
             darks=_read_frames(data, dark_pos),
@@ -239,7 +292,10 @@ def read_scan(path: str, entry: str | None = None, lazy: bool = False) -> ScanDa
             projections=(ProjectionFrames(path, data.name, proj_pos) if lazy
                          else _read_frames(data, proj_pos)),
             angles_deg=angles[proj_pos],
-            cor_px=det.x_rotation_axis_pixel_position,
+            cor_px=_optional_float(det.x_rotation_axis_pixel_position),
+            # read directly: nxtomo's accessor is deprecated (and warns on every read)
+            cor_guess_px=_optional_float(_dataset_value(f[entry], "instrument/detector/estimated_cor_from_motor")),
+            half_acquisition=bool(det.half_acquisition),
             delta_beta=_stored_delta_beta(f[entry]),
             source=f"{path}::{entry}",
             **geometry,
@@ -248,6 +304,20 @@ def read_scan(path: str, entry: str | None = None, lazy: bool = False) -> ScanDa
               len(scan.darks), len(scan.flats), 0 if scan.flats_after is None else len(scan.flats_after),
               scan.n_projections, scan.frame_shape)
     return scan
+
+
+def _dataset_value(group: h5py.Group, name: str):
+    """The scalar value of dataset ``name`` under ``group``, or None when absent."""
+    item = group.get(name)
+    return item[()] if isinstance(item, h5py.Dataset) and item.shape == () else None
+
+
+def _optional_float(value) -> float | None:
+    """A finite float, or None for an absent (or NaN) value."""
+    if value is None:
+        return None
+    value = float(getattr(value, "magnitude", value))
+    return value if np.isfinite(value) else None
 
 
 def _read_frames(data: h5py.Dataset, positions: np.ndarray) -> np.ndarray:
@@ -265,13 +335,18 @@ def _stored_delta_beta(group: h5py.Group) -> float | None:
     return value if np.isfinite(value) and value > 0 else None
 
 
-def write_scan(path: str, scan, entry: str = "entry", delta_beta: float | None = None) -> None:
+def write_scan(path: str, scan, entry: str = "entry", delta_beta: float | None = None,
+               write_cor: bool = True, magnification: float = 1.0) -> None:
     """Write a :class:`~holostream.workers.simulate.SimulatedScan` as an NXtomo file.
 
     Frames go in acquisition order: darks, flats, projections, flats after. Energy is
     written in keV, distance and pixel sizes in metres, angles in degrees, the axis offset
     as ``x_rotation_axis_pixel_position``; δ/β (``delta_beta`` or the scan's own) in
-    ``<entry>/holostream/delta_beta``. An existing file is replaced.
+    ``<entry>/holostream/delta_beta``. With ``write_cor=False`` the axis position is left
+    out (a reader then estimates it). With ``magnification`` M > 1 the geometry is written
+    as a cone beam with those effective values, as nxtomomill writes ID16 scans: source
+    distance ``-z₁`` (NeXus sign), detector distance ``z₂ = M·distance``, detector pixel
+    ``M·pixel``, and no ``sample/x_pixel_size``. An existing file is replaced.
     """
     import pint
     from nxtomo import NXtomo
@@ -292,10 +367,19 @@ def write_scan(path: str, scan, entry: str = "entry", delta_beta: float | None =
                              for f, _, a in parts])
     nx.sample.rotation_angle = angles * units.degree
     nx.instrument.beam.incident_energy = g.energy_kev * units.keV
-    det.distance = g.distance_m * units.meter
-    det.x_pixel_size = det.y_pixel_size = g.pixel_size_m * units.meter
-    nx.sample.x_pixel_size = nx.sample.y_pixel_size = g.pixel_size_m * units.meter
-    det.x_rotation_axis_pixel_position = float(g.cor_px)
+    if not magnification >= 1.0:
+        raise ValueError(f"magnification must be >= 1, got {magnification}")
+    if magnification > 1.0:
+        z2 = magnification * g.distance_m
+        nx.instrument.source.distance = -(z2 / (magnification - 1.0)) * units.meter
+        det.distance = z2 * units.meter
+        det.x_pixel_size = det.y_pixel_size = magnification * g.pixel_size_m * units.meter
+    else:
+        det.distance = g.distance_m * units.meter
+        det.x_pixel_size = det.y_pixel_size = g.pixel_size_m * units.meter
+        nx.sample.x_pixel_size = nx.sample.y_pixel_size = g.pixel_size_m * units.meter
+    if write_cor:
+        det.x_rotation_axis_pixel_position = float(g.cor_px)
     nx.title = "holostream simulated scan"
     nx.save(file_path=path, data_path=entry, overwrite=True)
     delta_beta = delta_beta if delta_beta is not None else scan.delta_beta

@@ -118,3 +118,62 @@ def test_lazy_projections_read_the_same_frames(single_material_nx):
             lazy.projections[3]
     finally:
         lazy.projections.close()
+
+
+def test_centre_estimated_when_the_file_has_none_and_ring_filter_chosen(tmp_path):
+    # A 360° scan with the axis 9.3 px off centre and no axis position in the file: the
+    # default is to estimate it, and the volume says so; a given --cor-px wins; 'auto'
+    # estimates even when the file has one; a bad value is refused with a reason.
+    scan_file, out = tmp_path / "sim.nx", tmp_path / "vol.h5"
+    proc = holostream("simulate", "-o", scan_file, "--size", 48, "--projections", 60,
+                      "--span-deg", 360, "--cor-px", 9.3, "--axis-unknown", "--bad-columns", 2,
+                      "--wide-sample", "--seed", 3)
+    assert proc.returncode == 0, proc.stderr
+    assert read_scan(str(scan_file)).cor_px is None
+    proc = holostream("reconstruct", scan_file, "-o", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "(estimated, confidence" in proc.stdout
+    with h5py.File(out, "r") as f:
+        attrs = dict(f["volume"].attrs)
+    assert attrs["cor_source"] == "estimated" and attrs["cor_confidence"] >= 0.5
+    assert attrs["cor_px"] == pytest.approx(9.3, abs=0.3)
+    proc = holostream("reconstruct", scan_file, "-o", out, "--quiet", "--cor-px", 9.0)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(out, "r") as f:
+        assert f["volume"].attrs["cor_source"] == "given" and f["volume"].attrs["cor_px"] == 9.0
+        assert "cor_confidence" not in f["volume"].attrs
+    proc = holostream("reconstruct", scan_file, "-o", out, "--quiet", "--cor-px", "middle")
+    assert proc.returncode == 2 and "'auto'" in proc.stderr
+    # the ring filter is chosen per reconstruction and recorded
+    proc = holostream("reconstruct", scan_file, "-o", out, "--quiet", "--ring-filter", "sorting")
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(out, "r") as f:
+        assert f["volume"].attrs["ring_filter"] == "sorting"
+    proc = holostream("reconstruct", scan_file, "-o", out, "--quiet", "--ring-filter", "wavelet")
+    assert proc.returncode == 2 and "ring_filter" in proc.stderr and "sorting" in proc.stderr
+
+
+def test_cone_beam_file_reconstructs_with_effective_geometry(tmp_path):
+    # A file written as a cone beam (M = 40, as nxtomomill writes ID16 scans) is read back as
+    # the same effective geometry, and the volume records it with its magnification;
+    # sample/propagation_distance, when present, wins.
+    scan_file, out = tmp_path / "cone.nx", tmp_path / "vol.h5"
+    proc = holostream("simulate", "-o", scan_file, "--size", 32, "--projections", 24,
+                      "--magnification", 40, "--seed", 2)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(scan_file, "r") as f:
+        assert f["entry/instrument/source/distance"][()] < 0
+        assert f["entry/instrument/detector/distance"][()] == pytest.approx(2.0)
+        assert "x_pixel_size" not in f["entry/sample"]
+    scan = read_scan(str(scan_file))
+    assert scan.magnification == pytest.approx(40.0)
+    assert (scan.distance_m, scan.pixel_size_m) == pytest.approx((0.05, 1e-6))
+    proc = holostream("reconstruct", scan_file, "-o", out, "--quiet", "--cor-px", 0)
+    assert proc.returncode == 0, proc.stderr
+    with h5py.File(out, "r") as f:
+        attrs = f["volume"].attrs
+        assert attrs["magnification"] == pytest.approx(40.0)
+        assert (attrs["distance_m"], attrs["pixel_size_m"]) == pytest.approx((0.05, 1e-6))
+    with h5py.File(scan_file, "a") as f:
+        f["entry/sample"].create_dataset("propagation_distance", data=0.07).attrs["units"] = "m"
+    assert read_scan(str(scan_file)).distance_m == pytest.approx(0.07)

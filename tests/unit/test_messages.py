@@ -173,3 +173,47 @@ def test_angle_comes_from_frame_when_scan_has_none():
     frame = parse_message(parts(frame_header(angle_deg=None), PAYLOAD))
     with pytest.raises(ProtocolError, match="no angle_deg"):
         scan.check_frame(frame)
+
+
+def _start_without(*keys, **changes):
+    d = {k: v for k, v in START.items() if k not in keys}
+    d.update(changes)
+    return d
+
+
+def test_cone_beam_geometry_gives_effective_values():
+    from holostream.workers.physics import fresnel_scaling
+
+    cone = dict(source_distance_m=-0.02, detector_distance_m=1.98, detector_pixel_size_m=6.5e-6)
+    msg = parse_message(parts(_start_without("distance_m", "pixel_size_m", **cone)))
+    scan = msg.scan
+    magnification, distance_m, pixel_size_m = fresnel_scaling(0.02, 1.98, 6.5e-6)
+    assert scan.magnification == pytest.approx(100.0) == pytest.approx(magnification)
+    assert scan.distance_m == pytest.approx(distance_m) and scan.pixel_size_m == pytest.approx(pixel_size_m)
+    assert scan.source_distance_m == 0.02  # by magnitude (NeXus writes it negative)
+    again = ScanInfo.from_dict(scan.to_dict())
+    assert again == scan and "distance_m" not in scan.to_dict()
+    plane = parse_message(parts(START)).scan
+    assert plane.magnification == 1.0 and plane.source_distance_m is None
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(source_distance_m=0.1, detector_distance_m=0.5, detector_pixel_size_m=1e-6),
+     "not both"),
+    (dict(source_distance_m=0.1, detector_distance_m=0.5), "detector_pixel_size_m"),
+])
+def test_cone_beam_geometry_mixed_or_partial_is_rejected(change, words):
+    error = rejected(parts(_start_without(**change)))
+    assert words in str(error)
+    error = rejected(parts(_start_without("distance_m", "pixel_size_m", source_distance_m=0.0,
+                                          detector_distance_m=0.5, detector_pixel_size_m=1e-6)))
+    assert error.code == "out_of_range"
+    error = rejected(parts(_start_without("pixel_size_m")))
+    assert error.code == "missing_field" and "pixel_size_m" in str(error)
+
+
+def test_absent_centre_is_not_zero():
+    scan = parse_message(parts(START)).scan
+    assert scan.cor_px is None and "cor_px" not in scan.to_dict()
+    given = parse_message(parts(_start_without(cor_px=0.0))).scan
+    assert given.cor_px == 0.0 and ScanInfo.from_dict(given.to_dict()).cor_px == 0.0

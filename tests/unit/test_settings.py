@@ -20,6 +20,7 @@ def test_defaults_match_the_protocol_contract():
         "publish_interval_s": 2.0,
         "pad_mode": "edge",
         "device": "cpu",
+        "ring_filter": "none",
     }
 
 

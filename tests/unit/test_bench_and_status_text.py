@@ -1,0 +1,22 @@
+"""What the closing notes and operators read: the bench's whole-scan stages, the status text of the centre."""
+
+from holostream.service.bench.chain import whole_scan_timings
+
+
+def test_whole_scan_timings_report_ring_filter_and_centre(cpu_backend):
+    out = whole_scan_timings(cpu_backend, size=32, n_angles=24, repeat=1)
+    ring = out["ring filter (sorting)"]
+    assert ring["projections"] == 24 and ring["seconds"] > 0 and "scaled to 32" in ring["note"]
+    assert out["centre estimate"]["seconds_per_scan"] > 0 and out["centre estimate"]["angles"] == 24
+
+
+def test_status_text_shows_the_centre_and_a_low_confidence():
+    from holostream.service.commands.status import format_status
+
+    text = format_status({"state": "reconstructing", "scan_id": "s", "scan_seq": 1,
+                          "n_projections_used": 10, "n_projections_expected": 90,
+                          "centre": {"cor_px": 3.25, "cor_source": "estimated", "cor_confidence": 0.3}})
+    assert "centre           +3.25 px (estimated, confidence 0.30: LOW, do not trust it)" in text
+    given = format_status({"state": "reconstructing", "scan_id": "s",
+                           "centre": {"cor_px": 0.0, "cor_source": "given"}})
+    assert "centre           +0.00 px (given)" in given
