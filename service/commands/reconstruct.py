@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "estimate it (default: the file's x_rotation_axis_pixel_position, "
                              "else auto)")
     parser.add_argument("--batch", type=int, default=8, help="angle groups per batch (default 8)")
+    parser.add_argument("--slices", type=_slices_option, metavar="AXIS:I,...",
+                        help="quick look: only these slices of the volume (e.g. z:32,y:64; indices of the "
+                             "whole binned volume), written as datasets of OUTPUT and as PNGs beside it")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (there is none unless stderr is a terminal)")
     parser.add_argument("--compression", choices=("none", "gzip", "lz4", "zstd"), default="none",
                         help="compression of the volume (lz4 and zstd need hdf5plugin; default none)")
@@ -74,6 +77,15 @@ def _cor_option(text: str) -> float | str:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+def _slices_option(text: str) -> list[tuple[str, int]]:
+    from holostream.service.slices import parse_slices
+
+    try:
+        return parse_slices(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _settings(args: argparse.Namespace) -> ReconstructionSettings:
@@ -143,6 +155,8 @@ def _reconstruct_file(args: argparse.Namespace, settings: ReconstructionSettings
         backend = get_backend(settings.device)
     except RuntimeError as err:
         return _fail(str(err))
+    if args.slices:
+        return _quick_look(args, settings, scan, delta_beta, cor_px, backend)
     progress = None if args.quiet else ProgressBar("reconstruct", unit="group")
     start = time.perf_counter()
     volume, attrs = reconstruct_scan(scan, settings, delta_beta, cor_px, backend,
@@ -160,4 +174,38 @@ def _reconstruct_file(args: argparse.Namespace, settings: ReconstructionSettings
     print(f"wrote {args.output}: volume {volume.shape} float32 δ, voxel "
           f"{attrs['voxel_size_m'] * 1e6:.3g} µm, {attrs['n_angle_groups']} angle groups, "
           f"phase {attrs['phase_chain']!r}, {centre}), {seconds:.1f} s")
+    return 0
+
+
+def _quick_look(args: argparse.Namespace, settings: ReconstructionSettings, scan, delta_beta: float,
+                cor_px, backend) -> int:
+    """``--slices``: reconstruct and write only the asked slices (HDF5 datasets and PNGs)."""
+    from pathlib import Path
+
+    import h5py
+
+    from holostream.service.commands.subscribe import write_png
+    from holostream.service.slices import reconstruct_slices
+
+    start = time.perf_counter()
+    try:
+        images, attrs = reconstruct_slices(scan, settings, delta_beta, cor_px, args.slices, backend,
+                                           batch=args.batch)
+    except ValueError as err:
+        return _fail(str(err))
+    seconds = time.perf_counter() - start
+    output = Path(args.output)
+    try:
+        with h5py.File(output, "w") as f:
+            for key, value in attrs.items():
+                f.attrs[key] = value
+            f.attrs["seconds"] = seconds
+            for (axis, index), image in zip(args.slices, images):
+                f.create_dataset(f"slices/{axis}_{index}", data=image)
+                write_png(output.with_name(f"{output.stem}_{axis}{index}.png"), image)
+    except OSError as err:
+        return _fail(f"{args.output}: cannot write ({err})")
+    print(f"wrote {args.output}: slices {', '.join(attrs['slices'])} of the volume {tuple(attrs['shape'])}, "
+          f"centre {attrs['cor_px']:+.2f} px ({attrs['cor_source']}), {seconds:.1f} s; PNGs "
+          f"{output.stem}_<axis><index>.png beside it")
     return 0

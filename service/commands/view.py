@@ -32,7 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--publish", metavar="ADDR",
                         help=f"PUB address of the daemon (default: [publish] address of --config, "
                              f"else {DEFAULT_PUBLISH})")
-    parser.add_argument("--config", metavar="FILE", help="the daemon's TOML configuration, to find its PUB address")
+    parser.add_argument("--control", metavar="ADDR",
+                        help="control (REP) address of the daemon, for re-tuning from the page (default: "
+                             "[control] address of --config; without either the page only watches)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="the daemon's TOML configuration, to find its PUB and control addresses")
     parser.add_argument("--listen", metavar="HOST:PORT", default=DEFAULT_LISTEN,
                         help=f"where the page is served (default {DEFAULT_LISTEN}: this machine only; "
                              "0.0.0.0:PORT for every interface)")
@@ -45,13 +49,15 @@ def run(args: argparse.Namespace) -> int:
     """Run the viewer; 0 after Ctrl-C or SIGTERM, 1 when it cannot listen, 2 on bad options."""
     try:
         host, port = parse_listen(args.listen)
-        publish = args.publish
-        if publish is None and args.config:
+        publish, control = args.publish, args.control
+        if (publish is None or control is None) and args.config:
             from holostream.service.config import ConfigError, load_config
             try:
-                publish = connect_address(load_config(args.config).publish.address)
+                config = load_config(args.config)
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
+            publish = publish or connect_address(config.publish.address)
+            control = control or connect_address(config.control.address)
     except ValueError as exc:
         print(f"holostream view: {exc}", file=sys.stderr)
         return 2
@@ -62,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             raise
         print("holostream view: needs aiohttp: pip install 'holostream[view]'", file=sys.stderr)
         return 2
-    viewer = Viewer(publish or DEFAULT_PUBLISH, volumes=not args.previews_only)
+    viewer = Viewer(publish or DEFAULT_PUBLISH, volumes=not args.previews_only, control=control)
     try:
         asyncio.run(serve(viewer, host, port))
     except OSError as exc:

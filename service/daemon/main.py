@@ -27,6 +27,7 @@ from holostream.service.config import Config
 from holostream.service.daemon.channels import Channels, drain, make_channels, spawn_context
 from holostream.service.daemon.children import IngestProcess, ReconstructorProcess, WorkerPool, resolve_mode
 from holostream.service.daemon.control import Control, ControlError
+from holostream.service.daemon.kept import KeptScan
 from holostream.service.daemon.metrics import Metrics
 from holostream.service.daemon.notify import Notifier, status_line
 from holostream.service.daemon.publisher import Publisher
@@ -79,6 +80,8 @@ class Daemon:
                          "groups_failed": 0, "rejected": 0, "ingest_reports": 0}
         self.last_error: str | None = None
         self.last_final: tuple[dict, np.ndarray] | None = None
+        self.kept: KeptScan | None = None  # the last completed scan, to re-centre after its end
+        self.recentre_kept: float | None = None  # a centre asked for it, applied by the loop
         self.started = time.time()
         self.stop_requested = False
         self.stop_signal: int | None = None
@@ -169,6 +172,8 @@ class Daemon:
             now = time.monotonic()
             for state in list(self.scans.values()):
                 self._advance(state, now)
+            if self.recentre_kept is not None:  # after the reply: a back-projection takes seconds
+                self._republish_recentred()
             if now >= next_supervise:
                 next_supervise = now + _SUPERVISE_EVERY_S
                 self._supervise()
@@ -276,6 +281,7 @@ class Daemon:
             self.metrics.final_latency.observe(max(0.0, time.time() - state.complete["last_frame_time"]))
         self.last_final = (header, volume)
         self.counters["scans_completed"] += 1
+        self.kept = KeptScan.of(state, header, self.config.publish.keep_last_scan_mb)
         log.info("scan %s final volume %s from %d/%d projections", state.scan_id,
                  header["shape"], header["n_projections_used"], header["n_projections_expected"])
         self._drop(state)
@@ -361,25 +367,46 @@ class Daemon:
     def _set(self, request: dict[str, Any]) -> dict[str, Any]:
         params = dict(request["params"])
         reply: dict[str, Any] = {}
-        if "cor_px" in params:  # the current scan's axis, from its next volume on
-            cor_px = params.pop("cor_px")
-            open_scans = [s for s in self.scans.values() if s.complete is None]
-            if not open_scans:
-                raise ControlError("cor_px applies to the scan being reconstructed, and there is none")
-            try:
-                open_scans[-1].centre.set_by_operator(cor_px)
-            except ValueError as err:
-                raise ControlError(str(err)) from None
-            log.info("scan %s: centre of rotation set by the operator to %+.2f px",
-                     open_scans[-1].scan_id, open_scans[-1].centre.cor_px)
-            reply.update(scan_id=open_scans[-1].scan_id, cor_px=open_scans[-1].centre.cor_px,
-                         cor_applies="from the current scan's next volume")
+        if "cor_px" in params:  # the current scan's axis from its next volume on, else the last scan's
+            reply.update(self._set_centre(params.pop("cor_px")))
         if params:
             self.settings = self.settings.merged(params)  # SettingsError is a refusal
             self.channels.commands.put({"type": "settings", "settings": self.settings.to_dict()})
             log.info("settings changed from the next scan on: %s", params)
             reply.update(applies="from the next scan")
         return {"settings": self.settings.to_dict(), **reply}
+
+    def _set_centre(self, cor_px: Any) -> dict[str, Any]:
+        open_scans = [s for s in self.scans.values() if s.complete is None]
+        if not open_scans and self.kept is None:
+            raise ControlError("cor_px applies to the scan being reconstructed, and there is none "
+                               "(nor a completed one kept: [publish] keep_last_scan_mb)")
+        try:
+            if open_scans:
+                open_scans[-1].centre.set_by_operator(cor_px)
+            else:
+                self.kept.check(cor_px)
+        except ValueError as err:
+            raise ControlError(str(err)) from None
+        if not open_scans:  # re-back-projected by the loop, after this reply
+            self.recentre_kept = float(cor_px)
+            return {"scan_id": self.kept.scan_id, "cor_px": float(cor_px),
+                    "cor_applies": "republishes the completed scan's final volume, re-centred"}
+        log.info("scan %s: centre of rotation set by the operator to %+.2f px",
+                 open_scans[-1].scan_id, open_scans[-1].centre.cor_px)
+        return {"scan_id": open_scans[-1].scan_id, "cor_px": open_scans[-1].centre.cor_px,
+                "cor_applies": "from the current scan's next volume"}
+
+    def _republish_recentred(self) -> None:
+        """The kept scan's final volume about the operator's axis, published and kept as last."""
+        cor_px, self.recentre_kept = self.recentre_kept, None
+        with self.metrics.stage_seconds.labels("final_volume").time():
+            header, volume = self.kept.recentre(cor_px, self.backend)
+        self.publisher.publish_volume(header, volume)
+        self.publisher.publish_preview(header, volume)
+        self.counters["volumes_published"] += 1
+        self.last_final = (header, volume)
+        log.info("scan %s: final volume republished about cor_px %+.2f", header["scan_id"], cor_px)
 
     def _abort(self, request: dict[str, Any]) -> dict[str, Any]:
         open_ids = [s.scan["scan_id"] for s in self.scans.values() if s.complete is None]

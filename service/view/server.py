@@ -10,6 +10,11 @@ WebSocket messages to the page: JSON text ``{"type": "hello" | "status", ...}`` 
 ``image`` messages (:mod:`.wire`) with the central slices and, when asked for, one more
 slice. From the page: ``{"type": "slice", "axis": "z", "index": 12}`` or
 ``{"type": "slice", "axis": null}`` (no extra slice).
+
+Re-tuning (``POST /api/set`` with ``{"cor_px": 6.5}``): the viewer, started with the daemon's
+control address, forwards the request as ``{"cmd": "set", "params": ...}`` and answers with
+the daemon's reply. Only the keys of :data:`RETUNE_KEYS` pass: the page is an operator's
+view, not a second control socket.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import signal
 import time
 from dataclasses import dataclass, field
@@ -29,6 +35,8 @@ import zmq.asyncio
 from aiohttp import WSMsgType, web
 
 from holostream import __version__
+from holostream.service.clients.control import NoAnswer
+from holostream.service.clients.control import request as control_request
 from holostream.service.clients.subscriber import MessageError, decode
 from holostream.service.view.state import AXES, ViewState, cut, scan_key
 from holostream.service.view.wire import dumps, pack
@@ -39,6 +47,10 @@ STATIC = Path(__file__).parent / "static"
 
 #: Messages the SUB socket queues: few, since only the newest one is shown.
 RCVHWM = 4
+#: What the page may re-tune through ``/api/set`` (the centre, in unbinned detector pixels).
+RETUNE_KEYS = ("cor_px",)
+#: Seconds the viewer waits for the daemon's answer to a re-tuning request.
+CONTROL_TIMEOUT_S = 5.0
 
 
 @dataclass(eq=False)  # identity: each browser is one entry of a set
@@ -56,8 +68,9 @@ class Client:
 class Viewer:
     """The SUB socket task and the browsers' WebSockets around one :class:`ViewState`."""
 
-    def __init__(self, publish: str, volumes: bool = True):
+    def __init__(self, publish: str, volumes: bool = True, control: str | None = None):
         self.publish = publish
+        self.control = control
         self.volumes = volumes
         self.state = ViewState()
         self.status_version = 0
@@ -94,6 +107,7 @@ class Viewer:
     def hello(self) -> dict[str, Any]:
         """The first message to a page: what this viewer is connected to."""
         return {"type": "hello", "publish": self.publish, "volumes": self.volumes,
+                "control": self.control, "retune": list(RETUNE_KEYS) if self.control else [],
                 "holostream_version": __version__, "axes": list(AXES)}
 
     def status_message(self, now: float) -> dict[str, Any]:
@@ -169,6 +183,27 @@ class Viewer:
                 await sender
         return ws
 
+    async def api_set(self, request: web.Request) -> web.Response:
+        """``POST /api/set``: forward a re-tuning to the daemon's control socket; its reply.
+
+        400 for a request the viewer refuses, 503 without a control address or without an
+        answer, else 200 with the daemon's reply (``ok`` false when the daemon refused).
+        """
+        if not self.control:
+            return _json({"ok": False, "error": "this viewer was started without --control"}, 503)
+        try:
+            params = retune_params(await request.json())
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError too
+            return _json({"ok": False, "error": str(exc)}, 400)
+        message = {"cmd": "set", "params": params}
+        loop = asyncio.get_running_loop()
+        try:  # a blocking REQ round trip, off the event loop: the pictures keep flowing
+            reply = await loop.run_in_executor(None, control_request, self.control, message, CONTROL_TIMEOUT_S)
+        except NoAnswer as exc:
+            return _json({"ok": False, "error": str(exc)}, 503)
+        log.info("re-tuning %s: %s", params, "ok" if reply.get("ok") else reply.get("error"))
+        return _json(reply, 200)
+
     async def api_state(self, request: web.Request) -> web.Response:
         """``/api/state``: the newest status and volume header as JSON (for scripts)."""
         picture = self.state.picture
@@ -178,6 +213,31 @@ class Viewer:
                 "volume": picture.header if picture else None,
                 "scale": list(self.state.scale()) if picture else None}
         return web.Response(text=dumps(body), content_type="application/json")
+
+
+def retune_params(body: Any) -> dict[str, float]:
+    """The parameters of a ``/api/set`` body: finite numbers of :data:`RETUNE_KEYS` only.
+
+    Raises
+    ------
+    ValueError
+        Not a JSON object, an unknown key, or a value that is not a finite number.
+    """
+    if not isinstance(body, dict) or not body:
+        raise ValueError(f"expected a JSON object with one of {', '.join(RETUNE_KEYS)}")
+    unknown = sorted(set(body) - set(RETUNE_KEYS))
+    if unknown:
+        raise ValueError(f"cannot re-tune {', '.join(unknown)} from the viewer (only {', '.join(RETUNE_KEYS)})")
+    params = {}
+    for key, value in body.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{key} must be a finite number, not {value!r}")
+        params[key] = float(value)
+    return params
+
+
+def _json(body: dict[str, Any], status: int) -> web.Response:
+    return web.Response(text=dumps(body), status=status, content_type="application/json")
 
 
 async def _index(request: web.Request) -> web.FileResponse:
@@ -190,6 +250,7 @@ def make_app(viewer: Viewer) -> web.Application:
     app.router.add_get("/", _index)
     app.router.add_get("/ws", viewer.websocket)
     app.router.add_get("/api/state", viewer.api_state)
+    app.router.add_post("/api/set", viewer.api_set)
     app.router.add_static("/static/", STATIC)
 
     async def feed_task(app: web.Application):

@@ -70,7 +70,7 @@ class Daemon:
 
     def __init__(self, tmp_path: Path, workers: int = 2, env: dict | None = None,
                  output_dir: Path | None = None, workers_keys: dict | None = None, metrics: str = "",
-                 **reconstruction):
+                 publish_keys: dict | None = None, **reconstruction):
         self.ingest = f"tcp://127.0.0.1:{free_port()}"
         self.publish = f"tcp://127.0.0.1:{free_port()}"
         self.control = f"tcp://127.0.0.1:{free_port()}"
@@ -78,6 +78,7 @@ class Daemon:
         lines = ["[ingest]", f'address = "{self.ingest}"', "ring_slots = 32",
                  "[publish]", f'address = "{self.publish}"', "sndhwm = 100", "status_interval_s = 0.25",
                  f'output_dir = "{output_dir or ""}"',
+                 *(f"{k} = {json.dumps(v)}" for k, v in (publish_keys or {}).items()),
                  "[control]", f'address = "{self.control}"',
                  # off unless a test asks: daemons of parallel tests must not compete for one port
                  "[metrics]", f'address = "{metrics}"',

@@ -86,9 +86,40 @@ def test_operator_sets_the_centre_of_the_current_scan(daemon, subscriber, offset
     header, _ = volumes[-1]
     assert header["cor_source"] == "operator" and header["cor_px"] == 6.0
     assert "cor_confidence" not in header
-    bad = daemon.ask({"cmd": "set", "params": {"cor_px": 1.0}})  # no scan open any more
-    assert not bad["ok"] and "no" in bad["error"]
     assert daemon.ask({"cmd": "config"})["ring_filters"] == ["none", "sorting"]
+
+    # after the scan's end: its final volume again, re-centred from the kept sinogram
+    final_header, final = volumes[-1]
+    again = daemon.ask({"cmd": "set", "params": {"cor_px": OFFSET_PX}})
+    assert again["ok"] and again["scan_id"] == "centre_op" and "completed" in again["cor_applies"], again
+    [(header, recentred)] = subscriber.volumes_until_final("centre_op", timeout_s=60)
+    assert header["final"] and header["seq"] == final_header["seq"] + 1
+    assert header["cor_source"] == "operator" and header["cor_px"] == OFFSET_PX
+    assert header["recentred"] == {"from_cor_px": 6.0, "from_cor_source": "operator"}
+    assert not np.allclose(recentred, final)
+    offline, _ = reconstruct_scan(scan_data_from_simulation(offset_scan), ReconstructionSettings(), 200.0,
+                                  OFFSET_PX, get_backend("cpu", threads=1))
+    assert np.corrcoef(recentred.ravel(), offline.ravel())[0, 1] >= 0.999
+    assert daemon.ask({"cmd": "republish"})["seq"] == header["seq"]  # the newest final volume
+    bad = daemon.ask({"cmd": "set", "params": {"cor_px": float("inf")}})
+    assert not bad["ok"] and "finite" in bad["error"]
+
+
+def test_completed_scan_not_kept_when_off(tmp_path, serve, offset_scan):
+    daemon = serve.Daemon(tmp_path, publish_keys={"keep_last_scan_mb": 0})
+    try:
+        daemon.wait_ready()
+        subscriber = serve.Subscriber(daemon.publish)
+        subscriber.wait_connected()
+        thread, errors = _stream(daemon.ingest, scan_data_from_simulation(offset_scan), "not_kept", 200.0)
+        subscriber.volumes_until_final("not_kept", timeout_s=60)
+        thread.join(30)
+        assert not errors
+        bad = daemon.ask({"cmd": "set", "params": {"cor_px": 1.0}})  # no scan open, none kept
+        assert not bad["ok"] and "keep_last_scan_mb" in bad["error"], bad
+        subscriber.close()
+    finally:
+        daemon.close()
 
 
 def test_offset_axis_scan_live_covers_the_whole_disc(daemon, subscriber):

@@ -177,3 +177,26 @@ def test_cone_beam_file_reconstructs_with_effective_geometry(tmp_path):
     with h5py.File(scan_file, "a") as f:
         f["entry/sample"].create_dataset("propagation_distance", data=0.07).attrs["units"] = "m"
     assert read_scan(str(scan_file)).distance_m == pytest.approx(0.07)
+
+
+def test_quick_look_slices_are_the_volume_cuts(single_material_nx, cpu_backend, tmp_path):
+    out = tmp_path / "look.h5"
+    proc = holostream("reconstruct", single_material_nx, "-o", out, "--binning", 2, "--angle-binning", 2,
+                      "--slices", "z:40,y:20,x:33,z:3")
+    assert proc.returncode == 0, proc.stderr
+    assert "slices z:40, y:20, x:33, z:3 of the volume (64, 64, 64)" in proc.stdout
+    whole, _ = reconstruct_scan(read_scan(str(single_material_nx)), ReconstructionSettings(binning=2, angle_binning=2),
+                                200.0, 0.0, cpu_backend)
+    with h5py.File(out, "r") as f:
+        assert f.attrs["cor_source"] == "given" and list(f.attrs["shape"]) == [64, 64, 64]
+        cuts = {"z_40": whole[40], "y_20": whole[:, 20], "x_33": whole[:, :, 33], "z_3": whole[3]}
+        for name, expected in cuts.items():
+            image = f[f"slices/{name}"][()]
+            assert image.dtype == np.float32 and image.shape == expected.shape
+            np.testing.assert_allclose(image, expected, rtol=0, atol=1e-5 * float(np.abs(whole).max()))
+    for png in ("z40", "y20", "x33", "z3"):
+        assert (tmp_path / f"look_{png}.png").read_bytes().startswith(b"\x89PNG")
+    bad = holostream("reconstruct", single_material_nx, "-o", out, "--binning", 2, "--slices", "y:64")
+    assert bad.returncode == 2 and "outside the volume" in bad.stderr
+    bad = holostream("reconstruct", single_material_nx, "-o", out, "--slices", "w:3")
+    assert bad.returncode == 2 and "AXIS:INDEX" in bad.stderr

@@ -3,7 +3,9 @@
 The page must load, show the slices of the live scan change as projections arrive, draw
 the final volume's slices as published (checked pixel by pixel against the volume a plain
 subscriber receives), serve the slice the operator picks, and serve a second page at the
-same time. A screenshot of the page at the scan's end is kept (path printed).
+same time. A screenshot of the page at the scan's end is kept (path printed). The operator
+re-centres the scan from the page (typed and clicked in the browser): the viewer forwards it to
+the daemon's control socket, and the next volumes are reconstructed about the new axis.
 
 Chromium and its driver come from the system (Debian: ``apt-get install chromium
 chromium-driver``; ``.ci/run`` installs them); selenium is told their paths, so it downloads
@@ -66,13 +68,13 @@ def browser():
 class Viewer:
     """`holostream view` in a subprocess, serving on a free port."""
 
-    def __init__(self, tmp_path: Path, publish: str, port: int):
+    def __init__(self, tmp_path: Path, publish: str, port: int, control: str):
         self.url = f"http://127.0.0.1:{port}/"
         self.log = tmp_path / "view.log"
         self._log = open(self.log, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "holostream.service.cli", "view", "--publish", publish,
-             "--listen", f"127.0.0.1:{port}"], stdout=self._log, stderr=subprocess.STDOUT)
+             "--control", control, "--listen", f"127.0.0.1:{port}"], stdout=self._log, stderr=subprocess.STDOUT)
 
     def state(self) -> dict | None:
         """``/api/state``, or None while the server does not answer."""
@@ -98,7 +100,7 @@ class Viewer:
 @pytest.fixture
 def viewer(tmp_path, daemon, serve):
     """A viewer subscribed to ``daemon``, once it has received the daemon's status."""
-    v = Viewer(tmp_path, daemon.publish, serve.free_port())
+    v = Viewer(tmp_path, daemon.publish, serve.free_port(), daemon.control)
     try:
         serve.wait_for(lambda: (v.state() or {}).get("status"), 30, "the viewer to receive a status")
         yield v
@@ -241,3 +243,79 @@ def test_live_scan_in_the_browser(browser, viewer, daemon, small_scan_data, serv
     assert other_done.wait(60)
     assert "hello" in other_seen and "status" in other_seen
     assert any(isinstance(h, dict) and h["scan_id"] == scan_id and h["final"] for h in other_seen)
+
+
+def test_operator_recentres_from_the_page(browser, viewer, daemon, small_scan_data, serve):
+    from holostream.service.offline import reconstruct_scan
+    from holostream.shared.settings import ReconstructionSettings
+    from holostream.workers.backend import get_backend
+
+    driver = browser
+    driver.get(viewer.url)
+    serve.wait_for(lambda: page(driver, "window.holostreamView && window.holostreamView.hello !== null"), 20,
+                   "the page to be greeted by the viewer")
+    serve.wait_for(lambda: driver.find_element("id", "retune-apply").is_enabled(), 5,
+                   "the re-centre button to be enabled (viewer with --control)")
+    scan_id, new_cor_px = "view_retune_0001", 4.5
+    subscriber = serve.Subscriber(daemon.publish)
+    subscriber.wait_connected()
+    errors = []
+
+    def send():
+        try:  # ~9 s of projections: time to see a live volume, then re-centre mid-scan
+            stream_scan(daemon.ingest, small_scan_data, scan_id, fps=10)
+        except Exception as exc:  # noqa: BLE001 - re-raised in the test thread
+            errors.append(exc)
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    serve.wait_for(lambda: (page(driver, "window.holostreamView.image && "
+                                 "window.holostreamView.image.meta.header.scan_id") == scan_id), 60,
+                   "the page to show a live volume of the scan", interval_s=0.1)
+    before = page(driver, "window.holostreamView.image.meta.header")
+    assert not before["final"] and before["cor_source"] != "operator", before
+
+    field = driver.find_element("id", "retune-cor")
+    field.clear()
+    field.send_keys(str(new_cor_px))
+    driver.find_element("id", "retune-apply").click()
+    serve.wait_for(lambda: page(driver, "window.holostreamView.retune !== null"), 20, "the daemon's reply on the page")
+    reply = page(driver, "window.holostreamView.retune.reply")
+    assert reply["ok"] and reply["cor_px"] == new_cor_px and reply["scan_id"] == scan_id, reply
+    assert f"cor_px {new_cor_px}" in driver.find_element("id", "retune-reply").text
+
+    # the page shows a volume about the operator's axis, and says so
+    serve.wait_for(lambda: page(driver, "window.holostreamView.image.meta.header.cor_source") == "operator", 30,
+                   "the page to show a re-centred volume", interval_s=0.1)
+    assert driver.find_element("id", "cor-source").text == "operator"
+    assert float(driver.find_element("id", "cor-px").text) == pytest.approx(new_cor_px)
+
+    volumes = subscriber.volumes_until_final(scan_id, 60)
+    subscriber.close()
+    sender.join(30)
+    assert not errors, errors
+    sources = [h["cor_source"] for h, _ in volumes]
+    first = sources.index("operator")
+    assert first > 0 and set(sources[first:]) == {"operator"}, sources
+    assert all(h["cor_px"] == new_cor_px for h, _ in volumes[first:])
+    assert all(h["cor_px"] == before["cor_px"] for h, _ in volumes[:first])
+    (_, previous), (_, recentred) = volumes[first - 1], volumes[first]
+    assert not np.allclose(previous, recentred), "the re-centred volume is the previous one"
+
+    # the final volume is the offline reconstruction about the operator's axis, not the old one
+    final = volumes[-1][1]
+    cpu = get_backend("cpu", threads=1)
+    settings = ReconstructionSettings()
+    new, _ = reconstruct_scan(small_scan_data, settings, serve.DELTA_BETA, new_cor_px, cpu)
+    old, _ = reconstruct_scan(small_scan_data, settings, serve.DELTA_BETA, before["cor_px"], cpu)
+    corr_new = np.corrcoef(final.ravel(), new.ravel())[0, 1]
+    corr_old = np.corrcoef(final.ravel(), old.ravel())[0, 1]
+    print(f"re-centred final vs offline about {new_cor_px}: corr {corr_new:.5f}; "
+          f"about {before['cor_px']}: {corr_old:.4f}")
+    assert corr_new >= 0.999 and corr_old < corr_new
+
+    # the viewer passes on the centre only: anything else is refused before the daemon sees it
+    refused = urllib.request.Request(viewer.url + "api/set", data=json.dumps({"delta_beta": 1}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(refused, timeout=5)
+    assert caught.value.code == 400 and "delta_beta" in json.loads(caught.value.read())["error"]

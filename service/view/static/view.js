@@ -25,7 +25,7 @@ function makeLut(name) {
 
 // Everything the page knows; window.holostreamView lets tests and the console look at it.
 const view = {
-  connected: false, hello: null, status: null, statusAt: 0, statusAge: 0,
+  connected: false, hello: null, retune: null, status: null, statusAt: 0, statusAge: 0,
   image: null, imageAt: 0, images: 0, override: null, lut: makeLut("viridis"),
 };
 window.holostreamView = view;
@@ -184,7 +184,12 @@ function connect() {
   socket.onmessage = (event) => {
     if (typeof event.data === "string") {
       const message = JSON.parse(event.data);
-      if (message.type === "hello") view.hello = message;
+      if (message.type === "hello") {
+        view.hello = message;
+        const canRetune = (message.retune || []).includes("cor_px");
+        $("retune-apply").disabled = !canRetune;
+        if (canRetune && !view.retune) $("retune-reply").textContent = "Applies from the scan's next volume.";
+      }
       if (message.type === "status") {
         view.status = message.status; view.statusAge = message.age_s; view.statusAt = performance.now();
         renderStatus();
@@ -227,6 +232,34 @@ $("chosen-axis").onchange = () => {
   requestSlice();
 };
 $("chosen-index").oninput = requestSlice;
+
+// Re-centring: the viewer forwards it to the daemon's control socket and hands back its reply.
+async function retune(params) {
+  const note = $("retune-reply");
+  note.textContent = "asking the daemon…";
+  let reply;
+  try {
+    const answer = await fetch("/api/set", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(params) });
+    reply = await answer.json();
+  } catch (err) {
+    reply = { ok: false, error: `no answer from the viewer: ${err}` };
+  }
+  view.retune = { params, reply };
+  note.className = reply.ok ? "note good" : "note bad";
+  note.textContent = reply.ok
+    ? `cor_px ${fmt(reply.cor_px, 5)} for ${reply.scan_id}: ${reply.cor_applies || reply.applies || "accepted"}`
+    : `refused: ${reply.error}`;
+}
+$("retune").onsubmit = (event) => {
+  event.preventDefault();
+  const value = $("retune-cor").value.trim();
+  if (value === "" || !Number.isFinite(Number(value))) {
+    $("retune-reply").textContent = "type the centre in unbinned detector pixels (offset from the middle)";
+    return;
+  }
+  retune({ cor_px: Number(value) });
+};
 
 connect();
 setInterval(tick, 250);
