@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "reconstruct": ("commands.reconstruct", "reconstruct an NXtomo scan offline into an HDF5 volume"),
     "bench": ("commands.bench", "measure the speed of each stage and of the whole chain"),
     "demo": ("commands.demo", "service + simulated detector + subscriber in one go"),
+    "keys": ("commands.keys", "make CURVE key pairs for the daemon and its clients"),
 }
 
 
