@@ -8,7 +8,9 @@ there, so the daemon itself never imports cupy.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import multiprocessing
 import os
 import signal
 import sys
@@ -26,14 +28,34 @@ from holostream.workers.backend import gpu_available
 log = logging.getLogger(__name__)
 
 _PROBE_GPU, _PROBE_NO_GPU = 0, 3  # exit statuses of the GPU probe
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when the daemon dies, even by SIGKILL.
+
+    ``PR_SET_PDEATHSIG``: no child outlives a killed daemon (it would keep the ingest port,
+    shared memory and the multiprocessing resource tracker alive). Linux only; elsewhere
+    the loops' own ``getppid()`` checks remain.
+    """
+    parent = multiprocessing.parent_process()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
+    except (OSError, AttributeError):
+        log.debug("no prctl here: children rely on their getppid() checks")
+    if parent is not None and os.getppid() != parent.pid:  # it died before prctl took effect
+        os._exit(1)
 
 
 def child_main(log_level: int, target: Any, *args: Any) -> None:
-    """Entry of every spawned child: stderr logging like the daemon's, SIGINT ignored.
+    """Entry of every spawned child: dies with the daemon, stderr logging like it, SIGINT ignored.
 
     A Ctrl-C in a terminal reaches the whole process group; only the daemon acts on it,
     and it stops its children through the ``stop`` event.
     """
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level, stream=sys.stderr,
                         format="%(levelname)s %(processName)s %(name)s: %(message)s")

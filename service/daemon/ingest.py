@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -36,6 +38,9 @@ from holostream.shared.messages import (
 from holostream.shared.scanbuffers import ScanBuffers
 from holostream.shared.settings import ReconstructionSettings, SettingsError
 from holostream.workers.memory import DeviceBudget
+
+#: Exit status of ``holostream serve`` (and of the ingest process) when an address is taken.
+EXIT_ADDRESS_IN_USE = 3
 
 log = logging.getLogger(__name__)
 
@@ -353,19 +358,29 @@ def run_ingest(config, settings: ReconstructionSettings, n_workers: int, prefix:
     sock.setsockopt(zmq.RCVHWM, config.rcvhwm)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, config.max_frame_bytes + ingest.limits.max_header_bytes)
-    if config.mode == "connect":
-        sock.connect(config.address)
-    else:
-        sock.bind(config.address)
+    try:
+        if config.mode == "connect":
+            sock.connect(config.address)
+        else:
+            sock.bind(config.address)
+    except zmq.ZMQError as exc:  # one line, one distinct exit status: the daemon gives up at once
+        log.error("ingest cannot %s %s: %s", config.mode, config.address, exc)
+        sock.close(linger=0)
+        ctx.term()
+        sys.exit(EXIT_ADDRESS_IN_USE if exc.errno == zmq.EADDRINUSE else 1)
     log.info("ingest %s on %s (ring %d slots, hwm %d, %s)", config.mode, config.address,
              config.ring_slots, config.rcvhwm, config.drop_policy)
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     next_stats = time.monotonic()
+    parent = os.getppid()
     try:
         while not channels.stop.is_set():
             now = time.monotonic()
             if now >= next_stats:
+                if os.getppid() != parent:  # the daemon was killed: nobody will say stop
+                    log.error("ingest: daemon (pid %d) is gone; exiting", parent)
+                    break
                 channels.events.put(ingest.stats(now))
                 ingest.reclaim_lost(now)
                 next_stats = now + STATS_INTERVAL_S

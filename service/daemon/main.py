@@ -27,12 +27,13 @@ from holostream.service.config import Config
 from holostream.service.daemon.channels import Channels, drain, make_channels, spawn_context
 from holostream.service.daemon.children import IngestProcess, ReconstructorProcess, WorkerPool, resolve_mode
 from holostream.service.daemon.control import Control, ControlError
+from holostream.service.daemon.ingest import EXIT_ADDRESS_IN_USE
 from holostream.service.daemon.notify import Notifier, status_line
 from holostream.service.daemon.publisher import Publisher
 from holostream.service.daemon.reconstructor import record_unreported
 from holostream.service.daemon.volumes import LiveScan
 from holostream.service.files.volume import save_volume_h5
-from holostream.shared.scanbuffers import sweep
+from holostream.shared.scanbuffers import sweep, sweep_orphans
 from holostream.workers.backend import get_backend
 from holostream.workers.memory import DeviceBudget
 
@@ -86,6 +87,9 @@ class Daemon:
     # ---- lifetime --------------------------------------------------------------------
     def run(self) -> int:
         """Bind, spawn, serve until SIGTERM/SIGINT; returns the exit status."""
+        swept = sweep_orphans()  # a daemon killed before us cannot have removed its own
+        if swept:
+            log.warning("removed %d shared-memory segment(s) of dead holostream daemons", len(swept))
         context = zmq.Context()
         try:
             self.publisher = Publisher(context, self.config.publish)
@@ -93,7 +97,7 @@ class Daemon:
         except zmq.ZMQError as exc:
             log.error("cannot bind: %s", exc)
             context.destroy(linger=0)
-            return 1
+            return EXIT_ADDRESS_IN_USE if exc.errno == zmq.EADDRINUSE else 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         try:
@@ -323,6 +327,11 @@ class Daemon:
             self.channels.commands.put({"type": "reconstructor_lost"})
             self.reconstructor.replace()
             self.last_error = "the reconstructor died and was replaced; the groups it held are lost"
+        if ingest_dead and self.ingest.process.exitcode == EXIT_ADDRESS_IN_USE:
+            self.last_error = f"the ingest address {self.config.ingest.address} is in use: giving up"
+            log.critical(self.last_error)  # restarting would only fail again, with a traceback each time
+            self.stop_requested, self.exit_code = True, EXIT_ADDRESS_IN_USE
+            return
         if ingest_dead:
             self._restart_ingest()
 

@@ -69,18 +69,28 @@ class Daemon:
     """`holostream serve` in a subprocess with a TOML configuration written for it."""
 
     def __init__(self, tmp_path: Path, workers: int = 2, env: dict | None = None,
-                 output_dir: Path | None = None, workers_keys: dict | None = None, **reconstruction):
-        self.ingest = f"tcp://127.0.0.1:{free_port()}"
-        self.publish = f"tcp://127.0.0.1:{free_port()}"
-        self.control = f"tcp://127.0.0.1:{free_port()}"
+                 output_dir: Path | None = None, workers_keys: dict | None = None,
+                 same_addresses_as: "Daemon | None" = None, ingest_keys: dict | None = None,
+                 publish_keys: dict | None = None, extra_toml: str = "", **reconstruction):
+        if same_addresses_as is not None:  # a successor of a (killed) daemon
+            self.ingest, self.publish, self.control = (same_addresses_as.ingest, same_addresses_as.publish,
+                                                       same_addresses_as.control)
+        else:
+            self.ingest = f"tcp://127.0.0.1:{free_port()}"
+            self.publish = f"tcp://127.0.0.1:{free_port()}"
+            self.control = f"tcp://127.0.0.1:{free_port()}"
+        tmp_path.mkdir(parents=True, exist_ok=True)
         settings = {"publish_interval_s": 0.5, **reconstruction}
         lines = ["[ingest]", f'address = "{self.ingest}"', "ring_slots = 32",
+                 *(f"{k} = {json.dumps(v)}" for k, v in (ingest_keys or {}).items()),
                  "[publish]", f'address = "{self.publish}"', "sndhwm = 100", "status_interval_s = 0.25",
+                 *(f"{k} = {json.dumps(v)}" for k, v in (publish_keys or {}).items()),
                  f'output_dir = "{output_dir or ""}"',
                  "[control]", f'address = "{self.control}"',
                  "[workers]", f"count = {workers}", 'device = "cpu"',
                  *(f"{k} = {json.dumps(v)}" for k, v in (workers_keys or {}).items()),
                  "[reconstruction]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+        lines.append(extra_toml)
         self.output_dir = output_dir
         self.config = tmp_path / "holostream.toml"
         self.config.write_text("\n".join(lines) + "\n")
