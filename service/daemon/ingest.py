@@ -31,11 +31,11 @@ import zmq
 
 from holostream.service.daemon.channels import Channels, drain, get_within
 from holostream.service.daemon.rejects import Rejects
-from holostream.service.daemon.scan import LOST_AFTER_S, OpenScan, open_scan
+from holostream.service.daemon.scan import LOST_AFTER_S, OpenScan, ScanPlan, open_scan, plan_scan
 from holostream.shared.messages import (
     Frame, Limits, ProtocolError, ScanAbort, ScanEnd, ScanInfo, ScanStart, parse_message,
 )
-from holostream.shared.scanbuffers import ScanBuffers
+from holostream.shared.scanbuffers import ScanBuffers, shm_free_bytes
 from holostream.shared.settings import ReconstructionSettings, SettingsError
 from holostream.workers.memory import DeviceBudget
 
@@ -73,6 +73,7 @@ class Ingest:
         self.rejects = Rejects(log, LOGGED_REJECTIONS_PER_S)
         self._rate_mark = (time.monotonic(), 0, 0)
         self.group_seconds = 0.0  # running mean of a group's time in a worker
+        self.memory_budget = memory_budget_bytes(config.memory_budget_gb)
 
     # ------------------------------------------------------------------ flow control
     def accepting(self) -> bool:
@@ -147,20 +148,35 @@ class Ingest:
         except MemoryError as exc:
             raise ProtocolError(f"scan_start {info.scan_id}: does not fit the device: {exc}",
                                 "no_memory") from exc
+        if self.scan is not None and not self.scan.closing and self.scan.info.scan_id == info.scan_id:
+            raise ProtocolError(f"scan {info.scan_id!r} is already open", "duplicate")
+        # every refusal comes before the open scan is touched: a refused start changes nothing
+        plan = plan_scan(info, settings, self.config.ring_slots, self.n_partials, self.split)
+        self._check_memory(info, plan)
         if self.scan is not None and not self.scan.closing:
-            if self.scan.info.scan_id == info.scan_id:
-                raise ProtocolError(f"scan {info.scan_id!r} is already open", "duplicate")
             log.info("scan_start %s ends the open scan %s", info.scan_id, self.scan.info.scan_id)
             self.end_scan()
         if self.scan is not None:
             self.pending_start = info  # opened once the previous scan is complete
             self._pending_settings = settings
             return
-        self._open(info, settings)
+        self._open(info, settings, plan)
 
-    def _open(self, info: ScanInfo, settings: ReconstructionSettings) -> None:
+    def _check_memory(self, info: ScanInfo, plan: ScanPlan) -> None:
+        """Refuse (``no_memory``) a scan over the budget or over what /dev/shm has free."""
+        need = plan.nbytes
+        if need > self.memory_budget:
+            raise ProtocolError(f"scan_start {info.scan_id}: needs {need / 1e9:.3g} GB of shared memory "
+                                f"({plan.describe()}), over the budget of {self.memory_budget / 1e9:.3g} GB "
+                                "([ingest] memory_budget_gb)", "no_memory")
+        free = shm_free_bytes()
+        if need > free:
+            raise ProtocolError(f"scan_start {info.scan_id}: needs {need / 1e9:.3g} GB of shared memory, "
+                                f"/dev/shm has {free / 1e9:.3g} GB free", "no_memory")
+
+    def _open(self, info: ScanInfo, settings: ReconstructionSettings, plan: ScanPlan | None = None) -> None:
         self.scan = open_scan(self.next_seq, info, settings, self.prefix, self.config.ring_slots,
-                              self.n_partials, self.split)
+                              self.n_partials, self.split, plan)
         self.next_seq += 1
         self.channels.events.put({"type": "scan_open", "scan_seq": self.scan.seq, "scan": info.to_dict(),
                                   "settings": settings.to_dict(), "buffers": self.scan.buffers.description(),
@@ -298,7 +314,9 @@ class Ingest:
                 "lost_groups": self.counts["lost_groups"], "frames_per_s": (frames - frames0) / dt,
                 "bytes_per_s": (nbytes - bytes0) / dt, "ring_slots": scan.n_slots if scan else 0,
                 "ring_fill": scan.ring_fill() if scan else 0.0,
-                "in_flight": len(scan.in_flight) if scan else 0}
+                "in_flight": len(scan.in_flight) if scan else 0,
+                "memory_budget_bytes": self.memory_budget,
+                "scan_memory_bytes": scan.buffers.nbytes if scan else 0}
 
     def close(self) -> None:
         """Close this process's mappings (the daemon unlinks and sweeps)."""
@@ -308,6 +326,17 @@ class Ingest:
         for buffers in self.closed.values():
             buffers.close()
         self.closed.clear()
+
+
+def memory_budget_bytes(budget_gb: float) -> int:
+    """Shared memory one scan may hold: ``budget_gb`` (GB), or a quarter of the physical memory.
+
+    A quarter: a finishing scan and the next one may hold theirs at once, and the workers'
+    own arrays and the page cache need the rest.
+    """
+    if budget_gb > 0:
+        return int(budget_gb * 1e9)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
 
 def _keep_freed_buffers() -> None:

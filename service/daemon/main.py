@@ -390,6 +390,8 @@ class Daemon:
             "frames_dropped": self.stats.get("dropped", 0),
             "frames_per_s": self.stats.get("frames_per_s", 0.0),
             "ring_fill": self.stats.get("ring_fill", 0.0),
+            "memory_budget_bytes": self.stats.get("memory_budget_bytes", 0),
+            "scan_memory_bytes": self.stats.get("scan_memory_bytes", 0),
             "ingest": self.stats, **self.counters,
             "messages_dropped": self.publisher.dropped,
             "workers": self.pool.status(), "worker_restarts": sum(self.pool.restarts.values()),
