@@ -83,8 +83,9 @@ class Daemon:
         settings = {"publish_interval_s": 0.5, **reconstruction}
         lines = ["[ingest]", f'address = "{self.ingest}"', "ring_slots = 32",
                  *(f"{k} = {json.dumps(v)}" for k, v in (ingest_keys or {}).items()),
-                 "[publish]", f'address = "{self.publish}"', "sndhwm = 100", "status_interval_s = 0.25",
-                 *(f"{k} = {json.dumps(v)}" for k, v in (publish_keys or {}).items()),
+                 "[publish]", f'address = "{self.publish}"',
+                 *(f"{k} = {json.dumps(v)}" for k, v in
+                   {"sndhwm": 100, "status_interval_s": 0.25, **(publish_keys or {})}.items()),
                  f'output_dir = "{output_dir or ""}"',
                  "[control]", f'address = "{self.control}"',
                  "[workers]", f"count = {workers}", 'device = "cpu"',
