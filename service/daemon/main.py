@@ -32,7 +32,7 @@ from holostream.service.daemon.notify import Notifier, status_line
 from holostream.service.daemon.publisher import Publisher
 from holostream.service.daemon.reconstructor import record_unreported
 from holostream.service.daemon.volumes import LiveScan
-from holostream.service.files.volume import save_volume_h5
+from holostream.service.files.volume import save_new_volume_h5
 from holostream.shared.scanbuffers import sweep, sweep_orphans
 from holostream.workers.backend import get_backend
 from holostream.workers.memory import DeviceBudget
@@ -78,6 +78,7 @@ class Daemon:
                          "groups_failed": 0, "rejected": 0, "ingest_reports": 0}
         self.last_error: str | None = None
         self.last_final: tuple[dict, np.ndarray] | None = None
+        self.last_volume_file: str | None = None  # the newest volume written to output_dir
         self.started = time.time()
         self.stop_requested = False
         self.stop_signal: int | None = None
@@ -282,7 +283,7 @@ class Daemon:
             name = f"{header['scan_id']}_{state.seq}" + ("" if final else f"_{header['seq']}")
             try:
                 Path(out).mkdir(parents=True, exist_ok=True)
-                save_volume_h5(Path(out) / f"{name}.h5", header, volume)
+                self.last_volume_file = str(save_new_volume_h5(out, name, header, volume))
             except OSError as exc:
                 self.last_error = f"cannot write {name}.h5 to {out}: {exc}"
                 log.error(self.last_error)
@@ -399,6 +400,7 @@ class Daemon:
             "reconstructor": self.reconstructor.status() if self.reconstructor is not None else None,
             "ingest_restarts": self.ingest.restarts, "ingest_pid": self.ingest.pid,
             "settings": self.settings.to_dict(), "last_error": self.last_error,
+            "last_volume_file": self.last_volume_file,
             "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
         }
 
