@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from holostream.service.config import ConfigError, load_config
+from holostream.service.daemon.curve import KeyFileError
 from holostream.service.daemon.main import Daemon
 from holostream.service.files.volume import check_writable
 
@@ -49,4 +50,9 @@ def run(args: argparse.Namespace) -> int:
             return 2
     if not getattr(args, "verbose", 0):
         logging.getLogger().setLevel(config.service.log_level.upper())
-    return Daemon(config).run()
+    try:
+        daemon = Daemon(config)
+    except KeyFileError as exc:
+        print(f"holostream serve: configuration error: security: {exc}", file=sys.stderr)
+        return 2
+    return daemon.run()

@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from holostream.service.daemon.curve import KeyFileError
 from holostream.service.clients.control import DEFAULT_CONTROL, NoAnswer, request
 
 
@@ -52,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--watch", metavar="SECONDS", nargs="?", type=float, const=1.0,
                         help="repeat every SECONDS (default 1) until Ctrl-C")
     parser.add_argument("--json", action="store_true", help="print the raw JSON status")
+    parser.add_argument("--curve-key", metavar="FILE",
+                        help="this client's NAME.key_secret, when the daemon requires CURVE (docs/security.md)")
+    parser.add_argument("--server-key", metavar="FILE", help="the daemon's public server.key (with --curve-key)")
     parser.add_argument("--timeout", metavar="S", type=float, default=2.0,
                         help="seconds to wait for an answer (default 2)")
 
@@ -61,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         while True:
             try:
-                reply = request(args.control, {"cmd": "status"}, args.timeout)
-            except NoAnswer as exc:
+                curve = (args.curve_key, args.server_key) if args.curve_key else None
+                reply = request(args.control, {"cmd": "status"}, args.timeout, curve=curve)
+            except (NoAnswer, KeyFileError) as exc:
                 print(f"holostream status: {exc}", file=sys.stderr)
                 return 1
             if not reply.get("ok"):

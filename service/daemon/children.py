@@ -295,7 +295,8 @@ class IngestProcess:
     """
 
     def __init__(self, config: Any, channels: Channels, log_level: int, n_workers: int, prefix: str,
-                 split: bool, device_budget: Any, silent_s: float = 10.0):
+                 split: bool, device_budget: Any, security: Any = None, silent_s: float = 10.0):
+        self.security = security
         self.config, self.channels, self.log_level = config, channels, log_level
         self.n_workers, self.prefix, self.split, self.device_budget = n_workers, prefix, split, device_budget
         self.silent_s = silent_s
@@ -313,7 +314,7 @@ class IngestProcess:
         self.process = spawn_context().Process(
             target=child_main, name="holostream-ingest",
             args=(self.log_level, run_ingest, self.config, settings, self.n_workers, self.prefix,
-                  self.channels, first_seq, self.split, self.device_budget))
+                  self.channels, first_seq, self.split, self.device_budget, self.security))
         self.process.start()
         self.last_heard = time.monotonic() + 10.0  # allow for its start (imports, bind)
 

@@ -30,6 +30,7 @@ from typing import Any
 import zmq
 
 from holostream.service.daemon.channels import Channels, drain, get_within
+from holostream.service.daemon.curve import Curve
 from holostream.service.daemon.rejects import Rejects
 from holostream.service.daemon.scan import LOST_AFTER_S, OpenScan, ScanPlan, open_scan, plan_scan
 from holostream.shared.messages import (
@@ -358,7 +359,7 @@ def _keep_freed_buffers() -> None:
 
 def run_ingest(config, settings: ReconstructionSettings, n_workers: int, prefix: str,
                channels: Channels, first_seq: int = 1, split: bool = False,
-               device_budget: DeviceBudget = DeviceBudget()) -> None:
+               device_budget: DeviceBudget = DeviceBudget(), security: Any = None) -> None:
     """Entry point of the ingest process; returns when ``channels.stop`` is set.
 
     Parameters
@@ -379,11 +380,18 @@ def run_ingest(config, settings: ReconstructionSettings, n_workers: int, prefix:
         Split mode: one partial volume and a ``binned`` part per scan, two-stage groups.
     device_budget : DeviceBudget
         Device memory a scan may use; a ``scan_start`` that cannot fit is refused.
+    security : SecurityConfig, optional
+        With ``server_key``: the socket is a CURVE server for the listed client keys.
     """
     _keep_freed_buffers()
     ingest = Ingest(config, settings, n_workers, prefix, channels, first_seq, split, device_budget)
     ctx = zmq.Context()
+    curve = (Curve.from_files(security.server_key, security.client_keys, security.admin_keys)
+             if security is not None and security.server_key else None)
+    auth = curve.start_authenticator(ctx) if curve is not None else None  # ZAP is per context
     sock = ctx.socket(zmq.PULL)
+    if curve is not None:
+        curve.serve(sock)
     sock.setsockopt(zmq.RCVHWM, config.rcvhwm)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, config.max_frame_bytes + ingest.limits.max_header_bytes)
@@ -395,6 +403,8 @@ def run_ingest(config, settings: ReconstructionSettings, n_workers: int, prefix:
     except zmq.ZMQError as exc:  # one line, one distinct exit status: the daemon gives up at once
         log.error("ingest cannot %s %s: %s", config.mode, config.address, exc)
         sock.close(linger=0)
+        if auth is not None:
+            auth.stop()
         ctx.term()
         sys.exit(EXIT_ADDRESS_IN_USE if exc.errno == zmq.EADDRINUSE else 1)
     log.info("ingest %s on %s (ring %d slots, hwm %d, %s)", config.mode, config.address,
@@ -434,6 +444,8 @@ def run_ingest(config, settings: ReconstructionSettings, n_workers: int, prefix:
                     break
     finally:
         sock.close(linger=0)
+        if auth is not None:
+            auth.stop()
         ctx.term()
         ingest.close()
         channels.events.put(ingest.stats(time.monotonic()))

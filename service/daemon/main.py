@@ -27,6 +27,7 @@ from holostream.service.config import Config
 from holostream.service.daemon.channels import Channels, drain, make_channels, spawn_context
 from holostream.service.daemon.children import IngestProcess, ReconstructorProcess, WorkerPool, resolve_mode
 from holostream.service.daemon.control import Control, ControlError
+from holostream.service.daemon.curve import Curve
 from holostream.service.daemon.ingest import EXIT_ADDRESS_IN_USE
 from holostream.service.daemon.notify import Notifier, status_line
 from holostream.service.daemon.publisher import Publisher
@@ -51,6 +52,9 @@ class Daemon:
 
     def __init__(self, config: Config):
         self.config = config
+        security = config.security  # KeyFileError (a bad key file) stops the start, with the path
+        self.curve = (Curve.from_files(security.server_key, security.client_keys, security.admin_keys)
+                      if security.server_key else None)
         self.settings = config.reconstruction  # changed by "set", from the next scan on
         self.prefix = f"holostream_{os.getpid()}"
         self.channels: Channels = make_channels(spawn_context())
@@ -67,7 +71,7 @@ class Daemon:
         else:
             self.pool = WorkerPool(workers.count, workers.device, self.channels, self.log_level)
         self.ingest = IngestProcess(config.ingest, self.channels, self.log_level, workers.count,
-                                    self.prefix, self.mode == "split", self._device_budget())
+                                    self.prefix, self.mode == "split", self._device_budget(), config.security)
         self.last_seq = 0  # highest scan_seq announced so far
         self.notifier = Notifier.from_environ()
         self.backend = get_backend("cpu", threads=1)
@@ -92,11 +96,18 @@ class Daemon:
         if swept:
             log.warning("removed %d shared-memory segment(s) of dead holostream daemons", len(swept))
         context = zmq.Context()
+        auth = self.curve.start_authenticator(context) if self.curve is not None else None
+        if self.config.plaintext_remote():
+            log.warning("NO AUTHENTICATION on network address(es) %s: anyone who reaches them may push frames, "
+                        "read volumes and change settings ([security] allow_plaintext_remote = true)",
+                        ", ".join(self.config.plaintext_remote()))
         try:
-            self.publisher = Publisher(context, self.config.publish)
-            self.control = Control(context, self.config.control.address, self._handlers())
+            self.publisher = Publisher(context, self.config.publish, self.curve)
+            self.control = Control(context, self.config.control.address, self._handlers(), self.curve)
         except zmq.ZMQError as exc:
             log.error("cannot bind: %s", exc)
+            if auth is not None:
+                auth.stop()
             context.destroy(linger=0)
             return EXIT_ADDRESS_IN_USE if exc.errno == zmq.EADDRINUSE else 1
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -112,6 +123,8 @@ class Daemon:
                      else self.last_error)
             self.notifier.stopping()
             self._shutdown()
+            if auth is not None:
+                auth.stop()
             context.destroy(linger=0)
         log.info("stopped")
         return self.exit_code
@@ -401,6 +414,8 @@ class Daemon:
             "ingest_restarts": self.ingest.restarts, "ingest_pid": self.ingest.pid,
             "settings": self.settings.to_dict(), "last_error": self.last_error,
             "last_volume_file": self.last_volume_file,
+            "curve": ("on" if self.curve is not None else
+                      "off (plaintext on a network address)" if self.config.plaintext_remote() else "off (loopback)"),
             "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
         }
 

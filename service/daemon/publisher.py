@@ -22,6 +22,7 @@ import numpy as np
 import zmq
 
 from holostream.service.config import PublishConfig
+from holostream.service.daemon.curve import Curve
 
 
 def central_slices(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -37,9 +38,11 @@ def central_slices(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 class Publisher:
     """The daemon's publishing (XPUB) socket, bound to ``config.address``."""
 
-    def __init__(self, context: zmq.Context, config: PublishConfig):
+    def __init__(self, context: zmq.Context, config: PublishConfig, curve: Curve | None = None):
         self.address = config.address
         self.socket = context.socket(zmq.XPUB)
+        if curve is not None:  # subscribers must present a listed key
+            curve.serve(self.socket)
         self.socket.setsockopt(zmq.SNDHWM, config.sndhwm)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.XPUB_NODROP, 1)
