@@ -158,6 +158,8 @@ class WorkerPool:
                 locks.append(self.reconstruct._wlock)
             for lock in locks:
                 free_orphaned_lock(lock, grace_s=2.0)
+        if dead:  # ingest sends their groups again (it knows who took what)
+            self.channels.commands.put({"type": "workers_lost", "pids": [self.processes[w].pid for w in dead]})
         for w in dead:
             log.error("worker %d (pid %s) died with exit code %s: replacing it",
                       w, self.processes[w].pid, self.processes[w].exitcode)

@@ -75,6 +75,7 @@ class Ingest:
         self._rate_mark = (time.monotonic(), 0, 0)
         self.group_seconds = 0.0  # running mean of a group's time in a worker
         self.memory_budget = memory_budget_bytes(config.memory_budget_gb)
+        self.dead_workers: set[int] = set()  # pids of workers the daemon found dead
 
     # ------------------------------------------------------------------ flow control
     def accepting(self) -> bool:
@@ -245,6 +246,11 @@ class Ingest:
             log.debug("ignoring done for scan %s group %s", msg.get("scan_seq"), msg.get("group"))
             return
         kind = msg.get("type")
+        if kind == "taken":  # who holds it: redone at once should that worker die
+            scan.in_flight[msg["group"]].worker_pid = msg.get("pid")
+            if msg.get("pid") in self.dead_workers:  # it died before its report got here
+                self._redo()
+            return
         if scan.group_result(msg, time.monotonic()):
             self.group_seconds = 0.9 * self.group_seconds + 0.1 * float(msg.get("seconds") or 0.0)
             self.channels.events.put({"type": "progress", "scan_seq": scan.seq,
@@ -298,8 +304,22 @@ class Ingest:
                 buffers.close()
         elif kind == "reconstructor_lost":
             self.reconstructor_lost()
+        elif kind == "workers_lost":
+            self.dead_workers.update(msg.get("pids", []))
+            self._redo()
         else:
             log.error("ignoring unknown command %r", msg)
+
+    def _redo(self) -> None:
+        """Send again the groups that dead workers had taken (see ``OpenScan.redo``)."""
+        if self.scan is None:
+            return
+        tasks = self.scan.redo(self.dead_workers)
+        if tasks:
+            self.counts["redone_groups"] += len(tasks)
+            log.warning("scan %s: groups %s of a dead worker sent again", self.scan.info.scan_id,
+                        [t["group"] for t in tasks])
+            self._send_tasks(tasks)
 
     def stats(self, now: float) -> dict[str, Any]:
         """Counters and rates since the last call, as a ``stats`` event."""
@@ -312,10 +332,12 @@ class Ingest:
                 "scan_seq": scan.seq if scan else None, "received": frames, "bytes": nbytes,
                 "rejected": self.rejects.total, "rejected_by_reason": dict(self.rejects.counts),
                 "dropped": self.counts["dropped"], "failed_groups": self.counts["failed_groups"],
-                "lost_groups": self.counts["lost_groups"], "frames_per_s": (frames - frames0) / dt,
+                "lost_groups": self.counts["lost_groups"], "redone_groups": self.counts["redone_groups"],
+                "frames_per_s": (frames - frames0) / dt,
                 "bytes_per_s": (nbytes - bytes0) / dt, "ring_slots": scan.n_slots if scan else 0,
                 "ring_fill": scan.ring_fill() if scan else 0.0,
                 "in_flight": len(scan.in_flight) if scan else 0,
+                "in_workers": sum(f.worker_pid is not None for f in scan.in_flight.values()) if scan else 0,
                 "memory_budget_bytes": self.memory_budget,
                 "scan_memory_bytes": scan.buffers.nbytes if scan else 0}
 

@@ -46,6 +46,8 @@ class InFlight:
     picked_at: float | None = None  # when it was surely in a worker's (reconstructor's) hands
     stage: str = "raw"  # raw (in a worker) or binned (queued for or held by the reconstructor)
     binned_at: float = 0.0  # when the worker handed it to the reconstructor (split mode)
+    worker_pid: int | None = None  # the worker that said it took it (raw stage)
+    task: dict[str, Any] | None = None  # what was sent, to send it again if that worker dies
 
 
 class OpenScan:
@@ -176,10 +178,24 @@ class OpenScan:
             angle = self.group_angles_deg[g]
         else:  # angles from the frames, or a partial group
             angle = float(np.mean([self.angle_of[i] for i in indices]))
-        self.in_flight[g] = InFlight(slots, indices, self.dispatched)
-        self.dispatched += 1
-        return {**self.task_base, "group": g, "slots": slots, "indices": indices,
+        task = {**self.task_base, "group": g, "slots": slots, "indices": indices,
                 "angle_deg": angle, "weight": self.weights[g]}
+        self.in_flight[g] = InFlight(slots, indices, self.dispatched, task=task)
+        self.dispatched += 1
+        return task
+
+    def redo(self, dead_pids: set[int]) -> list[dict[str, Any]]:
+        """Tasks to send again: the raw-stage groups a now dead worker had taken.
+
+        Their frames are still in the ring (slots are freed only by ``done``), so any
+        worker can redo them at once; the sinogram row is simply written again.
+        """
+        again = [g for g, t in self.in_flight.items() if t.stage == "raw" and t.worker_pid in dead_pids]
+        for g in again:
+            flight = self.in_flight[g]
+            flight.worker_pid, flight.picked_at, flight.order = None, None, self.dispatched
+            self.dispatched += 1
+        return [self.in_flight[g].task for g in again]
 
     def take_ready(self) -> list[dict[str, Any]]:
         """Tasks of the complete groups, once the reference is there (else none yet)."""
