@@ -110,6 +110,9 @@ class IngestConfig:
                             "when the ring is full: block (stop reading) or drop frames (counted)")
     max_frame_bytes: int = _opt(256 << 20, _integer(1, 1 << 40),
                                 "largest accepted frame payload in bytes")
+    stall_timeout_s: float = _opt(300.0, _number(0.0, 604_800.0, "seconds"),
+                                  "a scan that receives nothing for this long ends: its final volume "
+                                  "(of what arrived) says incomplete and why; 0: wait for ever")
     memory_budget_gb: float = _opt(0.0, _number(0.0, 1.0e6, "GB"),
                                    "shared memory one scan may hold (ring, reference, sinogram, volumes), "
                                    "GB: a scan_start that needs more is refused and the open scan goes on; "

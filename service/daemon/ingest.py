@@ -76,6 +76,7 @@ class Ingest:
         self.group_seconds = 0.0  # running mean of a group's time in a worker
         self.memory_budget = memory_budget_bytes(config.memory_budget_gb)
         self.dead_workers: set[int] = set()  # pids of workers the daemon found dead
+        self.scan_heard = time.monotonic()  # last message for the open scan
 
     # ------------------------------------------------------------------ flow control
     def accepting(self) -> bool:
@@ -179,6 +180,7 @@ class Ingest:
     def _open(self, info: ScanInfo, settings: ReconstructionSettings, plan: ScanPlan | None = None) -> None:
         self.scan = open_scan(self.next_seq, info, settings, self.prefix, self.config.ring_slots,
                               self.n_partials, self.split, plan)
+        self.scan_heard = time.monotonic()
         self.next_seq += 1
         self.channels.events.put({"type": "scan_open", "scan_seq": self.scan.seq, "scan": info.to_dict(),
                                   "settings": settings.to_dict(), "buffers": self.scan.buffers.description(),
@@ -186,6 +188,7 @@ class Ingest:
 
     def _frame(self, frame: Frame) -> None:
         scan = self._open_scan(frame.scan_id)
+        self.scan_heard = time.monotonic()
         scan.check_new(frame)
         if frame.kind != "projection":
             self._send_tasks(scan.add_reference(frame))
@@ -309,6 +312,17 @@ class Ingest:
             self._redo()
         else:
             log.error("ignoring unknown command %r", msg)
+
+    def end_if_stalled(self, now: float) -> None:
+        """End the open scan as incomplete when nothing came for ``stall_timeout_s``."""
+        scan, timeout_s = self.scan, self.config.stall_timeout_s
+        if scan is None or scan.closing or not timeout_s or now - self.scan_heard < timeout_s:
+            return
+        scan.incomplete = (f"stalled: nothing received for {timeout_s:g} s, "
+                           f"{len(scan.seen['projection'])} of {scan.info.n_projections} projections arrived")
+        log.warning("scan %s %s; ending it", scan.info.scan_id, scan.incomplete)
+        self.counts["stalled_scans"] += 1
+        self.end_scan()
 
     def _redo(self) -> None:
         """Send again the groups that dead workers had taken (see ``OpenScan.redo``)."""
@@ -444,6 +458,7 @@ def run_ingest(config, settings: ReconstructionSettings, n_workers: int, prefix:
                     break
                 channels.events.put(ingest.stats(now))
                 ingest.reclaim_lost(now)
+                ingest.end_if_stalled(now)
                 next_stats = now + STATS_INTERVAL_S
             wait_s = max(0.0, min(next_stats - now, POLL_MS / 1000))
             drain(channels.commands, ingest.on_command)

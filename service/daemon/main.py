@@ -79,7 +79,8 @@ class Daemon:
         self.early: dict[int, list[dict]] = {}  # group results that overtook their scan_open
         self.stats: dict[str, Any] = {}
         self.counters = {"scans_completed": 0, "scans_failed": 0, "volumes_published": 0,
-                         "groups_failed": 0, "rejected": 0, "ingest_reports": 0}
+                         "groups_failed": 0, "rejected": 0, "ingest_reports": 0,
+                         "scans_incomplete": 0}
         self.last_error: str | None = None
         self.last_final: tuple[dict, np.ndarray] | None = None
         self.last_volume_file: str | None = None  # the newest volume written to output_dir
@@ -280,6 +281,9 @@ class Daemon:
                         state.scan_id, len(missing))
         volume = state.final_volume(self.backend)
         header = self._send(state, volume, final=True)
+        if header.get("incomplete"):
+            self.counters["scans_incomplete"] += 1
+            self.last_error = f"scan {state.scan_id}: {header['incomplete_reason']}"
         self.last_final = (header, volume)
         self.counters["scans_completed"] += 1
         log.info("scan %s final volume %s from %d/%d projections", state.scan_id,

@@ -71,6 +71,7 @@ class OpenScan:
 
     def __init__(self, seq: int, info: ScanInfo, settings: ReconstructionSettings,
                  buffers: ScanBuffers, groups: list[range], group_angles_deg, weights):
+        self.incomplete: str | None = None  # why it ended without scan_end (a stall), if so
         self.seq, self.info, self.settings, self.buffers = seq, info, settings, buffers
         self.groups = groups
         self.group_angles_deg = [float(a) for a in group_angles_deg]
@@ -235,7 +236,8 @@ class OpenScan:
         """The ``scan_complete`` event of a finished scan."""
         return {"type": "scan_complete", "scan_seq": self.seq, "scan_id": self.info.scan_id,
                 "groups_arrived": sorted(self.groups_done), "n_projections_used": self.n_projections_used,
-                "aborted": self.aborted, "error": self.error, "group_angles_deg": self.group_angles_deg}
+                "aborted": self.aborted, "error": self.error, "group_angles_deg": self.group_angles_deg,
+                "incomplete": self.incomplete}
 
     # ---- results -----------------------------------------------------------------------
     def group_result(self, msg: dict[str, Any], now: float) -> bool:

@@ -202,6 +202,9 @@ class LiveScan:
         """The header of this scan's next volume message."""
         header = volume_header(self.scan, self.settings, scan_seq=self.seq, seq=self.volume_seq,
                                final=final, n_used=self.n_used, shape=volume.shape)
+        why = (self.complete or {}).get("incomplete")
+        if final and why:  # a stalled scan: the volume of what arrived, saying so
+            header.update(incomplete=True, incomplete_reason=why)
         self.volume_seq += 1
         return header
 
