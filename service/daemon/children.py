@@ -8,58 +8,24 @@ there, so the daemon itself never imports cupy.
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import multiprocessing
 import os
-import signal
-import sys
 import time
 from multiprocessing.process import BaseProcess
 from typing import Any, Callable
 
 from holostream.service.daemon.channels import Channels, drain, spawn_context
-from holostream.service.daemon.ingest import run_ingest
-from holostream.service.daemon.reconstructor import run_reconstructor
-from holostream.service.daemon.worker import run_worker
+from holostream.service.daemon.lifeline import child_main
 from holostream.shared.scanbuffers import sweep
 from holostream.workers.backend import gpu_available
 
 log = logging.getLogger(__name__)
 
 _PROBE_GPU, _PROBE_NO_GPU = 0, 3  # exit statuses of the GPU probe
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def die_with_parent() -> None:
-    """Have the kernel SIGKILL this process when the daemon dies, even by SIGKILL.
-
-    ``PR_SET_PDEATHSIG``: no child outlives a killed daemon (it would keep the ingest port,
-    shared memory and the multiprocessing resource tracker alive). Linux only; elsewhere
-    the loops' own ``getppid()`` checks remain.
-    """
-    parent = multiprocessing.parent_process()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %d", ctypes.get_errno())
-    except (OSError, AttributeError):
-        log.debug("no prctl here: children rely on their getppid() checks")
-    if parent is not None and os.getppid() != parent.pid:  # it died before prctl took effect
-        os._exit(1)
-
-
-def child_main(log_level: int, target: Any, *args: Any) -> None:
-    """Entry of every spawned child: dies with the daemon, stderr logging like it, SIGINT ignored.
-
-    A Ctrl-C in a terminal reaches the whole process group; only the daemon acts on it,
-    and it stops its children through the ``stop`` event.
-    """
-    die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=log_level, stream=sys.stderr,
-                        format="%(levelname)s %(processName)s %(name)s: %(message)s")
-    target(*args)
+# what each child runs, imported by the child only after it is bound to the daemon's life
+_WORKER = "holostream.service.daemon.worker:run_worker"
+_RECONSTRUCTOR = "holostream.service.daemon.reconstructor:run_reconstructor"
+_INGEST = "holostream.service.daemon.ingest:run_ingest"
 
 
 def stop_processes(processes: list[BaseProcess], timeout_s: float,
@@ -136,7 +102,7 @@ class WorkerPool:
     def _spawn(self, worker_id: int) -> None:
         proc = spawn_context().Process(
             target=child_main, name=f"holostream-worker-{worker_id}",
-            args=(self.log_level, run_worker, worker_id, self.device, self.channels, self.threads,
+            args=(self.log_level, _WORKER, worker_id, self.device, self.channels, self.threads,
                   self.reconstruct))
         proc.start()
         self.processes[worker_id] = proc
@@ -239,7 +205,7 @@ class ReconstructorProcess:
         """Start the process."""
         self.process = spawn_context().Process(
             target=child_main, name="holostream-reconstructor",
-            args=(self.log_level, run_reconstructor, self.device, self.channels, self.reconstruct,
+            args=(self.log_level, _RECONSTRUCTOR, self.device, self.channels, self.reconstruct,
                   self.batch, self.threads))
         self.process.start()
 
@@ -315,7 +281,7 @@ class IngestProcess:
         sweep(f"{self.prefix}_{first_seq}_")  # buffers a dead one made but never announced
         self.process = spawn_context().Process(
             target=child_main, name="holostream-ingest",
-            args=(self.log_level, run_ingest, self.config, settings, self.n_workers, self.prefix,
+            args=(self.log_level, _INGEST, self.config, settings, self.n_workers, self.prefix,
                   self.channels, first_seq, self.split, self.device_budget, self.security))
         self.process.start()
         self.last_heard = time.monotonic() + 10.0  # allow for its start (imports, bind)
