@@ -111,7 +111,7 @@ class Daemon:
         return reply["status"]
 
     def wait_ready(self, timeout_s: float = 30.0) -> dict:
-        """Poll the control socket until the daemon answers with all workers alive."""
+        """Poll the control socket until the daemon answers with all workers alive and ingest bound."""
         def ready():
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log.read_text()}")
@@ -119,7 +119,10 @@ class Daemon:
                 status = self.status()
             except NoAnswer:
                 return None
-            return status if status["workers"] and all(w["alive"] for w in status["workers"]) else None
+            # ingest reporting = its socket is bound (what the daemon's READY=1 waits for too):
+            # the control socket answers seconds before that on a busy machine
+            return status if (status["workers"] and all(w["alive"] for w in status["workers"])
+                              and status["ingest_reports"] > 0) else None
         return wait_for(ready, timeout_s, "the daemon to answer on its control socket")
 
     def terminate(self, timeout_s: float = 10.0, signum: int = signal.SIGTERM) -> tuple[int, float]:
