@@ -63,7 +63,10 @@ def test_sigkilled_daemon_takes_its_children_along_and_its_successor_sweeps(tmp_
         assert serve.shm(first.proc.pid) == []  # the dead daemon's segments are swept
         assert os.path.exists(f"/dev/shm/{bystander.name}")  # a live owner's are not
         log = second.log.read_text()
-        assert f"removed {len(leftovers)} shared-memory segment(s) of dead holostream daemons" in log
+        # swept by the successor ("removed N shared-memory segment(s) of dead holostream
+        # daemons" in its log), or by any other daemon that started on this machine meanwhile
+        # (a parallel test run): every daemon sweeps dead daemons' leftovers at start, so the
+        # log line is not asserted; tests/unit/test_scanbuffers.py covers sweep_orphans itself
         assert "Address already in use" not in log
 
         sub = serve.Subscriber(second.publish)
