@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("commands.bench", "measure the speed of each stage and of the whole chain"),
     "demo": ("commands.demo", "service + simulated detector + subscriber in one go"),
     "view": ("commands.view", "serve a web page of the live scan (slices, progress, rates, rejects)"),
+    "keys": ("commands.keys", "make CURVE key pairs for the daemon and its clients"),
 }
 
 

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import tomllib
 
+from holostream.service.daemon.curve import is_loopback
 from holostream.shared.settings import ReconstructionSettings, SettingsError
 
 _ADDRESS = re.compile(r"^(tcp://[^\s:]+:(\d+|\*)|ipc://\S+|inproc://\S+)$")
@@ -118,6 +119,13 @@ class IngestConfig:
                             "when the ring is full: block (stop reading) or drop frames (counted)")
     max_frame_bytes: int = _opt(256 << 20, _integer(1, 1 << 40),
                                 "largest accepted frame payload in bytes")
+    stall_timeout_s: float = _opt(300.0, _number(0.0, 604_800.0, "seconds"),
+                                  "a scan that receives nothing for this long ends: its final volume "
+                                  "(of what arrived) says incomplete and why; 0: wait for ever")
+    memory_budget_gb: float = _opt(0.0, _number(0.0, 1.0e6, "GB"),
+                                   "shared memory one scan may hold (ring, reference, sinogram, volumes), "
+                                   "GB: a scan_start that needs more is refused and the open scan goes on; "
+                                   "0: a quarter of the machine's memory")
 
 
 @dataclass(frozen=True)
@@ -181,6 +189,21 @@ class ServiceConfig:
     watchdog: bool = _opt(True, _boolean, "send WATCHDOG=1 when systemd asks for it (WatchdogSec)")
 
 
+@dataclass(frozen=True)
+class SecurityConfig:
+    """``[security]``: ZeroMQ CURVE on ingest, publish and control (docs/security.md)."""
+
+    server_key: str | None = _opt(None, _optional_dir,
+                                  "the daemon's key pair (NAME.key_secret of `holostream keys`); "
+                                  "empty: CURVE off, allowed only on loopback addresses")
+    client_keys: str | None = _opt(None, _optional_dir,
+                                   "directory of the public keys (*.key) of the clients allowed to connect")
+    admin_keys: str | None = _opt(None, _optional_dir,
+                                  "directory of the public keys allowed to send set and abort")
+    allow_plaintext_remote: bool = _opt(False, _boolean,
+                                        "start without CURVE on a network address (a warning, not an error)")
+
+
 _SECTIONS: dict[str, type] = {
     "ingest": IngestConfig,
     "publish": PublishConfig,
@@ -188,6 +211,7 @@ _SECTIONS: dict[str, type] = {
     "workers": WorkersConfig,
     "metrics": MetricsConfig,
     "service": ServiceConfig,
+    "security": SecurityConfig,
 }
 
 
@@ -202,6 +226,14 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     reconstruction: ReconstructionSettings = field(default_factory=ReconstructionSettings)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+
+    def plaintext_remote(self) -> list[str]:
+        """Addresses reachable from the network that would run without CURVE."""
+        if self.security.server_key:
+            return []
+        return [a for a in (self.ingest.address, self.publish.address, self.control.address)
+                if not is_loopback(a)]
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (TOML/JSON-able; ``None`` values left out)."""
@@ -249,7 +281,16 @@ def config_from_dict(tables: dict[str, Any]) -> Config:
         else:
             known = ", ".join([*_SECTIONS, "reconstruction"])
             raise ConfigError(name, f"unknown section (known: {known})")
-    return Config(**sections)
+    config = Config(**sections)
+    security = config.security
+    if security.server_key and not security.client_keys:
+        raise ConfigError("security.client_keys", "needed with server_key: the directory of allowed client keys")
+    remote = config.plaintext_remote()
+    if remote and not security.allow_plaintext_remote:
+        raise ConfigError("security.server_key", f"{', '.join(remote)} can be reached from the network: "
+                          "CURVE is required there (make keys with `holostream keys`, docs/security.md), "
+                          "or set allow_plaintext_remote = true")
+    return config
 
 
 def load_config(path: str | os.PathLike | None = None,

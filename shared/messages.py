@@ -23,6 +23,33 @@ import numpy as np
 DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4"), "float32": np.dtype("<f4")}
 FRAME_KINDS = ("dark", "flat", "projection")
 SCAN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# Every reject's ``code`` (status counters, PROTOCOL.md): the parser's own, then the ingest's.
+REJECT_CODES = ("parts", "too_large", "too_deep", "bad_json", "unknown_type", "missing_field",
+                "unknown_field", "bad_field", "out_of_range", "payload_size", "format", "missing_angle",
+                "index_range", "unknown_scan", "scan_ended", "duplicate", "settings", "no_memory",
+                "internal_error")
+MAX_SHOWN_CHARS = 160  # of a wire value echoed in a reason, a log line or a status field
+
+
+def clip(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
+    """``text`` cut to at most about ``limit`` characters, saying how many were left out.
+
+    For anything a sender controls that ends up in a log line or a status reply: a 4 MiB
+    ``scan_id`` must not become a 4 MiB log line.
+    """
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...(+{len(text) - limit} chars)"
+
+
+def shown(value: Any, limit: int = MAX_SHOWN_CHARS) -> str:
+    """``repr`` of a wire value for a reason, clipped; containers by their size only."""
+    if isinstance(value, (list, dict)) and len(value) > 8:
+        return f"<{type(value).__name__} of {len(value)} items>"
+    try:
+        return clip(repr(value), limit)
+    except (ValueError, RecursionError):  # an int beyond str()'s digit limit, a deep container
+        return f"<{type(value).__name__}>"
 
 
 class ProtocolError(ValueError):
@@ -37,6 +64,7 @@ class ProtocolError(ValueError):
     """
 
     def __init__(self, reason: str, code: str = "bad_field"):
+        reason = clip(reason, 4 * MAX_SHOWN_CHARS)
         super().__init__(reason)
         self.reason = reason
         self.code = code
@@ -52,6 +80,8 @@ class Limits:
     max_references: int = 10_000  # darks or flats
     max_frame_bytes: int = 1 << 30
     max_header_bytes: int = 8 << 20  # a list of 100 000 angles fits easily
+    max_json_depth: int = 8  # header object = 1; shape, angles, reconstruction = 2
+    max_int_digits: int = 24  # any integer the protocol knows fits in 20 digits
 
 
 DEFAULT_LIMITS = Limits()
@@ -250,16 +280,53 @@ def _part_view(part: Any) -> memoryview:
     return buffer if buffer is not None else memoryview(part)
 
 
-def _header(part: Any, limits: Limits) -> dict[str, Any]:
-    view = _part_view(part)
+def _json_depth(value: Any, stop: int) -> int:
+    """Nesting depth of a decoded JSON value (a scalar is 0), level by level, at most ``stop + 1``."""
+    depth, level = 0, [value]
+    while depth <= stop:
+        level = [c for c in level if isinstance(c, (list, dict))]
+        if not level:
+            break
+        depth += 1
+        level = [x for c in level for x in (c.values() if isinstance(c, dict) else c)]
+    return depth
+
+
+def load_json(raw: bytes | memoryview, limits: Limits = DEFAULT_LIMITS, what: str = "header") -> Any:
+    """Decode one JSON document from the wire, bounded in size, nesting and integer length.
+
+    Raises
+    ------
+    ProtocolError
+        ``too_large`` (bytes, integer digits), ``too_deep`` or ``bad_json``, never anything else.
+    """
+    view = raw if isinstance(raw, memoryview) else memoryview(raw)
     if view.nbytes > limits.max_header_bytes:
-        raise ProtocolError(f"header of {view.nbytes} bytes exceeds {limits.max_header_bytes}", "too_large")
+        raise ProtocolError(f"{what} of {view.nbytes} bytes exceeds {limits.max_header_bytes}", "too_large")
+
+    def bounded_int(text: str) -> int:
+        # checked before int(): a 5,000-digit integer costs quadratic time and fails str()
+        if len(text.lstrip("-")) > limits.max_int_digits:
+            raise ProtocolError(f"{what} has an integer of {len(text)} digits (at most "
+                                f"{limits.max_int_digits})", "too_large")
+        return int(text)
+
     try:
-        header = json.loads(bytes(view).decode("utf-8"), parse_constant=_reject_constant)
+        value = json.loads(bytes(view).decode("utf-8"), parse_constant=_reject_constant,
+                           parse_int=bounded_int)
     except UnicodeDecodeError as exc:
-        raise ProtocolError(f"header is not UTF-8: {exc}", "bad_json") from exc
+        raise ProtocolError(f"{what} is not UTF-8: {exc}", "bad_json") from None
     except json.JSONDecodeError as exc:
-        raise ProtocolError(f"header is not JSON: {exc}", "bad_json") from exc
+        raise ProtocolError(f"{what} is not JSON: {exc}", "bad_json") from None
+    except RecursionError:
+        raise ProtocolError(f"{what} is nested too deeply", "too_deep") from None
+    if _json_depth(value, limits.max_json_depth) > limits.max_json_depth:
+        raise ProtocolError(f"{what} is nested more than {limits.max_json_depth} levels deep", "too_deep")
+    return value
+
+
+def _header(part: Any, limits: Limits) -> dict[str, Any]:
+    header = load_json(_part_view(part), limits)
     if not isinstance(header, dict):
         raise ProtocolError(f"header is a JSON {type(header).__name__}, not an object", "bad_json")
     return header
@@ -271,13 +338,13 @@ def _keys(d: dict, required: set[str], optional: set[str], what: str) -> None:
         raise ProtocolError(f"{what} lacks field(s) {', '.join(missing)}", "missing_field")
     extra = sorted(d.keys() - required - optional)
     if extra:
-        raise ProtocolError(f"{what} has unknown field(s) {', '.join(extra)}", "unknown_field")
+        raise ProtocolError(f"{what} has unknown field(s) {clip(', '.join(extra))}", "unknown_field")
 
 
 def _int(d: dict, key: str, lo: int, hi: int) -> int:
     v = d[key]
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ProtocolError(f"{key} must be an integer, got {v!r}", "bad_field")
+        raise ProtocolError(f"{key} must be an integer, got {shown(v)}", "bad_field")
     if not lo <= v <= hi:
         raise ProtocolError(f"{key}={v} outside [{lo}, {hi}]", "out_of_range")
     return v
@@ -286,7 +353,7 @@ def _int(d: dict, key: str, lo: int, hi: int) -> int:
 def _float(d: dict, key: str, positive: bool = False) -> float:
     v = d[key]
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ProtocolError(f"{key} must be a number, got {v!r}", "bad_field")
+        raise ProtocolError(f"{key} must be a number, got {shown(v)}", "bad_field")
     if not math.isfinite(v):
         raise ProtocolError(f"{key}={v} is not finite", "out_of_range")
     if positive and v <= 0:
@@ -296,8 +363,8 @@ def _float(d: dict, key: str, positive: bool = False) -> float:
 
 def _scan_id(d: dict) -> str:
     v = d["scan_id"]
-    if not isinstance(v, str) or not SCAN_ID_PATTERN.fullmatch(v):
-        raise ProtocolError(f"scan_id {v!r} is not 1-128 characters of letters, digits, '.', '_', '-'",
+    if not isinstance(v, str) or len(v) > 128 or not SCAN_ID_PATTERN.fullmatch(v):
+        raise ProtocolError(f"scan_id {shown(v)} is not 1-128 characters of letters, digits, '.', '_', '-'",
                             "bad_field")
     return v
 
@@ -306,13 +373,13 @@ def _format(d: dict, limits: Limits) -> tuple[tuple[int, int], str]:
     shape, dtype = d["shape"], d["dtype"]
     if (not isinstance(shape, list) or len(shape) != 2
             or any(isinstance(n, bool) or not isinstance(n, int) for n in shape)):
-        raise ProtocolError(f"shape must be [rows, cols] integers, got {shape!r}", "bad_field")
+        raise ProtocolError(f"shape must be [rows, cols] integers, got {shown(shape)}", "bad_field")
     rows, cols = shape
     if not (1 <= rows <= limits.max_rows and 1 <= cols <= limits.max_cols):
         raise ProtocolError(f"shape {shape} outside [1, {limits.max_rows}] x [1, {limits.max_cols}]",
                             "too_large")
-    if dtype not in DTYPES:
-        raise ProtocolError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}", "bad_field")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise ProtocolError(f"dtype {shown(dtype)} is not one of {', '.join(DTYPES)}", "bad_field")
     if rows * cols * DTYPES[dtype].itemsize > limits.max_frame_bytes:
         raise ProtocolError(f"a {rows}x{cols} {dtype} frame exceeds {limits.max_frame_bytes} bytes",
                             "too_large")
@@ -396,7 +463,7 @@ def _parse_scan_start(d: dict, limits: Limits) -> ScanInfo:
         start, step = _float(d, "angle_start_deg"), _float(d, "angle_step_deg")
     reconstruction = d.get("reconstruction", {})
     if not isinstance(reconstruction, dict):
-        raise ProtocolError(f"reconstruction must be an object, got {reconstruction!r}", "bad_field")
+        raise ProtocolError(f"reconstruction must be an object, got {shown(reconstruction)}", "bad_field")
     return ScanInfo(
         scan_id=_scan_id(d), shape=shape, dtype=dtype,
         n_darks=_int(d, "n_darks", 0, limits.max_references),
@@ -415,8 +482,8 @@ def _parse_frame(d: dict, payload: Any, limits: Limits) -> Frame:
     _keys(d, {"scan_id", "kind", "index", "shape", "dtype"}, {"angle_deg"}, "frame")
     scan_id = _scan_id(d)
     kind = d["kind"]
-    if kind not in FRAME_KINDS:
-        raise ProtocolError(f"frame kind {kind!r} is not one of {', '.join(FRAME_KINDS)}", "bad_field")
+    if not isinstance(kind, str) or kind not in FRAME_KINDS:
+        raise ProtocolError(f"frame kind {shown(kind)} is not one of {', '.join(FRAME_KINDS)}", "bad_field")
     index = _int(d, "index", 0, max(limits.max_projections, limits.max_references) - 1)
     shape, dtype = _format(d, limits)
     angle = _float(d, "angle_deg") if "angle_deg" in d else None
@@ -459,7 +526,7 @@ def parse_message(parts: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Mess
             raise ProtocolError(f"frame needs 2 parts (header, payload), got {n_parts}", "parts")
         return _parse_frame(header, parts[1], limits)
     if kind not in ("scan_start", "scan_end", "scan_abort"):
-        raise ProtocolError(f"unknown message type {kind!r}", "unknown_type")
+        raise ProtocolError(f"unknown message type {shown(kind)}", "unknown_type")
     if n_parts != 1:
         raise ProtocolError(f"{kind} takes no payload, got {n_parts} parts", "parts")
     if kind == "scan_start":

@@ -329,12 +329,28 @@ def sweep(prefix: str) -> list[str]:
     return removed
 
 
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` exists, whoever owns it (a zombie counts as alive).
+
+    ``kill(pid, 0)`` rather than ``/proc/<pid>``: under systemd's ``ProtectProc=invisible``
+    other users' processes have no ``/proc`` entry but are very much alive.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def sweep_orphans() -> list[str]:
     """Unlink ``holostream_<pid>_*`` segments whose daemon process no longer exists.
 
-    A daemon killed with SIGKILL cannot sweep its own; the next one can call this at start.
-    Liveness is judged by ``/proc/<pid>``, so all daemons sharing ``/dev/shm`` must share
-    one PID namespace (true on one host without containers).
+    A daemon killed with SIGKILL cannot sweep its own; the next one calls this at start.
+    Only segments whose owner pid is gone are touched, so daemons running side by side keep
+    theirs; all daemons sharing ``/dev/shm`` must share one PID namespace (true on one host
+    without containers). A reused pid keeps its segments (erring on the safe side).
 
     Returns
     -------
@@ -348,6 +364,12 @@ def sweep_orphans() -> list[str]:
         return []
     for name in names:
         pid = name.split("_")[1] if name.startswith("holostream_") and name.count("_") >= 2 else ""
-        if pid.isdigit() and pid not in dead and not os.path.exists(f"/proc/{pid}"):
+        if pid.isdigit() and pid not in dead and int(pid) != os.getpid() and not pid_alive(int(pid)):
             dead.add(pid)
-    return [name for pid in sorted(dead) for name in sweep(f"holostream_{pid}_")]
+    removed = []
+    for pid in sorted(dead):
+        try:
+            removed += sweep(f"holostream_{pid}_")
+        except PermissionError as exc:  # another user's leftovers (sticky /dev/shm): not ours to remove
+            log.warning("cannot sweep leftovers of dead daemon %s: %s", pid, exc)
+    return removed

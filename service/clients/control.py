@@ -7,6 +7,8 @@ from typing import Any
 
 import zmq
 
+from holostream.service.daemon.curve import connect_as_client
+
 DEFAULT_CONTROL = "tcp://127.0.0.1:5570"
 
 
@@ -15,7 +17,7 @@ class NoAnswer(RuntimeError):
 
 
 def request(address: str, message: dict[str, Any], timeout_s: float = 2.0,
-            context: zmq.Context | None = None) -> dict[str, Any]:
+            context: zmq.Context | None = None, curve: tuple[str, str] | None = None) -> dict[str, Any]:
     """Send one control request and return the decoded reply.
 
     A fresh REQ socket per request: after a timeout a REQ socket cannot send again, and
@@ -24,12 +26,14 @@ def request(address: str, message: dict[str, Any], timeout_s: float = 2.0,
     Raises
     ------
     NoAnswer
-        No reply within ``timeout_s`` seconds.
+        No reply within ``timeout_s`` seconds (also: a CURVE key the daemon does not accept).
     """
     context = context or zmq.Context.instance()
     sock = context.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     try:
+        if curve is not None:  # (client_secret_file, server_public_file)
+            connect_as_client(sock, *curve)
         sock.connect(address)
         sock.send(json.dumps(message).encode("utf-8"))
         if not sock.poll(int(timeout_s * 1000), zmq.POLLIN):
@@ -49,6 +53,14 @@ def add_control_options(parser) -> None:
     parser.add_argument("--config", metavar="FILE", help="the daemon's TOML configuration, to find its control address")
     parser.add_argument("--timeout", metavar="S", type=float, default=2.0,
                         help="seconds to wait for an answer (default 2)")
+    parser.add_argument("--curve-key", metavar="FILE",
+                        help="this client's NAME.key_secret, when the daemon requires CURVE (docs/security.md)")
+    parser.add_argument("--server-key", metavar="FILE", help="the daemon's public server.key (with --curve-key)")
+
+
+def curve_of(args) -> tuple[str, str] | None:
+    """``(client secret key file, server public key file)`` of the CURVE options, or None."""
+    return (args.curve_key, args.server_key) if getattr(args, "curve_key", None) else None
 
 
 def control_address(args) -> str:
@@ -79,9 +91,11 @@ def ask(args, command: str, message: dict[str, Any]) -> dict[str, Any] | None:
     """
     import sys
 
+    from holostream.service.daemon.curve import KeyFileError
+
     try:
-        reply = request(control_address(args), message, args.timeout)
-    except (ValueError, NoAnswer) as exc:
+        reply = request(control_address(args), message, args.timeout, curve=curve_of(args))
+    except (ValueError, NoAnswer, KeyFileError) as exc:
         print(f"holostream {command}: {exc}", file=sys.stderr)
         return None
     if not reply.get("ok"):

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import zmq
 
+from holostream.service.daemon.curve import connect_as_client
+
 from holostream.shared.messages import (
     DTYPES,
     ScanInfo,
@@ -83,9 +85,12 @@ def scan_info_of(scan_data, scan_id: str, delta_beta: float | None = None,
 class _Sender:
     """A PUSH socket that waits at most ``timeout_s`` for each message to be accepted."""
 
-    def __init__(self, address: str, bind: bool, sndhwm: int, timeout_s: float):
+    def __init__(self, address: str, bind: bool, sndhwm: int, timeout_s: float,
+                 curve: tuple[str, str] | None = None):
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.PUSH)
+        if curve is not None:
+            connect_as_client(self.sock, *curve)
         self.sock.setsockopt(zmq.SNDHWM, sndhwm)
         self.sock.setsockopt(zmq.LINGER, int(timeout_s * 1000))  # deliver what is queued at close
         if bind:
@@ -108,7 +113,7 @@ def stream_scan(socket_address: str, scan_data, scan_id: str, fps: float | None 
                 bind: bool = False, delta_beta: float | None = None,
                 reconstruction: dict[str, Any] | None = None, sndhwm: int = 8,
                 timeout_s: float = SEND_TIMEOUT_S, extra: dict[int, list[list[Any]]] | None = None,
-                ) -> StreamResult:
+                curve: tuple[str, str] | None = None) -> StreamResult:
     """Send one whole scan to an ingest socket as a detector would.
 
     Parameters
@@ -134,6 +139,8 @@ def stream_scan(socket_address: str, scan_data, scan_id: str, fps: float | None 
     extra : dict of int to list of message parts, optional
         Messages sent verbatim just before the projection of that index (``-1``: right after
         ``scan_start``); for testing how the service handles malformed input.
+    curve : (client_secret_file, server_public_file), optional
+        Connect with CURVE (the daemon's ``[security]``; docs/security.md).
 
     Returns
     -------
@@ -147,7 +154,7 @@ def stream_scan(socket_address: str, scan_data, scan_id: str, fps: float | None 
     """
     info = scan_info_of(scan_data, scan_id, delta_beta, reconstruction)
     extra = extra or {}
-    sender = _Sender(socket_address, bind, sndhwm, timeout_s)
+    sender = _Sender(socket_address, bind, sndhwm, timeout_s, curve)
     frames = nbytes = 0
     try:
         sender.send(encode_scan_start(info))

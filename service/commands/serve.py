@@ -8,7 +8,9 @@ import sys
 from typing import Any
 
 from holostream.service.config import ConfigError, load_config
+from holostream.service.daemon.curve import KeyFileError
 from holostream.service.daemon.main import Daemon
+from holostream.service.files.volume import check_writable
 
 
 # ---- command line ------------------------------------------------------------------------
@@ -25,7 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the daemon until SIGTERM/SIGINT; 0 on a clean stop, 1 if it cannot start, 2 on bad config."""
+    """Run the daemon until SIGTERM/SIGINT.
+
+    Exit status: 0 clean stop, 1 cannot start (or children keep dying), 2 bad configuration
+    (including an unwritable output_dir), 3 an address is in use.
+    """
     overrides: dict[str, dict[str, Any]] = {}
     for section in ("ingest", "publish", "control"):
         if getattr(args, section):
@@ -39,6 +45,18 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"holostream serve: configuration error: {exc}", file=sys.stderr)
         return 2
+    if config.publish.output_dir:  # found now, not when the first scan's volume is lost
+        try:
+            check_writable(config.publish.output_dir)
+        except OSError as exc:
+            print(f"holostream serve: configuration error: publish.output_dir: {config.publish.output_dir} "
+                  f"is not writable: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     if not getattr(args, "verbose", 0):
         logging.getLogger().setLevel(config.service.log_level.upper())
-    return Daemon(config).run()
+    try:
+        daemon = Daemon(config)
+    except KeyFileError as exc:
+        print(f"holostream serve: configuration error: security: {exc}", file=sys.stderr)
+        return 2
+    return daemon.run()

@@ -12,7 +12,8 @@ import sys
 import time
 from typing import Any
 
-from holostream.service.clients.control import NoAnswer, add_control_options, control_address, request
+from holostream.service.clients.control import NoAnswer, add_control_options, control_address, curve_of, request
+from holostream.service.daemon.curve import KeyFileError
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -70,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         while True:
             try:
-                reply = request(address, {"cmd": "status"}, args.timeout)
-            except NoAnswer as exc:
+                reply = request(address, {"cmd": "status"}, args.timeout, curve=curve_of(args))
+            except (NoAnswer, KeyFileError) as exc:
                 print(f"holostream status: {exc}", file=sys.stderr)
                 return 1
             if not reply.get("ok"):

@@ -10,35 +10,22 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import sys
 import time
 from multiprocessing.process import BaseProcess
 from typing import Any, Callable
 
 from holostream.service.daemon.channels import Channels, drain, spawn_context
-from holostream.service.daemon.ingest import run_ingest
-from holostream.service.daemon.reconstructor import run_reconstructor
-from holostream.service.daemon.worker import run_worker
+from holostream.service.daemon.lifeline import child_main
 from holostream.shared.scanbuffers import sweep
 from holostream.workers.backend import gpu_available
 
 log = logging.getLogger(__name__)
 
 _PROBE_GPU, _PROBE_NO_GPU = 0, 3  # exit statuses of the GPU probe
-
-
-def child_main(log_level: int, target: Any, *args: Any) -> None:
-    """Entry of every spawned child: stderr logging like the daemon's, SIGINT ignored.
-
-    A Ctrl-C in a terminal reaches the whole process group; only the daemon acts on it,
-    and it stops its children through the ``stop`` event.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    stamp = "" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s "  # as the daemon's (cli.py)
-    logging.basicConfig(level=log_level, stream=sys.stderr,
-                        format=stamp + "%(levelname)s %(processName)s %(name)s: %(message)s")
-    target(*args)
+# what each child runs, imported by the child only after it is bound to the daemon's life
+_WORKER = "holostream.service.daemon.worker:run_worker"
+_RECONSTRUCTOR = "holostream.service.daemon.reconstructor:run_reconstructor"
+_INGEST = "holostream.service.daemon.ingest:run_ingest"
 
 
 def stop_processes(processes: list[BaseProcess], timeout_s: float,
@@ -115,7 +102,7 @@ class WorkerPool:
     def _spawn(self, worker_id: int) -> None:
         proc = spawn_context().Process(
             target=child_main, name=f"holostream-worker-{worker_id}",
-            args=(self.log_level, run_worker, worker_id, self.device, self.channels, self.threads,
+            args=(self.log_level, _WORKER, worker_id, self.device, self.channels, self.threads,
                   self.reconstruct))
         proc.start()
         self.processes[worker_id] = proc
@@ -137,6 +124,8 @@ class WorkerPool:
                 locks.append(self.reconstruct._wlock)
             for lock in locks:
                 free_orphaned_lock(lock, grace_s=2.0)
+        if dead:  # ingest sends their groups again (it knows who took what)
+            self.channels.commands.put({"type": "workers_lost", "pids": [self.processes[w].pid for w in dead]})
         for w in dead:
             log.error("worker %d (pid %s) died with exit code %s: replacing it",
                       w, self.processes[w].pid, self.processes[w].exitcode)
@@ -216,7 +205,7 @@ class ReconstructorProcess:
         """Start the process."""
         self.process = spawn_context().Process(
             target=child_main, name="holostream-reconstructor",
-            args=(self.log_level, run_reconstructor, self.device, self.channels, self.reconstruct,
+            args=(self.log_level, _RECONSTRUCTOR, self.device, self.channels, self.reconstruct,
                   self.batch, self.threads))
         self.process.start()
 
@@ -274,7 +263,8 @@ class IngestProcess:
     """
 
     def __init__(self, config: Any, channels: Channels, log_level: int, n_workers: int, prefix: str,
-                 split: bool, device_budget: Any, silent_s: float = 10.0):
+                 split: bool, device_budget: Any, security: Any = None, silent_s: float = 10.0):
+        self.security = security
         self.config, self.channels, self.log_level = config, channels, log_level
         self.n_workers, self.prefix, self.split, self.device_budget = n_workers, prefix, split, device_budget
         self.silent_s = silent_s
@@ -291,8 +281,8 @@ class IngestProcess:
         sweep(f"{self.prefix}_{first_seq}_")  # buffers a dead one made but never announced
         self.process = spawn_context().Process(
             target=child_main, name="holostream-ingest",
-            args=(self.log_level, run_ingest, self.config, settings, self.n_workers, self.prefix,
-                  self.channels, first_seq, self.split, self.device_budget))
+            args=(self.log_level, _INGEST, self.config, settings, self.n_workers, self.prefix,
+                  self.channels, first_seq, self.split, self.device_budget, self.security))
         self.process.start()
         self.last_heard = time.monotonic() + 10.0  # allow for its start (imports, bind)
 

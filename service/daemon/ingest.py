@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -28,14 +30,18 @@ from typing import Any
 import zmq
 
 from holostream.service.daemon.channels import Channels, drain, get_within
+from holostream.service.daemon.curve import Curve
 from holostream.service.daemon.rejects import Rejects
-from holostream.service.daemon.scan import LOST_AFTER_S, OpenScan, open_scan
+from holostream.service.daemon.scan import LOST_AFTER_S, OpenScan, ScanPlan, open_scan, plan_scan
 from holostream.shared.messages import (
     Frame, Limits, ProtocolError, ScanAbort, ScanEnd, ScanInfo, ScanStart, parse_message,
 )
-from holostream.shared.scanbuffers import ScanBuffers
+from holostream.shared.scanbuffers import ScanBuffers, shm_free_bytes
 from holostream.shared.settings import ReconstructionSettings, SettingsError
 from holostream.workers.memory import DeviceBudget
+
+#: Exit status of ``holostream serve`` (and of the ingest process) when an address is taken.
+EXIT_ADDRESS_IN_USE = 3
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,9 @@ class Ingest:
         self.rejects = Rejects(log, LOGGED_REJECTIONS_PER_S)
         self._rate_mark = (time.monotonic(), 0, 0)
         self.group_seconds = 0.0  # running mean of a group's time in a worker
+        self.memory_budget = memory_budget_bytes(config.memory_budget_gb)
+        self.dead_workers: set[int] = set()  # pids of workers the daemon found dead
+        self.scan_heard = time.monotonic()  # last message for the open scan
 
     # ------------------------------------------------------------------ flow control
     def accepting(self) -> bool:
@@ -142,20 +151,36 @@ class Ingest:
         except MemoryError as exc:
             raise ProtocolError(f"scan_start {info.scan_id}: does not fit the device: {exc}",
                                 "no_memory") from exc
+        if self.scan is not None and not self.scan.closing and self.scan.info.scan_id == info.scan_id:
+            raise ProtocolError(f"scan {info.scan_id!r} is already open", "duplicate")
+        # every refusal comes before the open scan is touched: a refused start changes nothing
+        plan = plan_scan(info, settings, self.config.ring_slots, self.n_partials, self.split)
+        self._check_memory(info, plan)
         if self.scan is not None and not self.scan.closing:
-            if self.scan.info.scan_id == info.scan_id:
-                raise ProtocolError(f"scan {info.scan_id!r} is already open", "duplicate")
             log.info("scan_start %s ends the open scan %s", info.scan_id, self.scan.info.scan_id)
             self.end_scan()
         if self.scan is not None:
             self.pending_start = info  # opened once the previous scan is complete
             self._pending_settings = settings
             return
-        self._open(info, settings)
+        self._open(info, settings, plan)
 
-    def _open(self, info: ScanInfo, settings: ReconstructionSettings) -> None:
+    def _check_memory(self, info: ScanInfo, plan: ScanPlan) -> None:
+        """Refuse (``no_memory``) a scan over the budget or over what /dev/shm has free."""
+        need = plan.nbytes
+        if need > self.memory_budget:
+            raise ProtocolError(f"scan_start {info.scan_id}: needs {need / 1e9:.3g} GB of shared memory "
+                                f"({plan.describe()}), over the budget of {self.memory_budget / 1e9:.3g} GB "
+                                "([ingest] memory_budget_gb)", "no_memory")
+        free = shm_free_bytes()
+        if need > free:
+            raise ProtocolError(f"scan_start {info.scan_id}: needs {need / 1e9:.3g} GB of shared memory, "
+                                f"/dev/shm has {free / 1e9:.3g} GB free", "no_memory")
+
+    def _open(self, info: ScanInfo, settings: ReconstructionSettings, plan: ScanPlan | None = None) -> None:
         self.scan = open_scan(self.next_seq, info, settings, self.prefix, self.config.ring_slots,
-                              self.n_partials, self.split)
+                              self.n_partials, self.split, plan)
+        self.scan_heard = time.monotonic()
         self.next_seq += 1
         self.channels.events.put({"type": "scan_open", "scan_seq": self.scan.seq, "scan": info.to_dict(),
                                   "settings": settings.to_dict(), "buffers": self.scan.buffers.description(),
@@ -163,6 +188,7 @@ class Ingest:
 
     def _frame(self, frame: Frame) -> None:
         scan = self._open_scan(frame.scan_id)
+        self.scan_heard = time.monotonic()
         scan.check_new(frame)
         scan.last_frame_time = time.time()
         if frame.kind != "projection":
@@ -224,6 +250,11 @@ class Ingest:
             log.debug("ignoring done for scan %s group %s", msg.get("scan_seq"), msg.get("group"))
             return
         kind = msg.get("type")
+        if kind == "taken":  # who holds it: redone at once should that worker die
+            scan.in_flight[msg["group"]].worker_pid = msg.get("pid")
+            if msg.get("pid") in self.dead_workers:  # it died before its report got here
+                self._redo()
+            return
         if scan.group_result(msg, time.monotonic()):
             self.group_seconds = 0.9 * self.group_seconds + 0.1 * float(msg.get("seconds") or 0.0)
             self.channels.events.put({"type": "progress", "scan_seq": scan.seq,
@@ -277,8 +308,33 @@ class Ingest:
                 buffers.close()
         elif kind == "reconstructor_lost":
             self.reconstructor_lost()
+        elif kind == "workers_lost":
+            self.dead_workers.update(msg.get("pids", []))
+            self._redo()
         else:
             log.error("ignoring unknown command %r", msg)
+
+    def end_if_stalled(self, now: float) -> None:
+        """End the open scan as incomplete when nothing came for ``stall_timeout_s``."""
+        scan, timeout_s = self.scan, self.config.stall_timeout_s
+        if scan is None or scan.closing or not timeout_s or now - self.scan_heard < timeout_s:
+            return
+        scan.incomplete = (f"stalled: nothing received for {timeout_s:g} s, "
+                           f"{len(scan.seen['projection'])} of {scan.info.n_projections} projections arrived")
+        log.warning("scan %s %s; ending it", scan.info.scan_id, scan.incomplete)
+        self.counts["stalled_scans"] += 1
+        self.end_scan()
+
+    def _redo(self) -> None:
+        """Send again the groups that dead workers had taken (see ``OpenScan.redo``)."""
+        if self.scan is None:
+            return
+        tasks = self.scan.redo(self.dead_workers)
+        if tasks:
+            self.counts["redone_groups"] += len(tasks)
+            log.warning("scan %s: groups %s of a dead worker sent again", self.scan.info.scan_id,
+                        [t["group"] for t in tasks])
+            self._send_tasks(tasks)
 
     def stats(self, now: float) -> dict[str, Any]:
         """Counters and rates since the last call, as a ``stats`` event."""
@@ -291,10 +347,14 @@ class Ingest:
                 "scan_seq": scan.seq if scan else None, "received": frames, "bytes": nbytes,
                 "rejected": self.rejects.total, "rejected_by_reason": dict(self.rejects.counts),
                 "dropped": self.counts["dropped"], "failed_groups": self.counts["failed_groups"],
-                "lost_groups": self.counts["lost_groups"], "frames_per_s": (frames - frames0) / dt,
+                "lost_groups": self.counts["lost_groups"], "redone_groups": self.counts["redone_groups"],
+                "frames_per_s": (frames - frames0) / dt,
                 "bytes_per_s": (nbytes - bytes0) / dt, "ring_slots": scan.n_slots if scan else 0,
                 "ring_fill": scan.ring_fill() if scan else 0.0,
-                "in_flight": len(scan.in_flight) if scan else 0}
+                "in_flight": len(scan.in_flight) if scan else 0,
+                "in_workers": sum(f.worker_pid is not None for f in scan.in_flight.values()) if scan else 0,
+                "memory_budget_bytes": self.memory_budget,
+                "scan_memory_bytes": scan.buffers.nbytes if scan else 0}
 
     def close(self) -> None:
         """Close this process's mappings (the daemon unlinks and sweeps)."""
@@ -304,6 +364,17 @@ class Ingest:
         for buffers in self.closed.values():
             buffers.close()
         self.closed.clear()
+
+
+def memory_budget_bytes(budget_gb: float) -> int:
+    """Shared memory one scan may hold: ``budget_gb`` (GB), or a quarter of the physical memory.
+
+    A quarter: a finishing scan and the next one may hold theirs at once, and the workers'
+    own arrays and the page cache need the rest.
+    """
+    if budget_gb > 0:
+        return int(budget_gb * 1e9)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
 
 def _keep_freed_buffers() -> None:
@@ -325,7 +396,7 @@ def _keep_freed_buffers() -> None:
 
 def run_ingest(config, settings: ReconstructionSettings, n_workers: int, prefix: str,
                channels: Channels, first_seq: int = 1, split: bool = False,
-               device_budget: DeviceBudget = DeviceBudget()) -> None:
+               device_budget: DeviceBudget = DeviceBudget(), security: Any = None) -> None:
     """Entry point of the ingest process; returns when ``channels.stop`` is set.
 
     Parameters
@@ -346,29 +417,49 @@ def run_ingest(config, settings: ReconstructionSettings, n_workers: int, prefix:
         Split mode: one partial volume and a ``binned`` part per scan, two-stage groups.
     device_budget : DeviceBudget
         Device memory a scan may use; a ``scan_start`` that cannot fit is refused.
+    security : SecurityConfig, optional
+        With ``server_key``: the socket is a CURVE server for the listed client keys.
     """
     _keep_freed_buffers()
     ingest = Ingest(config, settings, n_workers, prefix, channels, first_seq, split, device_budget)
     ctx = zmq.Context()
+    curve = (Curve.from_files(security.server_key, security.client_keys, security.admin_keys)
+             if security is not None and security.server_key else None)
+    auth = curve.start_authenticator(ctx) if curve is not None else None  # ZAP is per context
     sock = ctx.socket(zmq.PULL)
+    if curve is not None:
+        curve.serve(sock)
     sock.setsockopt(zmq.RCVHWM, config.rcvhwm)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, config.max_frame_bytes + ingest.limits.max_header_bytes)
-    if config.mode == "connect":
-        sock.connect(config.address)
-    else:
-        sock.bind(config.address)
+    try:
+        if config.mode == "connect":
+            sock.connect(config.address)
+        else:
+            sock.bind(config.address)
+    except zmq.ZMQError as exc:  # one line, one distinct exit status: the daemon gives up at once
+        log.error("ingest cannot %s %s: %s", config.mode, config.address, exc)
+        sock.close(linger=0)
+        if auth is not None:
+            auth.stop()
+        ctx.term()
+        sys.exit(EXIT_ADDRESS_IN_USE if exc.errno == zmq.EADDRINUSE else 1)
     log.info("ingest %s on %s (ring %d slots, hwm %d, %s)", config.mode, config.address,
              config.ring_slots, config.rcvhwm, config.drop_policy)
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     next_stats = time.monotonic()
+    parent = os.getppid()
     try:
         while not channels.stop.is_set():
             now = time.monotonic()
             if now >= next_stats:
+                if os.getppid() != parent:  # the daemon was killed: nobody will say stop
+                    log.error("ingest: daemon (pid %d) is gone; exiting", parent)
+                    break
                 channels.events.put(ingest.stats(now))
                 ingest.reclaim_lost(now)
+                ingest.end_if_stalled(now)
                 next_stats = now + STATS_INTERVAL_S
             wait_s = max(0.0, min(next_stats - now, POLL_MS / 1000))
             drain(channels.commands, ingest.on_command)
@@ -391,6 +482,8 @@ def run_ingest(config, settings: ReconstructionSettings, n_workers: int, prefix:
                     break
     finally:
         sock.close(linger=0)
+        if auth is not None:
+            auth.stop()
         ctx.term()
         ingest.close()
         channels.events.put(ingest.stats(time.monotonic()))

@@ -29,12 +29,14 @@ from holostream.service.daemon.children import IngestProcess, ReconstructorProce
 from holostream.service.daemon.control import Control, ControlError
 from holostream.service.daemon.kept import KeptScan
 from holostream.service.daemon.metrics import Metrics
+from holostream.service.daemon.curve import Curve
+from holostream.service.daemon.ingest import EXIT_ADDRESS_IN_USE
 from holostream.service.daemon.notify import Notifier, status_line
 from holostream.service.daemon.publisher import Publisher
 from holostream.service.daemon.reconstructor import record_unreported
 from holostream.service.daemon.volumes import LiveScan
-from holostream.service.files.volume import save_volume_h5
-from holostream.shared.scanbuffers import sweep
+from holostream.service.files.volume import save_new_volume_h5
+from holostream.shared.scanbuffers import sweep, sweep_orphans
 from holostream.shared.settings import RING_FILTERS
 from holostream.workers.backend import get_backend
 from holostream.workers.memory import DeviceBudget
@@ -53,6 +55,9 @@ class Daemon:
 
     def __init__(self, config: Config):
         self.config = config
+        security = config.security  # KeyFileError (a bad key file) stops the start, with the path
+        self.curve = (Curve.from_files(security.server_key, security.client_keys, security.admin_keys)
+                      if security.server_key else None)
         self.settings = config.reconstruction  # changed by "set", from the next scan on
         self.prefix = f"holostream_{os.getpid()}"
         self.channels: Channels = make_channels(spawn_context())
@@ -69,7 +74,7 @@ class Daemon:
         else:
             self.pool = WorkerPool(workers.count, workers.device, self.channels, self.log_level)
         self.ingest = IngestProcess(config.ingest, self.channels, self.log_level, workers.count,
-                                    self.prefix, self.mode == "split", self._device_budget())
+                                    self.prefix, self.mode == "split", self._device_budget(), config.security)
         self.last_seq = 0  # highest scan_seq announced so far
         self.notifier = Notifier.from_environ()
         self.backend = get_backend("cpu", threads=1)
@@ -77,11 +82,13 @@ class Daemon:
         self.early: dict[int, list[dict]] = {}  # group results that overtook their scan_open
         self.stats: dict[str, Any] = {}
         self.counters = {"scans_completed": 0, "scans_failed": 0, "volumes_published": 0,
-                         "groups_failed": 0, "rejected": 0, "ingest_reports": 0}
+                         "groups_failed": 0, "rejected": 0, "ingest_reports": 0,
+                         "scans_incomplete": 0}
         self.last_error: str | None = None
         self.last_final: tuple[dict, np.ndarray] | None = None
         self.kept: KeptScan | None = None  # the last completed scan, to re-centre after its end
         self.recentre_kept: float | None = None  # a centre asked for it, applied by the loop
+        self.last_volume_file: str | None = None  # the newest volume written to output_dir
         self.started = time.time()
         self.stop_requested = False
         self.stop_signal: int | None = None
@@ -92,14 +99,24 @@ class Daemon:
     # ---- lifetime --------------------------------------------------------------------
     def run(self) -> int:
         """Bind, spawn, serve until SIGTERM/SIGINT; returns the exit status."""
+        swept = sweep_orphans()  # a daemon killed before us cannot have removed its own
+        if swept:
+            log.warning("removed %d shared-memory segment(s) of dead holostream daemons", len(swept))
         context = zmq.Context()
+        auth = self.curve.start_authenticator(context) if self.curve is not None else None
+        if self.config.plaintext_remote():
+            log.warning("NO AUTHENTICATION on network address(es) %s: anyone who reaches them may push frames, "
+                        "read volumes and change settings ([security] allow_plaintext_remote = true)",
+                        ", ".join(self.config.plaintext_remote()))
         try:
-            self.publisher = Publisher(context, self.config.publish)
-            self.control = Control(context, self.config.control.address, self._handlers())
+            self.publisher = Publisher(context, self.config.publish, self.curve)
+            self.control = Control(context, self.config.control.address, self._handlers(), self.curve)
         except zmq.ZMQError as exc:
             log.error("cannot bind: %s", exc)
+            if auth is not None:
+                auth.stop()
             context.destroy(linger=0)
-            return 1
+            return EXIT_ADDRESS_IN_USE if exc.errno == zmq.EADDRINUSE else 1
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         try:
@@ -115,6 +132,8 @@ class Daemon:
                      else self.last_error)
             self.notifier.stopping()
             self._shutdown()
+            if auth is not None:
+                auth.stop()
             context.destroy(linger=0)
         log.info("stopped")
         return self.exit_code
@@ -279,6 +298,9 @@ class Daemon:
         header = self._send(state, volume, final=True)
         if state.complete.get("last_frame_time"):
             self.metrics.final_latency.observe(max(0.0, time.time() - state.complete["last_frame_time"]))
+        if header.get("incomplete"):
+            self.counters["scans_incomplete"] += 1
+            self.last_error = f"scan {state.scan_id}: {header['incomplete_reason']}"
         self.last_final = (header, volume)
         self.counters["scans_completed"] += 1
         self.kept = KeptScan.of(state, header, self.config.publish.keep_last_scan_mb)
@@ -297,7 +319,8 @@ class Daemon:
             name = f"{header['scan_id']}_{state.seq}" + ("" if final else f"_{header['seq']}")
             try:
                 Path(out).mkdir(parents=True, exist_ok=True)
-                save_volume_h5(Path(out) / f"{name}.h5", header, volume, self.config.publish.compression)
+                self.last_volume_file = str(save_new_volume_h5(out, name, header, volume,
+                                                               self.config.publish.compression))
             except (OSError, ValueError) as exc:  # ValueError: lz4/zstd without hdf5plugin
                 self.last_error = f"cannot write {name}.h5 to {out}: {exc}"
                 log.error(self.last_error)
@@ -342,6 +365,11 @@ class Daemon:
             self.channels.commands.put({"type": "reconstructor_lost"})
             self.reconstructor.replace()
             self.last_error = "the reconstructor died and was replaced; the groups it held are lost"
+        if ingest_dead and self.ingest.process.exitcode == EXIT_ADDRESS_IN_USE:
+            self.last_error = f"the ingest address {self.config.ingest.address} is in use: giving up"
+            log.critical(self.last_error)  # restarting would only fail again, with a traceback each time
+            self.stop_requested, self.exit_code = True, EXIT_ADDRESS_IN_USE
+            return
         if ingest_dead:
             self._restart_ingest()
 
@@ -441,6 +469,8 @@ class Daemon:
             "frames_dropped": self.stats.get("dropped", 0),
             "frames_per_s": self.stats.get("frames_per_s", 0.0),
             "ring_fill": self.stats.get("ring_fill", 0.0),
+            "memory_budget_bytes": self.stats.get("memory_budget_bytes", 0),
+            "scan_memory_bytes": self.stats.get("scan_memory_bytes", 0),
             "ingest": self.stats, **self.counters,
             "messages_dropped": self.publisher.dropped,
             "workers": self.pool.status(), "worker_restarts": sum(self.pool.restarts.values()),
@@ -448,6 +478,9 @@ class Daemon:
             "reconstructor": self.reconstructor.status() if self.reconstructor is not None else None,
             "ingest_restarts": self.ingest.restarts, "ingest_pid": self.ingest.pid,
             "settings": self.settings.to_dict(), "last_error": self.last_error,
+            "last_volume_file": self.last_volume_file,
+            "curve": ("on" if self.curve is not None else
+                      "off (plaintext on a network address)" if self.config.plaintext_remote() else "off (loopback)"),
             "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
         }
 

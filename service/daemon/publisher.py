@@ -6,7 +6,10 @@ final one (the one-shot FBP of exactly the angles that arrived).
 
 A slow or vanished subscriber never blocks the daemon: the socket has a small send
 high-water mark, linger 0, and every send is non-blocking; what cannot be queued is
-dropped and counted.
+dropped and counted. A PUB socket drops in silence, so this is an XPUB socket with
+``XPUB_NODROP``: a send that would overflow some subscriber's queue fails, is counted in
+``dropped``, and is sent again in the lossy mode, which delivers it to every subscriber
+that has room (the slow one loses it, as PUB would have done).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 import zmq
 
 from holostream.service.config import PublishConfig
+from holostream.service.daemon.curve import Curve
 
 
 def central_slices(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -32,25 +36,45 @@ def central_slices(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
 
 
 class Publisher:
-    """The daemon's PUB socket (bound to ``config.address``)."""
+    """The daemon's publishing (XPUB) socket, bound to ``config.address``."""
 
-    def __init__(self, context: zmq.Context, config: PublishConfig):
+    def __init__(self, context: zmq.Context, config: PublishConfig, curve: Curve | None = None):
         self.address = config.address
-        self.socket = context.socket(zmq.PUB)
+        self.socket = context.socket(zmq.XPUB)
+        if curve is not None:  # subscribers must present a listed key
+            curve.serve(self.socket)
         self.socket.setsockopt(zmq.SNDHWM, config.sndhwm)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.XPUB_NODROP, 1)
         self.socket.bind(config.address)
         self.sent = 0
         self.dropped = 0
 
     def _send(self, parts: list) -> bool:
+        """Send to every subscriber that has room; False (and counted) when one had none."""
+        self._read_subscriptions()
         try:
             self.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
+        except zmq.Again:  # some subscriber's queue is full: it loses this one, the others do not
             self.dropped += 1
+            self.socket.setsockopt(zmq.XPUB_NODROP, 0)
+            try:
+                self.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:  # lossy sends never wait; nothing more to do
+                pass
+            finally:
+                self.socket.setsockopt(zmq.XPUB_NODROP, 1)
             return False
         self.sent += 1
         return True
+
+    def _read_subscriptions(self) -> None:
+        """Take the (un)subscription messages XPUB hands up, so they never pile up."""
+        for _ in range(1000):  # bounded: a flood of subscriptions must not stall a send
+            try:
+                self.socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
 
     def publish_volume(self, header: dict[str, Any], volume: np.ndarray) -> bool:
         """Send ``[b"volume", header, payload]``; ``volume`` float32 ``(nz, ny, nx)``.

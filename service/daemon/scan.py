@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from holostream.shared.messages import Frame, ProtocolError, ScanInfo
-from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers, layout
+from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, PartSpec, ScanBuffers, layout
 from holostream.shared.settings import ReconstructionSettings
 from holostream.workers.binning import binned_center_px
 from holostream.workers.halfacq import detector_weights, is_half_acquisition, volume_width
@@ -48,6 +48,8 @@ class InFlight:
     picked_at: float | None = None  # when it was surely in a worker's (reconstructor's) hands
     stage: str = "raw"  # raw (in a worker) or binned (queued for or held by the reconstructor)
     binned_at: float = 0.0  # when the worker handed it to the reconstructor (split mode)
+    worker_pid: int | None = None  # the worker that said it took it (raw stage)
+    task: dict[str, Any] | None = None  # what was sent, to send it again if that worker dies
 
 
 class OpenScan:
@@ -71,6 +73,7 @@ class OpenScan:
 
     def __init__(self, seq: int, info: ScanInfo, settings: ReconstructionSettings,
                  buffers: ScanBuffers, groups: list[range], group_angles_deg, weights):
+        self.incomplete: str | None = None  # why it ended without scan_end (a stall), if so
         self.seq, self.info, self.settings, self.buffers = seq, info, settings, buffers
         self.groups = groups
         self.group_angles_deg = [float(a) for a in group_angles_deg]
@@ -181,10 +184,24 @@ class OpenScan:
             angle = self.group_angles_deg[g]
         else:  # angles from the frames, or a partial group
             angle = float(np.mean([self.angle_of[i] for i in indices]))
-        self.in_flight[g] = InFlight(slots, indices, self.dispatched)
-        self.dispatched += 1
-        return {**self.task_base, "group": g, "slots": slots, "indices": indices,
+        task = {**self.task_base, "group": g, "slots": slots, "indices": indices,
                 "angle_deg": angle, "weight": self.weights[g]}
+        self.in_flight[g] = InFlight(slots, indices, self.dispatched, task=task)
+        self.dispatched += 1
+        return task
+
+    def redo(self, dead_pids: set[int]) -> list[dict[str, Any]]:
+        """Tasks to send again: the raw-stage groups a now dead worker had taken.
+
+        Their frames are still in the ring (slots are freed only by ``done``), so any
+        worker can redo them at once; the sinogram row is simply written again.
+        """
+        again = [g for g, t in self.in_flight.items() if t.stage == "raw" and t.worker_pid in dead_pids]
+        for g in again:
+            flight = self.in_flight[g]
+            flight.worker_pid, flight.picked_at, flight.order = None, None, self.dispatched
+            self.dispatched += 1
+        return [self.in_flight[g].task for g in again]
 
     def take_ready(self) -> list[dict[str, Any]]:
         """Tasks of the complete groups, once the reference is there (else none yet)."""
@@ -225,7 +242,7 @@ class OpenScan:
         return {"type": "scan_complete", "scan_seq": self.seq, "scan_id": self.info.scan_id,
                 "groups_arrived": sorted(self.groups_done), "n_projections_used": self.n_projections_used,
                 "aborted": self.aborted, "error": self.error, "group_angles_deg": self.group_angles_deg,
-                "last_frame_time": self.last_frame_time}
+                "last_frame_time": self.last_frame_time, "incomplete": self.incomplete}
 
     # ---- results -----------------------------------------------------------------------
     def group_result(self, msg: dict[str, Any], now: float) -> bool:
@@ -303,9 +320,55 @@ class OpenScan:
         return lost
 
 
+@dataclass(frozen=True)
+class ScanPlan:
+    """A scan's angle groups and shared-memory layout, worked out before anything is made."""
+
+    groups: list
+    group_angles_deg: np.ndarray
+    weights: np.ndarray
+    n_slots: int
+    specs: dict[str, PartSpec]
+
+    @property
+    def nbytes(self) -> int:
+        """Shared memory the scan will hold (bytes): ring, reference, sinogram, volumes."""
+        return sum(spec.nbytes for spec in self.specs.values())
+
+    def describe(self) -> str:
+        """``"ring 0.52 GB, volumes 2.15 GB, ..."``: where the bytes go, for a refusal."""
+        return ", ".join(f"{part} {spec.nbytes / 1e9:.3g} GB" for part, spec in self.specs.items()
+                         if spec.nbytes >= 1e6)
+
+
+def plan_scan(info: ScanInfo, settings: ReconstructionSettings, ring_slots: int, n_partials: int,
+              split: bool) -> ScanPlan:
+    """The groups and buffer layout of a scan (see :func:`open_scan`); no side effect.
+
+    Raises
+    ------
+    ProtocolError
+        ``bad_field`` when the angles cannot be grouped.
+    """
+    angles = info.all_angles_deg()
+    if angles is None:  # angles come with the frames; plan with uniform placeholders
+        angles = np.linspace(0.0, 180.0, info.n_projections, endpoint=False)
+    rows, cols = info.shape
+    b = settings.binning
+    try:
+        groups, group_angles, weights = plan_groups(info.n_projections, settings.angle_binning, angles)
+    except ValueError as exc:
+        raise ProtocolError(f"scan_start {info.scan_id}: {exc}", "bad_field") from exc
+    n_slots = max(min(ring_slots, info.n_projections), max(len(g) for g in groups))
+    half = half_acquisition(info, b)  # a 360° offset-axis scan: the whole disc
+    specs = layout(info.shape, info.dtype, n_slots, len(groups), (rows // b, cols // b), n_partials,
+                   binned=split, volume_width=None if half is None else half[0])
+    return ScanPlan(groups, group_angles, weights, n_slots, specs)
+
+
 def open_scan(seq: int, info: ScanInfo, settings: ReconstructionSettings, prefix: str,
-              ring_slots: int, n_partials: int, split: bool) -> OpenScan:
-    """Plan the angle groups of a new scan and create its shared memory.
+              ring_slots: int, n_partials: int, split: bool, plan: ScanPlan | None = None) -> OpenScan:
+    """Plan the angle groups of a new scan (unless ``plan`` is given) and create its shared memory.
 
     Parameters
     ----------
@@ -328,21 +391,10 @@ def open_scan(seq: int, info: ScanInfo, settings: ReconstructionSettings, prefix
         ``bad_field`` when the angles cannot be grouped, ``no_memory`` when the shared
         memory cannot be had.
     """
-    angles = info.all_angles_deg()
-    if angles is None:  # angles come with the frames; plan with uniform placeholders
-        angles = np.linspace(0.0, 180.0, info.n_projections, endpoint=False)
-    rows, cols = info.shape
-    b = settings.binning
+    plan = plan or plan_scan(info, settings, ring_slots, n_partials, split)
+    groups, group_angles, weights, n_slots = plan.groups, plan.group_angles_deg, plan.weights, plan.n_slots
     try:
-        groups, group_angles, weights = plan_groups(info.n_projections, settings.angle_binning, angles)
-    except ValueError as exc:
-        raise ProtocolError(f"scan_start {info.scan_id}: {exc}", "bad_field") from exc
-    n_slots = max(min(ring_slots, info.n_projections), max(len(g) for g in groups))
-    half = half_acquisition(info, b)  # a 360° offset-axis scan: the whole disc
-    specs = layout(info.shape, info.dtype, n_slots, len(groups), (rows // b, cols // b), n_partials,
-                   binned=split, volume_width=None if half is None else half[0])
-    try:
-        buffers = ScanBuffers.create(f"{prefix}_{seq}", specs)
+        buffers = ScanBuffers.create(f"{prefix}_{seq}", plan.specs)
     except (MemoryError, FileExistsError) as exc:
         raise ProtocolError(f"scan_start {info.scan_id}: {exc}", "no_memory") from exc
     # Touch every ring page now: a first write into fresh shared memory costs ~20x a warm

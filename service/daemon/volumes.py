@@ -240,6 +240,9 @@ class LiveScan:
         # the volume is wider than the binned detector only for a 360° offset-axis scan
         header["half_acquisition"] = volume.shape[-1] != int(self.scan["shape"][1]) // int(
             self.settings["binning"])
+        why = (self.complete or {}).get("incomplete")
+        if final and why:  # a stalled scan: the volume of what arrived, saying so
+            header.update(incomplete=True, incomplete_reason=why)
         self.volume_seq += 1
         return header
 

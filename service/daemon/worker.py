@@ -280,6 +280,9 @@ def run_worker(worker_id: int, settings_device: str, channels: Channels, threads
             if task.get("type") != "group":
                 log.error("worker %d: ignoring task of unknown type %r", worker_id, task.get("type"))
                 continue
+            # before the work: should this process die, ingest sends the group again at once
+            channels.done.put({"type": "taken", "scan_seq": task["scan_seq"], "group": task["group"],
+                               "pid": os.getpid(), "worker": worker_id})
             _handle(worker_id, task, cache, backend, channels, failed_scans, reconstruct)
             _commit(cache, channels, idle=False)
     finally:

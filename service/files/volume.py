@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import os
 import time
+import tempfile
+from pathlib import Path
 from typing import Any, Mapping
 
 import h5py
@@ -142,3 +144,40 @@ def save_volume_h5(path: str | os.PathLike, header: dict[str, Any], volume: np.n
     tmp = f"{os.fspath(path)}.part"
     write_volume(tmp, volume, header, compression)
     os.replace(tmp, path)
+
+
+def save_new_volume_h5(directory: str | os.PathLike, stem: str, header: dict[str, Any],
+                       volume: np.ndarray, compression: str = "none") -> Path:
+    """Write ``volume`` to ``DIRECTORY/STEM.h5``, or ``STEM-2.h5``, ``STEM-3.h5``...: never over a file.
+
+    Written under a temporary name of this process, then hard-linked to the first free
+    name (``link`` fails when the name exists, so two daemons or a restarted one can never
+    replace a volume, and a reader never sees a half-written file).
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    directory = Path(directory)
+    tmp = directory / f".{stem}.{os.getpid()}.part"
+    write_volume(os.fspath(tmp), volume, header, compression)
+    try:
+        for n in range(1, 10_000):
+            path = directory / (f"{stem}.h5" if n == 1 else f"{stem}-{n}.h5")
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                continue
+            return path
+        raise FileExistsError(f"{directory}/{stem}*.h5: 9999 volumes of that name already")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_writable(directory: str | os.PathLike) -> None:
+    """Make ``directory`` if needed and prove a file can be created in it; OSError says why not."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".holostream-check-"):
+        pass

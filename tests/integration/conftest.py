@@ -70,21 +70,30 @@ class Daemon:
 
     def __init__(self, tmp_path: Path, workers: int = 2, env: dict | None = None,
                  output_dir: Path | None = None, workers_keys: dict | None = None, metrics: str = "",
-                 publish_keys: dict | None = None, **reconstruction):
-        self.ingest = f"tcp://127.0.0.1:{free_port()}"
-        self.publish = f"tcp://127.0.0.1:{free_port()}"
-        self.control = f"tcp://127.0.0.1:{free_port()}"
+                 same_addresses_as: "Daemon | None" = None, ingest_keys: dict | None = None,
+                 publish_keys: dict | None = None, extra_toml: str = "", **reconstruction):
+        if same_addresses_as is not None:  # a successor of a (killed) daemon
+            self.ingest, self.publish, self.control = (same_addresses_as.ingest, same_addresses_as.publish,
+                                                       same_addresses_as.control)
+        else:
+            self.ingest = f"tcp://127.0.0.1:{free_port()}"
+            self.publish = f"tcp://127.0.0.1:{free_port()}"
+            self.control = f"tcp://127.0.0.1:{free_port()}"
+        tmp_path.mkdir(parents=True, exist_ok=True)
         settings = {"publish_interval_s": 0.5, **reconstruction}
         lines = ["[ingest]", f'address = "{self.ingest}"', "ring_slots = 32",
-                 "[publish]", f'address = "{self.publish}"', "sndhwm = 100", "status_interval_s = 0.25",
+                 *(f"{k} = {json.dumps(v)}" for k, v in (ingest_keys or {}).items()),
+                 "[publish]", f'address = "{self.publish}"',
+                 *(f"{k} = {json.dumps(v)}" for k, v in
+                   {"sndhwm": 100, "status_interval_s": 0.25, **(publish_keys or {})}.items()),
                  f'output_dir = "{output_dir or ""}"',
-                 *(f"{k} = {json.dumps(v)}" for k, v in (publish_keys or {}).items()),
                  "[control]", f'address = "{self.control}"',
                  # off unless a test asks: daemons of parallel tests must not compete for one port
                  "[metrics]", f'address = "{metrics}"',
                  "[workers]", f"count = {workers}", 'device = "cpu"',
                  *(f"{k} = {json.dumps(v)}" for k, v in (workers_keys or {}).items()),
                  "[reconstruction]"] + [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+        lines.append(extra_toml)
         self.output_dir = output_dir
         self.config = tmp_path / "holostream.toml"
         self.config.write_text("\n".join(lines) + "\n")
@@ -104,7 +113,7 @@ class Daemon:
         return reply["status"]
 
     def wait_ready(self, timeout_s: float = 30.0) -> dict:
-        """Poll the control socket until the daemon answers with all workers alive."""
+        """Poll the control socket until the daemon answers with all workers alive and ingest bound."""
         def ready():
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log.read_text()}")
@@ -112,7 +121,10 @@ class Daemon:
                 status = self.status()
             except NoAnswer:
                 return None
-            return status if status["workers"] and all(w["alive"] for w in status["workers"]) else None
+            # ingest reporting = its socket is bound (what the daemon's READY=1 waits for too):
+            # the control socket answers seconds before that on a busy machine
+            return status if (status["workers"] and all(w["alive"] for w in status["workers"])
+                              and status["ingest_reports"] > 0) else None
         return wait_for(ready, timeout_s, "the daemon to answer on its control socket")
 
     def terminate(self, timeout_s: float = 10.0, signum: int = signal.SIGTERM) -> tuple[int, float]:

@@ -164,7 +164,8 @@ def test_groups_wait_for_references_then_dispatch_with_the_sent_frames(make_inge
 
 
 def test_full_ring_blocks_the_sender_and_loses_nothing(make_ingest):
-    ing = make_ingest(ring_slots=2, rcvhwm=1, sndhwm=1)
+    # memory_budget_gb: the scan reserves 8.6 GB (two 1024³ partial volumes) of which only the ring is used here
+    ing = make_ingest(ring_slots=2, rcvhwm=1, sndhwm=1, memory_budget_gb=10.0)
     n = 40
     info = scan_info(n_projections=n, shape=(1024, 1024), n_darks=1, n_flats=1)  # 80 MB: beyond any socket buffers
     darks, flats, projections = frames_of(info)

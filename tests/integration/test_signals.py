@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -50,9 +49,11 @@ def test_sigterm_mid_scan_exits_cleanly(tmp_path, serve, small_scan_data):
     try:
         status = daemon.wait_ready()
         children = [w["pid"] for w in status["workers"]] + [status["ingest_pid"]]
-        sender = stream_in_background(daemon.ingest, small_scan_data, "cut_short", fps=20.0,
-                                      timeout_s=3.0)
-        serve.wait_for(lambda: (daemon.status()["n_projections_used"] or 0) >= 10, 30,
+        # the sender waits as long as the test does: on 2 busy cores the workers' first groups
+        # can take many seconds, and a sender that gave up after 3 s left the scan stuck
+        stream_in_background(daemon.ingest, small_scan_data, "cut_short", fps=20.0,
+                             timeout_s=60.0)
+        serve.wait_for(lambda: (daemon.status()["n_projections_used"] or 0) >= 10, 60,
                        "the scan to be under way")
         assert serve.shm(daemon.proc.pid), "a scan in progress has shared memory"
         code, seconds = daemon.terminate(timeout_s=10)
@@ -61,13 +62,14 @@ def test_sigterm_mid_scan_exits_cleanly(tmp_path, serve, small_scan_data):
         assert serve.shm(daemon.proc.pid) == []
         assert not any(pid_alive(p) for p in children)
         assert "stopped" in daemon.log.read_text()
-        sender.join(10)
     finally:
         daemon.close()
 
 
 def test_killed_worker_is_replaced_and_next_scan_finishes(tmp_path, serve, small_scan, small_scan_data):
-    daemon = serve.Daemon(tmp_path)
+    # one worker: the replacement must do the whole next scan. With two, the survivor could
+    # take every group while the replacement still imports (it did on 2 busy cores).
+    daemon = serve.Daemon(tmp_path, workers=1)
     try:
         before = daemon.wait_ready()
         victim = before["workers"][0]
@@ -78,15 +80,15 @@ def test_killed_worker_is_replaced_and_next_scan_finishes(tmp_path, serve, small
             w = status["workers"][0]
             return status if w["alive"] and w["pid"] != victim["pid"] and w["restarts"] == 1 else None
 
-        status = serve.wait_for(replaced, 15, "worker 0 to be replaced")
-        assert status["worker_restarts"] == 1 and len(status["workers"]) == 2
+        status = serve.wait_for(replaced, 30, "worker 0 to be replaced")
+        assert status["worker_restarts"] == 1 and len(status["workers"]) == 1
         assert "worker 0" in daemon.log.read_text() and "replacing" in daemon.log.read_text()
 
         sub = serve.Subscriber(daemon.publish)
         try:
             sub.wait_connected()
-            stream_scan(daemon.ingest, small_scan_data, "after_kill", timeout_s=10.0)
-            header, final = sub.volumes_until_final("after_kill", timeout_s=60)[-1]
+            stream_scan(daemon.ingest, small_scan_data, "after_kill", timeout_s=60.0)
+            header, final = sub.volumes_until_final("after_kill", timeout_s=120)[-1]
         finally:
             sub.close()
         assert header["n_projections_used"] == 90
@@ -95,9 +97,9 @@ def test_killed_worker_is_replaced_and_next_scan_finishes(tmp_path, serve, small
         yy, xx = np.mgrid[:n, :n] - (n - 1) / 2
         mask = np.broadcast_to(np.hypot(yy, xx) < n / 2 - 2, truth.shape)
         assert np.corrcoef(final[mask], truth[mask])[0, 1] >= 0.97
-        # the replacement does its share (worker 0 had done nothing before it was killed)
+        # the replacement did the work (worker 0 had done nothing before it was killed)
         workers = daemon.status()["workers"]
-        assert all(w["alive"] for w in workers) and workers[0]["groups_done"] > 0
+        assert workers[0]["alive"] and workers[0]["groups_done"] > 0
         code, _ = daemon.terminate(timeout_s=10)
         assert code == 0 and serve.shm(daemon.proc.pid) == []
     finally:
@@ -165,26 +167,7 @@ def test_startup_failures_exit_nonzero_with_the_reason(tmp_path, serve):
     result = subprocess.run([*cli, "--config", str(bad)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "workers.count" in result.stderr
 
-    with socket.socket() as taken:  # the control port is in use
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        result = subprocess.run([*cli, "--control", f"tcp://127.0.0.1:{port}",
-                                 "--publish", f"tcp://127.0.0.1:{serve.free_port()}",
-                                 "--ingest", f"tcp://127.0.0.1:{serve.free_port()}"],
-                                capture_output=True, text=True, timeout=30)
-    assert result.returncode == 1 and "cannot bind" in result.stderr
-
-    with socket.socket() as taken:  # the ingest port is in use: ingest cannot start, again and again
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        result = subprocess.run([*cli, "--ingest", f"tcp://127.0.0.1:{port}", "--workers", "1",
-                                 "--publish", f"tcp://127.0.0.1:{serve.free_port()}",
-                                 "--control", f"tcp://127.0.0.1:{serve.free_port()}"],
-                                capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1 and "Address already in use" in result.stderr
-    assert "giving up" in result.stderr and "serving" not in result.stderr  # never READY
+    # a taken address: tests/integration/test_crash_recovery.py (one line, exit status 3)
 
 
 @pytest.mark.skipif(gpu_available(), reason="needs a machine without a GPU")

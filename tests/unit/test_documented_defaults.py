@@ -27,6 +27,7 @@ def test_the_example_configuration_shows_the_built_in_defaults_or_says_it_does_n
             continue
         key = match.group(1)
         value, default = example[section][key], built_in[section].get(key)
+        value = None if value == "" else value  # an empty path is the built-in "none" (config._optional_dir)
         if "# default:" in line:
             assert value != default, f"{section}.{key} is marked as differing but is the default"
         else:

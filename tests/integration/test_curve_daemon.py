@@ -1,0 +1,89 @@
+"""CURVE on a real daemon: only listed keys get in, only admin keys change things (issue 9, 9)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import zmq
+
+from holostream.service.clients.control import NoAnswer, request
+from holostream.service.clients.detector import stream_scan
+from holostream.service.clients.subscriber import decode
+from holostream.service.daemon.curve import connect_as_client
+
+pytestmark = pytest.mark.integration
+
+
+def make_keys(folder, *names):
+    result = subprocess.run([sys.executable, "-m", "holostream.service.cli", "keys", str(folder), *names],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_only_listed_keys_connect_and_only_admin_keys_set(tmp_path, serve, small_scan_data):
+    keys = tmp_path / "keys"
+    make_keys(keys / "server", "server")
+    make_keys(keys / "own", "viewer", "operator", "stranger")
+    for name, folders in (("viewer", ["clients"]), ("operator", ["clients", "admins"])):
+        for folder in folders:
+            (keys / folder).mkdir(exist_ok=True)
+            shutil.copy(keys / "own" / f"{name}.key", keys / folder)
+    server_public = str(keys / "server" / "server.key")
+    as_ = {name: (str(keys / "own" / f"{name}.key_secret"), server_public)
+           for name in ("viewer", "operator", "stranger")}
+    daemon = serve.Daemon(tmp_path, extra_toml=f'[security]\nserver_key = "{keys}/server/server.key_secret"\n'
+                                               f'client_keys = "{keys}/clients"\nadmin_keys = "{keys}/admins"\n')
+    context = zmq.Context()
+    try:
+        def ready():
+            assert daemon.proc.poll() is None, daemon.log.read_text()
+            try:
+                return request(daemon.control, {"cmd": "status"}, 1.0, curve=as_["viewer"])
+            except NoAnswer:
+                return None
+        assert serve.wait_for(ready, 60, "the daemon to answer a listed key")["status"]["curve"] == "on"
+        with pytest.raises(NoAnswer):  # no CURVE at all
+            request(daemon.control, {"cmd": "status"}, 1.0)
+        with pytest.raises(NoAnswer):  # a key that is not listed
+            request(daemon.control, {"cmd": "status"}, 1.0, curve=as_["stranger"])
+        refused = request(daemon.control, {"cmd": "set", "params": {"binning": 2}}, 2.0, curve=as_["viewer"])
+        assert not refused["ok"] and "admin" in refused["error"]
+        changed = request(daemon.control, {"cmd": "set", "params": {"binning": 1}}, 2.0, curve=as_["operator"])
+        assert changed["ok"], changed
+
+        def subscriber(curve):
+            sock = context.socket(zmq.SUB)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            if curve:
+                connect_as_client(sock, *curve)
+            sock.connect(daemon.publish)
+            return sock
+        listed, plain = subscriber(as_["viewer"]), subscriber(None)
+        assert listed.poll(10_000), "a listed key receives status"
+        assert decode(listed.recv_multipart())[0] == "status"
+        assert not plain.poll(1500), "a subscriber without a key receives nothing"
+
+        with pytest.raises(TimeoutError):  # a detector without a key gets nowhere
+            stream_scan(daemon.ingest, small_scan_data, "plain", timeout_s=2.0)
+        stream_scan(daemon.ingest, small_scan_data, "signed", timeout_s=60.0, curve=as_["viewer"])
+        def status():
+            return request(daemon.control, {"cmd": "status"}, 2.0, curve=as_["viewer"])["status"]
+        serve.wait_for(lambda: status()["scans_completed"] == 1, 120, "the signed scan to complete")
+        # scan_start, 5 darks, 5 flats, 90 projections, scan_end; none of "plain" (ingest reports 4 times a s)
+        serve.wait_for(lambda: status()["frames_received"] == 102, 10, "ingest's count of the signed scan")
+    finally:
+        context.destroy(linger=0)
+        daemon.close()
+
+
+def test_network_address_without_keys_does_not_start(tmp_path):
+    config = tmp_path / "open.toml"
+    config.write_text('[ingest]\naddress = "tcp://0.0.0.0:5550"\n')
+    result = subprocess.run([sys.executable, "-m", "holostream.service.cli", "serve", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "CURVE is required" in result.stderr and "tcp://0.0.0.0:5550" in result.stderr
