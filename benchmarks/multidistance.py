@@ -112,6 +112,8 @@ def hotopy_retrieval(pipeline, alpha, homogeneous: bool, threads: int):
     ctf = holo.CTF(padding.padded_shape, fnums, alpha=alpha,
                    betadelta=1.0 / DELTA_BETA if homogeneous else None, dtype=torch.float32)
 
+    ctf(torch.ones((len(fnums), *padding.padded_shape)))  # warm-up: torch's first call is slow
+
     def retrieve(aligned):
         phases, attenuations = [], []
         for stack in padding.pad(np.asarray(aligned, np.float32)):
@@ -121,9 +123,10 @@ def hotopy_retrieval(pipeline, alpha, homogeneous: bool, threads: int):
                 phase = padding.crop(np.asarray(x, np.float32))
                 attenuation = -phase / DELTA_BETA
             else:
-                # HoToPy's generic CTF returns the complex x = φ + iμ of exp(i x) = exp(iφ - μ).
-                phase = padding.crop(np.real(x).astype(np.float32))
-                attenuation = padding.crop(np.imag(x).astype(np.float32))
+                # HoToPy's generic CTF returns the stack (phase, log-amplitude) of the object
+                # exp(i·phase + log-amplitude): our B is minus the second.
+                phase = padding.crop(np.asarray(x[0], np.float32))
+                attenuation = -padding.crop(np.asarray(x[1], np.float32))
             phases.append(phase)
             attenuations.append(attenuation)
         return np.stack(phases), np.stack(attenuations)
