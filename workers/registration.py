@@ -133,8 +133,15 @@ def _local_dft(spectrum, rows_t, cols_t, backend):
     return ev @ spectrum @ eu
 
 
+def _hann(shape, xp):
+    """Separable Hann window of ``shape`` (float64): frame edges weigh nothing."""
+    rows, cols = (np.hanning(n) for n in shape)
+    return xp.asarray(np.outer(rows, cols))
+
+
 def phase_correlation_shift(reference, moving, backend, upsample: int = 100,
-                            normalize: bool = False) -> tuple[float, float]:
+                            normalize: bool = False, window: bool = True,
+                            refinements: int = 3) -> tuple[float, float]:
     """Sub-pixel translation of ``moving`` relative to ``reference``.
 
     The integer peak of the cross-correlation (FFT), refined on a ``1/upsample`` pixel grid
@@ -150,6 +157,12 @@ def phase_correlation_shift(reference, moving, backend, upsample: int = 100,
     normalize : bool
         Whiten the cross-power spectrum (phase correlation proper); plain cross-correlation
         (False) is more robust to noise on smooth images.
+    window : bool
+        Taper both images with a Hann window first: without it the frame edges, which do
+        not move, pull the peak towards zero shift.
+    refinements : int
+        Times ``moving`` is shifted back by the estimate (Fourier shift) and the residual
+        measured again: the window's own pull towards zero shrinks with the residual.
 
     Returns
     -------
@@ -163,20 +176,41 @@ def phase_correlation_shift(reference, moving, backend, upsample: int = 100,
         raise ValueError(f"upsample must be an integer >= 1, got {upsample!r}")
     ref = xp.asarray(reference, dtype=xp.float64)
     mov = xp.asarray(moving, dtype=xp.float64)
-    cross = backend.fft2(mov - mov.mean()) * xp.conj(backend.fft2(ref - ref.mean()))
+    ref = ref - ref.mean()
+    taper = _hann(ref.shape, xp) if window else None
+    reference_spectrum = xp.conj(backend.fft2(ref * taper if window else ref))
+    moving_spectrum = backend.fft2(mov)
+    fy = xp.asarray(np.fft.fftfreq(ref.shape[0]))[:, None]
+    fx = xp.asarray(np.fft.fftfreq(ref.shape[1]))[None, :]
+    total = np.zeros(2)
+    for _ in range(max(0, int(refinements)) + 1):
+        # moving shifted back by the estimate so far (exact for band-limited images)
+        back = backend.ifft2(moving_spectrum * xp.exp(2j * math.pi * (fy * total[0] + fx * total[1]))).real
+        back = back - back.mean()
+        residual = _cross_correlation_peak(backend.fft2(back * taper if window else back)
+                                           * reference_spectrum, backend, upsample, normalize)
+        total += residual
+        if np.abs(residual).max() < 0.5 / upsample:
+            break
+    return float(total[0]), float(total[1])
+
+
+def _cross_correlation_peak(cross, backend, upsample: int, normalize: bool) -> np.ndarray:
+    """Peak ``(dv, du)`` of the cross-correlation whose spectrum is ``cross``, refined to 1/upsample."""
+    xp = backend.xp
     if normalize:
-        cross /= xp.maximum(xp.abs(cross), 1e-30)
+        cross = cross / xp.maximum(xp.abs(cross), 1e-30)
     correlation = xp.abs(backend.ifft2(cross))
     rows, cols = correlation.shape
     peak = int(xp.argmax(correlation))
     coarse = np.array([_peak_offsets(rows, peak // cols), _peak_offsets(cols, peak % cols)], float)
     if upsample == 1:
-        return float(coarse[0]), float(coarse[1])
+        return coarse
     half = math.ceil(1.5 * upsample)
     grid = np.arange(-half, half + 1) / upsample
     local = xp.abs(_local_dft(cross, coarse[0] + grid, coarse[1] + grid, backend))
     k = int(xp.argmax(local))
-    return (float(coarse[0] + grid[k // grid.size]), float(coarse[1] + grid[k % grid.size]))
+    return coarse + np.array([grid[k // grid.size], grid[k % grid.size]])
 
 
 def measure_shifts(intensities, distances_m, pixel_size_m: float, energy_kev: float,

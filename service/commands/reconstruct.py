@@ -27,7 +27,9 @@ _SETTING_OPTIONS = ("binning", "angle_binning", "phase", "iterations", "filter",
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``holostream reconstruct``."""
-    parser.add_argument("input", help="NXtomo scan file (.nx/.h5)")
+    parser.add_argument("input", nargs="+",
+                        help="NXtomo scan file (.nx/.h5); several: one per propagation distance of "
+                             "one sample, the reference first (δ and β are reconstructed)")
     parser.add_argument("-o", "--output", required=True, help="output HDF5 volume")
     parser.add_argument("--entry", help="NXtomo entry (default: the only one)")
     parser.add_argument("--config", help="TOML file; its [reconstruction] table sets defaults")
@@ -74,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(err))
     if args.batch < 1:
         return _fail(f"--batch must be >= 1, got {args.batch}")
+    if len(args.input) > 1:
+        return _reconstruct_distances(args, settings)
+    args.input = args.input[0]
     try:
         scan = read_scan(args.input, args.entry, lazy=True)
     except ScanFileError as err:
@@ -118,4 +123,57 @@ def _reconstruct_file(args: argparse.Namespace, settings: ReconstructionSettings
     print(f"wrote {args.output}: volume {volume.shape} float32 δ, voxel "
           f"{attrs['voxel_size_m'] * 1e6:.3g} µm, {attrs['n_angle_groups']} angle groups, "
           f"phase {attrs['phase_chain']!r}, {seconds:.1f} s")
+    return 0
+
+
+def _reconstruct_distances(args: argparse.Namespace, settings: ReconstructionSettings) -> int:
+    """Several files, one per distance: δ in ``/volume``, β in ``/beta``; the exit code."""
+    from holostream.service.files.nxtomo import ScanFileError, read_scan
+    from holostream.service.files.volume import append_volume, write_volume
+    from holostream.service.offline_distances import DistanceMismatch, reconstruct_distances
+    from holostream.workers.backend import get_backend
+    from holostream.workers.multiphasing import MultiDistancePhaseRetrieval
+
+    scans = []
+    try:
+        for path in args.input:
+            scans.append(read_scan(path, args.entry, lazy=True))
+    except ScanFileError as err:
+        return _fail(str(err))
+    try:
+        reference = scans[0]
+        delta_beta = args.delta_beta if args.delta_beta is not None else reference.delta_beta
+        if delta_beta is None or not (math.isfinite(delta_beta) and delta_beta > 0):
+            return _fail(f"{args.input[0]}: no usable delta_beta in the file; give --delta-beta")
+        cor_px = args.cor_px if args.cor_px is not None else (reference.cor_px or 0.0)
+        try:  # the chain checked for several distances before any frame is read
+            from holostream.workers import phasing
+
+            chain = phasing.default_chain(settings.phase, settings.iterations, delta_beta)
+            MultiDistancePhaseRetrieval(chain, (8, 8), 1e-6, [1.0] * len(scans), 17.5, delta_beta,
+                                        get_backend("cpu", threads=1))
+            backend = get_backend(settings.device)
+        except ValueError as err:
+            return _fail(f"setting 'phase': {err}")
+        except RuntimeError as err:
+            return _fail(str(err))
+        progress = None if args.quiet else ProgressBar("reconstruct")
+        start = time.perf_counter()
+        try:
+            delta, beta, attrs = reconstruct_distances(scans, settings, delta_beta, cor_px, backend,
+                                                       batch=args.batch, progress=progress)
+        except DistanceMismatch as err:
+            return _fail(str(err))
+    finally:
+        for scan in scans:
+            scan.projections.close()
+    attrs["seconds"] = seconds = time.perf_counter() - start
+    try:
+        write_volume(args.output, delta, attrs)
+        append_volume(args.output, "beta", beta, "beta")
+    except OSError as err:
+        return _fail(f"{args.output}: cannot write ({err})")
+    print(f"wrote {args.output}: δ and β volumes {delta.shape} float32 from {len(scans)} distances, "
+          f"voxel {attrs['voxel_size_m'] * 1e9:.4g} nm, phase {attrs['phase']!r}, "
+          f"offsets {attrs['distances']}, {seconds:.1f} s")
     return 0

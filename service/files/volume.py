@@ -142,3 +142,25 @@ def save_volume_h5(path: str | os.PathLike, header: dict[str, Any], volume: np.n
     tmp = f"{os.fspath(path)}.part"
     write_volume(tmp, volume, header, compression)
     os.replace(tmp, path)
+
+
+def append_volume(path: str, name: str, volume: np.ndarray, quantity: str) -> None:
+    """Add a second volume (e.g. β beside δ) to a file written by :func:`write_volume`.
+
+    Parameters
+    ----------
+    path : str
+        Existing volume file.
+    name : str
+        Dataset name (``"beta"``).
+    volume : ndarray of shape (nz, ny, nx), float32
+        On the grid of ``/volume``.
+    quantity : str
+        The dataset's ``quantity`` attribute (``"beta"``); ``units="1"``, ``axes="z y x"``.
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    with h5py.File(path, "a") as f:
+        if f["volume"].shape != volume.shape:
+            raise ValueError(f"{name} volume {volume.shape} is not on the grid of /volume {f['volume'].shape}")
+        dset = f.create_dataset(name, data=volume, chunks=(1, *volume.shape[1:]))
+        dset.attrs.update({"units": "1", "quantity": quantity, "axes": "z y x", "interpretation": "image"})

@@ -42,10 +42,14 @@ def volumes(scan, chain, which, measure=True):
         chain=chain, filter="ram-lak", energy_kev=17.5, distances_m=[e[1] for e in effective],
         pixel_sizes_m=[e[2] for e in effective], delta_beta=200.0, backend=CPU)
     if measure and len(which) > 1:
-        sample = range(0, ANGLES, ANGLES // 6)
+        # The offline and live rule (service/offline_distances.py SHIFT_ANGLES): the first eight angles.
         pipeline.measure_shifts(np.stack([pipeline.transmission([s.projections[a] for s in scans])
-                                          for a in sample]))
-        assert np.abs(pipeline.shifts_px - np.array(SHIFTS_PX)[list(which)]).max() < 0.3
+                                          for a in range(8)]))
+        # In reference pixels (own × p_ref / p_i): 0.17 at most measured (the 4th distance's dv,
+        # whose pixels are 1.6× larger and whose hologram differs most from the reference's).
+        scale = (effective[0][2] / np.array([e[2] for e in effective]))[:, None]
+        error_px = np.abs(pipeline.shifts_px - np.array(SHIFTS_PX)[list(which)]) * scale
+        assert error_px.max() < 0.25
     return reconstruct_volumes(pipeline, [s.projections for s in scans], scans[0].angles_deg, 0.0)
 
 
@@ -61,11 +65,11 @@ def test_four_distances_reach_095_where_one_does_not(scan):
     single, _ = volumes(scan, "ctf", [0])
     delta, beta = volumes(scan, "ctf", [0, 1, 2, 3])
     assert correlation(single, scan.truth_delta) < 0.9  # measured 0.84
-    assert correlation(delta, scan.truth_delta) >= 0.95  # measured 0.96
-    assert correlation(beta, scan.truth_beta) > 0.7  # measured 0.79 (β from the δ/β prior)
+    assert correlation(delta, scan.truth_delta) >= 0.95  # measured 0.955
+    assert correlation(beta, scan.truth_beta) > 0.7  # measured 0.78 (β from the δ/β prior)
 
 
 def test_mixed_ctf_retrieves_delta_and_beta(scan):
     delta, beta = volumes(scan, "ctf_mixed", [0, 1, 2, 3])
-    assert correlation(delta, scan.truth_delta) >= 0.95  # measured 0.96
+    assert correlation(delta, scan.truth_delta) >= 0.95  # measured 0.955
     assert correlation(beta, scan.truth_beta) > 0.6  # measured 0.73
