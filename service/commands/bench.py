@@ -34,6 +34,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--phase-peers", action="store_true",
                         help="also score our phase retrieval against HoToPy's (when installed) on simulated "
                              "holograms: error, correlation, scale and time per projection")
+    parser.add_argument("--multidistance", action="store_true",
+                        help="also reconstruct a simulated 4-distance mixed-material scan with 1-4 distances "
+                             "and each chain: correlation with the true δ and β, ms per angle per stage, "
+                             "HoToPy's multi-distance CTF beside (when installed)")
+    parser.add_argument("--md-size", type=int, default=128, help="--multidistance frame size (128)")
+    parser.add_argument("--md-angles", type=int, default=180, help="--multidistance angles (180)")
     parser.add_argument("--pool", type=int, nargs="?", const=0, default=None, metavar="N",
                         help="also measure dark/flat + 3x3 + 3-angle binning of 2048² uint16 frames on N "
                              "processes at once (default N: all cores), in GB/s of raw frames")
@@ -53,8 +59,8 @@ def run(args) -> int:
               "batch": batch, "iterations": iterations}
     if args.device == "gpu":
         report["machine"]["gpu"] = backend.xp.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    sections = 1 + bool(args.phase_peers) + (args.pool is not None) + bool(args.ingest) \
-        + (not args.no_peers and args.device == "cpu")
+    sections = 1 + bool(args.phase_peers) + bool(args.multidistance) + (args.pool is not None) \
+        + bool(args.ingest) + (not args.no_peers and args.device == "cpu")
     progress, done = ProgressBar("bench", unit="section"), 0
     stages = stage_timings(backend, preset, batch, iterations, args.repeat)
     report["stages"] = stages
@@ -73,6 +79,14 @@ def run(args) -> int:
         from holostream.service.bench.phase import compare_phase_retrieval
 
         report["phase_peers"] = compare_phase_retrieval(repeat=args.repeat)
+        progress(done := done + 1, sections)
+    if args.multidistance:
+        import sys
+
+        from holostream.service.bench.multidistance import run_multidistance
+
+        report["multidistance"] = run_multidistance(
+            args.md_size, args.md_angles, log=lambda line: print(line, file=sys.stderr, flush=True))
         progress(done := done + 1, sections)
     if args.pool is not None:
         report["pool_binning"] = pool_binning_throughput(args.pool or len(os.sched_getaffinity(0)))
