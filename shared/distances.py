@@ -76,7 +76,8 @@ def _positive(entry: dict, key: str, where: str, magnitude: bool = False) -> flo
     v = _number(entry, key, where)
     v = abs(v) if magnitude else v  # NeXus writes the source distance as negative
     if v <= 0:
-        raise DistanceError(f"{where}: {key}={entry[key]!r} must be {'non-zero' if magnitude else 'positive'}")
+        what = "non-zero" if magnitude else "positive"
+        raise DistanceError(f"{where}: {key}={entry[key]!r} must be {what}")
     return v
 
 

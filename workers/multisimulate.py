@@ -159,7 +159,8 @@ def simulate_multidistance(
         raise ValueError("need at least one distance")
     angles = np.linspace(0.0, 180.0, n_projections, endpoint=False)
     reference_pixel_m = distances[0].effective()[2]
-    seeds = [seed] + [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(len(distances) - 1)]
+    children = np.random.SeedSequence(seed).spawn(len(distances) - 1)
+    seeds = [seed] + [int(child.generate_state(1)[0]) for child in children]
     scans = []
     for d, noise_seed in zip(distances, seeds):
         _, distance_m, pixel_size_m = d.effective()
