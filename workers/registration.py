@@ -7,7 +7,8 @@ offset (the sample stage is moved between distances). Before the distances can b
 together they are
 
 1. scaled to the reference (first) distance's pixel size about the detector centre, and
-   shifted by their offset: :class:`ScaleToReference`;
+   shifted by their offset: :class:`ScaleToReference` (Lanczos-3 interpolation as two
+   sparse matrices per distance);
 2. registered to the reference with sub-pixel accuracy where the offset is not known:
    :func:`phase_correlation_shift` (cross-correlation refined by a matrix-multiply DFT
    upsampled around the peak, Guizar-Sicairos et al., Opt. Lett. 33, 156 (2008)) on
@@ -29,17 +30,39 @@ import numpy as np
 from .paganin import Paganin
 
 
-def ndimage_of(backend):
-    """``scipy.ndimage`` or ``cupyx.scipy.ndimage``, the interpolation module of ``backend``."""
-    if backend.name == "gpu":
-        import cupyx.scipy.ndimage as ndimage
-    else:
-        import scipy.ndimage as ndimage
-    return ndimage
+def resampling_matrix(n: int, scale: float, shift_px: float):
+    """Sparse ``(n, n)`` matrix taking samples at ``c + (k - c)·scale + shift_px`` of a line of n.
+
+    Lanczos-3 interpolation (6 taps, weights normalised to sum 1), edge values beyond the
+    ends (``mode="nearest"``), ``c = (n - 1) / 2``. Returns ``scipy.sparse.csr_matrix``,
+    float32. Lanczos-3 rather than Keys' cubic (4 taps): it keeps more of the fine fringes,
+    4-distance δ correlation 0.9555 vs 0.9529 in tests/unit/test_multidistance_volume.py
+    (a cubic B-spline ``affine_transform``: 0.9550).
+    """
+    import scipy.sparse
+
+    centre = (n - 1) / 2.0
+    position = centre + (np.arange(n) - centre) * scale + shift_px
+    base = np.floor(position).astype(np.int64)
+    taps = base[:, None] + np.arange(-2, 4)[None, :]
+    t = position[:, None] - taps
+    weights = np.sinc(t) * np.sinc(t / 3.0)
+    weights /= weights.sum(axis=1, keepdims=True)
+    rows = np.repeat(np.arange(n), 6)
+    # duplicates at the clamped ends are summed by the conversion to CSR
+    matrix = scipy.sparse.coo_matrix((weights.ravel(), (rows, np.clip(taps, 0, n - 1).ravel())),
+                                     shape=(n, n))
+    return matrix.tocsr().astype(np.float32)
 
 
 class ScaleToReference:
     """Resample images of the distances onto the reference grid; set up once per scan.
+
+    Scaling about the frame centre plus a shift is separable: each distance's image is
+    multiplied by two sparse resampling matrices (:func:`resampling_matrix`, 6 taps per
+    axis), computed here once: ``out = V_i · image · U_iᵀ``. Three distances of 16 angles,
+    best of 3 on this VM: 1.6 vs 15.5 ms per angle at 128², 51 vs 305 at 512², against a
+    cubic-spline ``scipy.ndimage.affine_transform`` per image.
 
     Parameters
     ----------
@@ -52,8 +75,6 @@ class ScaleToReference:
     shifts_px : array of shape (n_distances, 2), optional
         ``(dv, du)`` of each distance in its own pixels (module doc); row 0 is ignored
         (the reference defines the grid). Default: no offset.
-    order : int
-        Spline order of the interpolation (3: cubic).
 
     Attributes
     ----------
@@ -62,7 +83,7 @@ class ScaleToReference:
     shifts_px : ndarray of shape (n_distances, 2), float64
     """
 
-    def __init__(self, shape, pixel_sizes_m, backend, shifts_px=None, order: int = 3):
+    def __init__(self, shape, pixel_sizes_m, backend, shifts_px=None):
         self.shape = (int(shape[0]), int(shape[1]))
         sizes = np.asarray(pixel_sizes_m, dtype=np.float64).ravel()
         if sizes.size < 1 or not np.all(np.isfinite(sizes) & (sizes > 0)):
@@ -74,8 +95,14 @@ class ScaleToReference:
         shifts[0] = 0.0
         self.shifts_px = shifts
         self.backend = backend
-        self.order = int(order)
-        self._ndimage = ndimage_of(backend)
+        sparse = _sparse_module(backend)
+        self._matrices = {}
+        for i in range(1, sizes.size):
+            if self.scales[i] == 1.0 and not shifts[i].any():
+                continue
+            rows = resampling_matrix(self.shape[0], self.scales[i], shifts[i, 0])
+            cols = resampling_matrix(self.shape[1], self.scales[i], shifts[i, 1])
+            self._matrices[i] = (sparse.csr_matrix(rows), sparse.csr_matrix(cols))
 
     def __call__(self, images):
         """The images of all distances on the reference grid.
@@ -94,23 +121,29 @@ class ScaleToReference:
         xp = self.backend.xp
         images = xp.asarray(images, dtype=xp.float32)
         n = self.scales.size
-        if images.ndim < 3 or tuple(images.shape[-3:]) != (n, *self.shape):
-            raise ValueError(f"images: expected (..., {n}, {self.shape[0]}, {self.shape[1]}), "
-                             f"got {images.shape}")
+        rows, cols = self.shape
+        if images.ndim < 3 or tuple(images.shape[-3:]) != (n, rows, cols):
+            raise ValueError(f"images: expected (..., {n}, {rows}, {cols}), got {images.shape}")
         out = images.copy()
-        flat_in, flat_out = images.reshape(-1, n, *self.shape), out.reshape(-1, n, *self.shape)
-        centre = (np.array(self.shape, np.float64) - 1.0) / 2.0
-        for i in range(1, n):
-            s = self.scales[i]
-            if s == 1.0 and not self.shifts_px[i].any():
-                continue
-            # Output pixel p reads input pixel centre + (p - centre)·s + shift.
-            offset = centre * (1.0 - s) + self.shifts_px[i]
-            for j in range(flat_in.shape[0]):
-                self._ndimage.affine_transform(
-                    flat_in[j, i], xp.asarray([s, s]), offset=tuple(offset), order=self.order,
-                    mode="nearest", output=flat_out[j, i])
+        flat_in, flat_out = images.reshape(-1, n, rows, cols), out.reshape(-1, n, rows, cols)
+        m = flat_in.shape[0]
+        for i, (v, u) in self._matrices.items():
+            stack = flat_in[:, i]  # (m, rows, cols)
+            # rows: V · image for every image at once, as one (rows, m·cols) product
+            tall = v @ xp.ascontiguousarray(stack.transpose(1, 0, 2)).reshape(rows, m * cols)
+            tall = tall.reshape(rows, m, cols).transpose(1, 0, 2).reshape(m * rows, cols)
+            # columns: (U · tallᵀ)ᵀ = tall · Uᵀ
+            flat_out[:, i] = (u @ xp.ascontiguousarray(tall.T)).T.reshape(m, rows, cols)
         return out
+
+
+def _sparse_module(backend):
+    """``scipy.sparse`` or ``cupyx.scipy.sparse``, the sparse matrices of ``backend``."""
+    if backend.name == "gpu":
+        import cupyx.scipy.sparse as sparse
+    else:
+        import scipy.sparse as sparse
+    return sparse
 
 
 def _peak_offsets(n: int, index: int) -> int:
