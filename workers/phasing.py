@@ -24,6 +24,9 @@ Iterations work on the padded grid with the object wave ``ψ = exp(-B + iφ)``:
   ``alpha_high`` to ``NEWTON_ALPHA_HIGH``, ``alpha_low`` to the CTF's. Later AP / RAAR steps
   continue from ``ψ = min(exp(φ/(δ/β)), 1) · exp(iφ)``.
 
+``ctf_mixed`` (δ and β independent) is a start for several distances only; the chains of
+several distances run in :mod:`workers.multiphasing`, which reuses :func:`object_projection`.
+
 The phase is tracked as a real, unwrapped array: a new wave ``w`` gets
 ``φ_w = φ + angle(w · conj(ψ))`` relative to the current ``(ψ, φ)``, so thick samples
 with |φ| ≫ π never wrap as long as one iteration changes φ by less than π. The result
