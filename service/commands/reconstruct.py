@@ -157,7 +157,7 @@ def _reconstruct_distances(args: argparse.Namespace, settings: ReconstructionSet
             return _fail(f"setting 'phase': {err}")
         except RuntimeError as err:
             return _fail(str(err))
-        progress = None if args.quiet else ProgressBar("reconstruct")
+        progress = None if args.quiet else ProgressBar("reconstruct", unit="group")
         start = time.perf_counter()
         try:
             delta, beta, attrs = reconstruct_distances(scans, settings, delta_beta, cor_px, backend,

@@ -144,23 +144,29 @@ def save_volume_h5(path: str | os.PathLike, header: dict[str, Any], volume: np.n
     os.replace(tmp, path)
 
 
-def append_volume(path: str, name: str, volume: np.ndarray, quantity: str) -> None:
-    """Add a second volume (e.g. β beside δ) to a file written by :func:`write_volume`.
+def append_volume(path: str | os.PathLike, name: str, volume: np.ndarray, quantity: str) -> None:
+    """Add a second volume (β beside δ) to a file written by :func:`write_volume`.
+
+    It goes to ``/entry/data/<name>``, listed in the NXdata's ``auxiliary_signals`` so that
+    silx offers it beside δ, and ``/<name>`` names the same dataset (as ``/volume`` does δ).
 
     Parameters
     ----------
-    path : str
+    path : str or path
         Existing volume file.
     name : str
         Dataset name (``"beta"``).
     volume : ndarray of shape (nz, ny, nx), float32
-        On the grid of ``/volume``.
+        On the grid of the δ volume.
     quantity : str
-        The dataset's ``quantity`` attribute (``"beta"``); ``units="1"``, ``axes="z y x"``.
+        The dataset's ``quantity`` attribute (``"beta"``); ``units="1"``.
     """
     volume = np.asarray(volume, dtype=np.float32)
     with h5py.File(path, "a") as f:
-        if f["volume"].shape != volume.shape:
-            raise ValueError(f"{name} volume {volume.shape} is not on the grid of /volume {f['volume'].shape}")
-        dset = f.create_dataset(name, data=volume, chunks=(1, *volume.shape[1:]))
-        dset.attrs.update({"units": "1", "quantity": quantity, "axes": "z y x", "interpretation": "image"})
+        data = f["entry/data"]
+        if data["delta"].shape != volume.shape:
+            raise ValueError(f"{name} volume {volume.shape} is not on the grid of δ {data['delta'].shape}")
+        dset = data.create_dataset(name, data=volume, chunks=(1, *volume.shape[1:]))
+        dset.attrs.update(units="1", quantity=quantity, interpretation="image")
+        data.attrs["auxiliary_signals"] = [*data.attrs.get("auxiliary_signals", []), name]
+        f[name] = dset
