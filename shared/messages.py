@@ -20,6 +20,8 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
+from .distances import DistanceError, DistanceInfo, check_distance_index, parse_distances
+
 DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4"), "float32": np.dtype("<f4")}
 FRAME_KINDS = ("dark", "flat", "projection")
 SCAN_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -121,6 +123,9 @@ class ScanInfo:
     reconstruction : dict
         Raw per-scan overrides of the server's reconstruction settings; the service
         validates them against its settings schema.
+    distances : tuple of DistanceInfo
+        Several propagation distances (shared/distances.py), ``()`` for a single-distance
+        scan; when given, ``distance_m`` and ``pixel_size_m`` are the reference's (entry 0).
     """
 
     scan_id: str
@@ -142,6 +147,7 @@ class ScanInfo:
     detector_distance_m: float | None = None
     detector_pixel_size_m: float | None = None
     magnification: float = 1.0
+    distances: tuple[DistanceInfo, ...] = ()
 
     @property
     def angles_known(self) -> bool:
@@ -200,6 +206,7 @@ class ScanInfo:
                                 "index_range")
         if frame.kind == "projection":
             self.angle_of(frame.index, frame.angle_deg)
+        _as_protocol_error(check_distance_index, self.distances, frame.distance_index)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (the ``scan_start`` header without ``type``), for queues."""
@@ -215,6 +222,9 @@ class ScanInfo:
             d["angle_step_deg"] = self.angle_step_deg
         if self.reconstruction:
             d["reconstruction"] = dict(self.reconstruction)
+        if self.distances:
+            del d["distance_m"], d["pixel_size_m"]
+            d["distances"] = [entry.to_dict() for entry in self.distances]
         return d
 
     @classmethod
@@ -238,6 +248,7 @@ class Frame:
     dtype: str
     angle_deg: float | None
     payload: memoryview
+    distance_index: int | None = None
 
     def array(self) -> np.ndarray:
         """The payload as a ``(rows, cols)`` array of the frame dtype (a view, no copy)."""
@@ -437,10 +448,24 @@ def _geometry_fields(scan: "ScanInfo") -> dict[str, float]:
             "detector_pixel_size_m": scan.detector_pixel_size_m}
 
 
+def _as_protocol_error(check, *args):
+    """Run a shared/distances.py check, its DistanceError turned into a ProtocolError."""
+    try:
+        return check(*args)
+    except DistanceError as exc:
+        raise ProtocolError(exc.reason, exc.code) from exc
+
+
 def _parse_scan_start(d: dict, limits: Limits) -> ScanInfo:
-    _keys(d, _SCAN_START_REQUIRED, _SCAN_START_OPTIONAL | set(_PLANE_WAVE) | set(_CONE_BEAM),
-          "scan_start")
-    geometry = _parse_geometry(d)
+    distances = _as_protocol_error(parse_distances, d)
+    if distances:  # every geometry field is in the entries; the first is the reference
+        _keys(d, _SCAN_START_REQUIRED, _SCAN_START_OPTIONAL | {"distances"}, "scan_start")
+        geometry = {"distance_m": distances[0].distance_m, "pixel_size_m": distances[0].pixel_size_m,
+                    "magnification": distances[0].magnification}
+    else:
+        _keys(d, _SCAN_START_REQUIRED, _SCAN_START_OPTIONAL | set(_PLANE_WAVE) | set(_CONE_BEAM),
+              "scan_start")
+        geometry = _parse_geometry(d)
     shape, dtype = _format(d, limits)
     n_projections = _int(d, "n_projections", 1, limits.max_projections)
     angles = None
@@ -475,11 +500,12 @@ def _parse_scan_start(d: dict, limits: Limits) -> ScanInfo:
         cor_px=_float(d, "cor_px") if "cor_px" in d else None,  # absent: estimate it
         reconstruction=dict(reconstruction),
         **geometry,
+        distances=distances,
     )
 
 
 def _parse_frame(d: dict, payload: Any, limits: Limits) -> Frame:
-    _keys(d, {"scan_id", "kind", "index", "shape", "dtype"}, {"angle_deg"}, "frame")
+    _keys(d, {"scan_id", "kind", "index", "shape", "dtype"}, {"angle_deg", "distance_index"}, "frame")
     scan_id = _scan_id(d)
     kind = d["kind"]
     if not isinstance(kind, str) or kind not in FRAME_KINDS:
@@ -487,13 +513,15 @@ def _parse_frame(d: dict, payload: Any, limits: Limits) -> Frame:
     index = _int(d, "index", 0, max(limits.max_projections, limits.max_references) - 1)
     shape, dtype = _format(d, limits)
     angle = _float(d, "angle_deg") if "angle_deg" in d else None
+    distance_index = _int(d, "distance_index", 0, 1 << 16) if "distance_index" in d else None
     view = _part_view(payload)
     expected = shape[0] * shape[1] * DTYPES[dtype].itemsize
     if view.nbytes != expected:
         short = "short" if view.nbytes < expected else "long"
         raise ProtocolError(f"payload is {abs(expected - view.nbytes)} bytes {short}: got {view.nbytes}, "
                             f"a {shape[0]}x{shape[1]} {dtype} frame is {expected}", "payload_size")
-    return Frame(scan_id, kind, index, shape, dtype, angle, view.cast("B") if view.format != "B" else view)
+    return Frame(scan_id, kind, index, shape, dtype, angle, view.cast("B") if view.format != "B" else view,
+                 distance_index)
 
 
 def parse_message(parts: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
@@ -548,7 +576,7 @@ def encode_scan_start(scan: ScanInfo) -> list[bytes]:
 
 
 def encode_frame(scan_id: str, kind: str, index: int, image: np.ndarray,
-                 angle_deg: float | None = None) -> list[Any]:
+                 angle_deg: float | None = None, distance_index: int | None = None) -> list[Any]:
     """Parts of one ``frame`` message: JSON header and the image's bytes (no copy if C-contiguous).
 
     Parameters
@@ -556,6 +584,8 @@ def encode_frame(scan_id: str, kind: str, index: int, image: np.ndarray,
     image : ndarray of shape (rows, cols), dtype uint16, uint32 or float32
     angle_deg : float, optional
         Rotation angle (degrees) of a projection.
+    distance_index : int, optional
+        Index into the scan's ``distances`` (multi-distance scans only).
     """
     dtype = np.dtype(image.dtype).newbyteorder("<")
     name = next((n for n, d in DTYPES.items() if d == dtype), None)
@@ -565,6 +595,8 @@ def encode_frame(scan_id: str, kind: str, index: int, image: np.ndarray,
               "shape": list(image.shape), "dtype": name}
     if angle_deg is not None:
         header["angle_deg"] = float(angle_deg)
+    if distance_index is not None:
+        header["distance_index"] = int(distance_index)
     return [_dumps(header), np.ascontiguousarray(image, dtype=DTYPES[name])]
 
 

@@ -305,3 +305,44 @@ def random_phantom(
             axes, psi = (r, r, r), 0.0
         placed.append(Ellipsoid(center, axes, delta, beta, psi))
     return Phantom(tuple(placed))
+
+
+def mixed_material_phantom(
+    seed: int,
+    radius_m: float,
+    height_m: float,
+    n_objects: int = 10,
+    delta_range: tuple[float, float] = (3.0e-7, 1.0e-6),
+    delta_beta_range: tuple[float, float] = (30.0, 1000.0),
+    **placement,
+) -> Phantom:
+    """A random phantom whose objects are each of their own material.
+
+    δ is drawn uniformly in ``delta_range`` and δ/β log-uniformly in ``delta_beta_range``
+    per object (so no single δ/β describes the sample, as in the multi-distance scans of
+    PROTOCOL.md); the placement is :func:`random_phantom`'s with the same ``seed``.
+
+    Parameters
+    ----------
+    seed, radius_m, height_m, n_objects
+        As for :func:`random_phantom`.
+    delta_range : tuple of float
+        Bounds of δ, > 0.
+    delta_beta_range : tuple of float
+        Bounds of δ/β, > 0.
+    **placement
+        Further keywords of :func:`random_phantom` (``size_range``, ``ellipsoid_fraction``, ...).
+
+    Returns
+    -------
+    Phantom
+    """
+    (d0, d1), (r0, r1) = delta_range, delta_beta_range
+    if not (0 < d0 <= d1 and 0 < r0 <= r1):
+        raise ValueError(f"need 0 < low <= high for delta_range {delta_range} and "
+                         f"delta_beta_range {delta_beta_range}")
+    rng = np.random.default_rng([seed, 1])  # a stream apart from the placement's
+    deltas = rng.uniform(d0, d1, n_objects)
+    ratios = np.exp(rng.uniform(math.log(r0), math.log(r1), n_objects))
+    materials = tuple((float(d), float(d / r)) for d, r in zip(deltas, ratios))
+    return random_phantom(seed, radius_m, height_m, n_objects, materials=materials, **placement)

@@ -24,6 +24,9 @@ Iterations work on the padded grid with the object wave ``ψ = exp(-B + iφ)``:
   ``alpha_high`` to ``NEWTON_ALPHA_HIGH``, ``alpha_low`` to the CTF's. Later AP / RAAR steps
   continue from ``ψ = min(exp(φ/(δ/β)), 1) · exp(iφ)``.
 
+``ctf_mixed`` (δ and β independent) is a start for several distances only; the chains of
+several distances run in :mod:`workers.multiphasing`, which reuses :func:`object_projection`.
+
 The phase is tracked as a real, unwrapped array: a new wave ``w`` gets
 ``φ_w = φ + angle(w · conj(ψ))`` relative to the current ``(ψ, φ)``, so thick samples
 with |φ| ≫ π never wrap as long as one iteration changes φ by less than π. The result
@@ -43,12 +46,15 @@ from .fresnel import FresnelPropagator
 from .paganin import MIN_INTENSITY, Paganin
 from .padding import Padding
 
-START_STEPS = ("paganin", "ctf")
+START_STEPS = ("paganin", "ctf", "ctf_mixed")
+#: Start steps that need images at several distances (workers/multiphasing.py).
+MULTI_DISTANCE_STEPS = ("ctf_mixed",)
 ITERATION_STEPS = ("ap", "raar", "newton")
 #: Parameters each step accepts (all numbers).
 STEP_PARAMS = {
     "paganin": ("delta_beta",),
     "ctf": ("delta_beta", "alpha_low", "alpha_high"),
+    "ctf_mixed": ("delta_beta", "alpha_low", "alpha_high", "alpha_mix"),
     "ap": ("delta_beta", "phase_min", "phase_max"),
     "raar": ("beta", "delta_beta", "phase_min", "phase_max"),
     "newton": ("delta_beta", "alpha_low", "alpha_high"),
@@ -58,6 +64,7 @@ _PARAM_RANGES = {
     "delta_beta": (lambda v: v > 0, "> 0"),
     "alpha_low": (lambda v: v >= 0, ">= 0"),
     "alpha_high": (lambda v: v > 0, "> 0"),
+    "alpha_mix": (lambda v: v >= 0, ">= 0"),
     "beta": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "phase_min": (math.isfinite, "finite"),
     "phase_max": (math.isfinite, "finite"),
@@ -272,6 +279,9 @@ class PhaseRetrieval:
     ):
         self.chain = parse_chain(chain) if isinstance(chain, str) else tuple(chain)
         _check_order(self.chain)
+        if self.chain and self.chain[0].name in MULTI_DISTANCE_STEPS:
+            raise ValueError(f"step {self.chain[0].name!r} needs images at several distances "
+                             "(workers/multiphasing.py)")
         if not delta_beta > 0:
             raise ValueError(f"delta_beta must be > 0, got {delta_beta!r}")
         self.backend = backend
@@ -338,7 +348,7 @@ class PhaseRetrieval:
                 continue
             if psi is None:
                 modulus = xp.minimum(xp.exp(phase / np.float32(delta_beta)), np.float32(1))
-                psi = _polar(modulus, phase, xp)
+                psi = polar(modulus, phase, xp)
             beta = np.float32(step.param("beta", RAAR_BETA))
             for _ in range(step.count):
                 detector = self._detector_projection(psi, measured)
@@ -360,26 +370,31 @@ class PhaseRetrieval:
         return self._propagator.backward(wave)
 
     def _object_projection(self, wave, psi, phase, step: Step):
-        """Apply the object constraint to ``wave``; returns (new ψ, its unwrapped phase).
-
-        ``(psi, phase)`` is the current iterate that unwraps the phase of ``wave``.
-        """
-        xp = self.backend.xp
-        new_phase = phase + xp.angle(wave * xp.conj(psi))
-        phase_min, phase_max = step.param("phase_min"), step.param("phase_max")
-        if phase_min is not None:
-            new_phase = xp.maximum(new_phase, np.float32(phase_min))
-        if phase_max is not None:
-            new_phase = xp.minimum(new_phase, np.float32(phase_max))
-        delta_beta = step.param("delta_beta")
-        if delta_beta is None:
-            modulus = xp.minimum(xp.abs(wave), np.float32(1))
-        else:
-            modulus = xp.minimum(xp.exp(new_phase / np.float32(delta_beta)), np.float32(1))
-        return _polar(modulus, new_phase, xp), new_phase
+        """Apply the object constraint to ``wave``; returns (new ψ, its unwrapped phase)."""
+        return object_projection(wave, psi, phase, step, self.backend.xp)
 
 
-def _polar(modulus, phase, xp):
+def object_projection(wave, psi, phase, step: Step, xp):
+    """Apply the object constraint of ``step`` to ``wave``; returns (new ψ, its unwrapped phase).
+
+    ``(psi, phase)`` is the current iterate that unwraps the phase of ``wave`` (module doc);
+    arrays of shape (..., rows, cols), complex64 / float32, in the namespace ``xp``.
+    """
+    new_phase = phase + xp.angle(wave * xp.conj(psi))
+    phase_min, phase_max = step.param("phase_min"), step.param("phase_max")
+    if phase_min is not None:
+        new_phase = xp.maximum(new_phase, np.float32(phase_min))
+    if phase_max is not None:
+        new_phase = xp.minimum(new_phase, np.float32(phase_max))
+    delta_beta = step.param("delta_beta")
+    if delta_beta is None:
+        modulus = xp.minimum(xp.abs(wave), np.float32(1))
+    else:
+        modulus = xp.minimum(xp.exp(new_phase / np.float32(delta_beta)), np.float32(1))
+    return polar(modulus, new_phase, xp), new_phase
+
+
+def polar(modulus, phase, xp):
     """complex64 ``modulus · exp(i·phase)`` from float32 arrays.
 
     Built from cos and sin: numpy's complex ``exp`` is about 10× slower.

@@ -48,6 +48,9 @@ class ScanGeometry:
         Photon energy in keV.
     cor_px : float
         Rotation-axis offset from ``(cols - 1) / 2`` in detector pixels.
+    row_shift_px : float
+        Detector row of the height ``z = 0`` minus ``(rows - 1) / 2``: a vertical offset of
+        the sample's image (multi-distance scans, where the stage moves between distances).
     """
 
     rows: int
@@ -56,6 +59,7 @@ class ScanGeometry:
     distance_m: float
     energy_kev: float
     cor_px: float = 0.0
+    row_shift_px: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -242,7 +246,8 @@ class HologramSimulator:
         delta_m, beta_m = self.phantom.project(
             math.radians(angle_deg), pr, pc, self.fine_pixel_m,
             cor_px=left + (fc - 1) / 2 - (pc - 1) / 2 + self.geometry.cor_px * self.supersample,
-            row_shift_px=top + (fr - 1) / 2 - (pr - 1) / 2,
+            row_shift_px=(top + (fr - 1) / 2 - (pr - 1) / 2
+                          + self.geometry.row_shift_px * self.supersample),
         )
         k = self.wavenumber
         wave = np.exp(-k * beta_m - 1j * k * delta_m).astype(np.complex64)

@@ -43,6 +43,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cluster", action="store_true",
                         help="also measure the distributed engine (Dask; Ray too if installed): start-up, "
                              "overhead per angle-group task, series scaling from 1 to 2 worker processes")
+    parser.add_argument("--multidistance", action="store_true",
+                        help="also reconstruct a simulated 4-distance mixed-material scan with 1-4 distances "
+                             "and each chain: correlation with the true δ and β, ms per angle per stage, "
+                             "HoToPy's multi-distance CTF beside (when installed)")
+    parser.add_argument("--md-size", type=int, default=128, help="--multidistance frame size (128)")
+    parser.add_argument("--md-angles", type=int, default=180, help="--multidistance angles (180)")
     parser.add_argument("--pool", type=int, nargs="?", const=0, default=None, metavar="N",
                         help="also measure dark/flat + 3x3 + 3-angle binning of 2048² uint16 frames on N "
                              "processes at once (default N: all cores), in GB/s of raw frames")
@@ -65,6 +71,7 @@ def run(args) -> int:
         report["peers"] = {"fbp_vs_astra": _fbp_vs_astra(preset, args)}
         return _emit(report, args.json)
     sections = 1 + bool(args.phase_peers) + (args.pool is not None) + bool(args.ingest) + bool(args.cluster) \
+        + bool(args.multidistance) \
         + (not args.no_peers and args.device == "cpu")
     progress, done = ProgressBar("bench", unit="section"), 0
     stages = stage_timings(backend, preset, batch, iterations, args.repeat)
@@ -75,6 +82,14 @@ def run(args) -> int:
         from holostream.service.bench.phase import compare_phase_retrieval
 
         report["phase_peers"] = compare_phase_retrieval(repeat=args.repeat)
+        progress(done := done + 1, sections)
+    if args.multidistance:
+        import sys
+
+        from holostream.service.bench.multidistance import run_multidistance
+
+        report["multidistance"] = run_multidistance(
+            args.md_size, args.md_angles, log=lambda line: print(line, file=sys.stderr, flush=True))
         progress(done := done + 1, sections)
     if args.pool is not None:
         report["pool_binning"] = pool_binning_throughput(args.pool or len(os.sched_getaffinity(0)))

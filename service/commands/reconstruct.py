@@ -28,7 +28,10 @@ _SETTING_OPTIONS = ("binning", "angle_binning", "phase", "iterations", "filter",
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``holostream reconstruct``."""
-    parser.add_argument("input", nargs="+", help="NXtomo scan file (.nx/.h5); with --series: files, folders, globs")
+    parser.add_argument("input", nargs="+",
+                        help="NXtomo scan file (.nx/.h5); several: one per propagation distance of one sample, "
+                             "the reference first (δ and β are reconstructed); with --series: the scans of a "
+                             "series (files, folders, globs), one volume each")
     parser.add_argument("-o", "--output", required=True, help="output HDF5 volume (with --series: a folder)")
     parser.add_argument("--entry", help="NXtomo entry (default: the only one)")
     parser.add_argument("--config", help="TOML file; its [reconstruction] table sets defaults")
@@ -119,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
         return run_command(args)
     if len(args.input) > 1:
-        return _fail(f"{len(args.input)} inputs: give --series to reconstruct each as a scan of a series")
+        return _reconstruct_distances(args, settings)
     args.input = args.input[0]
     try:
         scan = read_scan(args.input, args.entry, lazy=True)
@@ -208,4 +211,57 @@ def _quick_look(args: argparse.Namespace, settings: ReconstructionSettings, scan
     print(f"wrote {args.output}: slices {', '.join(attrs['slices'])} of the volume {tuple(attrs['shape'])}, "
           f"centre {attrs['cor_px']:+.2f} px ({attrs['cor_source']}), {seconds:.1f} s; PNGs "
           f"{output.stem}_<axis><index>.png beside it")
+    return 0
+
+
+def _reconstruct_distances(args: argparse.Namespace, settings: ReconstructionSettings) -> int:
+    """Several files, one per distance: δ in ``/volume``, β in ``/beta``; the exit code."""
+    from holostream.service.files.nxtomo import ScanFileError, read_scan
+    from holostream.service.files.volume import append_volume, write_volume
+    from holostream.service.offline_distances import DistanceMismatch, reconstruct_distances
+    from holostream.workers.backend import get_backend
+    from holostream.workers.multiphasing import MultiDistancePhaseRetrieval
+
+    scans = []
+    try:
+        for path in args.input:
+            scans.append(read_scan(path, args.entry, lazy=True))
+    except ScanFileError as err:
+        return _fail(str(err))
+    try:
+        reference = scans[0]
+        delta_beta = args.delta_beta if args.delta_beta is not None else reference.delta_beta
+        if delta_beta is None or not (math.isfinite(delta_beta) and delta_beta > 0):
+            return _fail(f"{args.input[0]}: no usable delta_beta in the file; give --delta-beta")
+        cor_px = args.cor_px if args.cor_px is not None else (reference.cor_px or 0.0)
+        try:  # the chain checked for several distances before any frame is read
+            from holostream.workers import phasing
+
+            chain = phasing.default_chain(settings.phase, settings.iterations, delta_beta)
+            MultiDistancePhaseRetrieval(chain, (8, 8), 1e-6, [1.0] * len(scans), 17.5, delta_beta,
+                                        get_backend("cpu", threads=1))
+            backend = get_backend(settings.device)
+        except ValueError as err:
+            return _fail(f"setting 'phase': {err}")
+        except RuntimeError as err:
+            return _fail(str(err))
+        progress = None if args.quiet else ProgressBar("reconstruct", unit="group")
+        start = time.perf_counter()
+        try:
+            delta, beta, attrs = reconstruct_distances(scans, settings, delta_beta, cor_px, backend,
+                                                       batch=args.batch, progress=progress)
+        except DistanceMismatch as err:
+            return _fail(str(err))
+    finally:
+        for scan in scans:
+            scan.projections.close()
+    attrs["seconds"] = seconds = time.perf_counter() - start
+    try:
+        write_volume(args.output, delta, attrs)
+        append_volume(args.output, "beta", beta, "beta")
+    except OSError as err:
+        return _fail(f"{args.output}: cannot write ({err})")
+    print(f"wrote {args.output}: δ and β volumes {delta.shape} float32 from {len(scans)} distances, "
+          f"voxel {attrs['voxel_size_m'] * 1e9:.4g} nm, phase {attrs['phase']!r}, "
+          f"offsets {attrs['distances']}, {seconds:.1f} s")
     return 0

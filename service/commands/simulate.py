@@ -18,6 +18,8 @@ import math
 import sys
 import time
 
+from holostream.service.commands import simulate_distances
+
 # second material relative to the first: δ × 2.5, β × 10 (δ/β ÷ 4)
 _DENSE_DELTA, _DENSE_BETA = 2.5, 10.0
 
@@ -64,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write the voxelised δ of the phantom")
     parser.add_argument("--ground-truth-binning", type=int, default=1,
                         help="voxel grid of the ground truth: that of a reconstruction with this binning (1)")
+    simulate_distances.add_arguments(parser)
 
 
 def _check(args: argparse.Namespace) -> str | None:
@@ -108,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"holostream simulate: error: {problem}", file=sys.stderr)
         return 2
+    if args.distances != 1:
+        return simulate_distances.run(args)
     size, pixel = args.size, args.pixel_size_m
     light = (args.delta, args.delta / args.delta_beta)
     materials = (light,) if args.materials == 1 else (

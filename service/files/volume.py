@@ -181,3 +181,31 @@ def check_writable(directory: str | os.PathLike) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=directory, prefix=".holostream-check-"):
         pass
+
+
+def append_volume(path: str | os.PathLike, name: str, volume: np.ndarray, quantity: str) -> None:
+    """Add a second volume (β beside δ) to a file written by :func:`write_volume`.
+
+    It goes to ``/entry/data/<name>``, listed in the NXdata's ``auxiliary_signals`` so that
+    silx offers it beside δ, and ``/<name>`` names the same dataset (as ``/volume`` does δ).
+
+    Parameters
+    ----------
+    path : str or path
+        Existing volume file.
+    name : str
+        Dataset name (``"beta"``).
+    volume : ndarray of shape (nz, ny, nx), float32
+        On the grid of the δ volume.
+    quantity : str
+        The dataset's ``quantity`` attribute (``"beta"``); ``units="1"``.
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    with h5py.File(path, "a") as f:
+        data = f["entry/data"]
+        if data["delta"].shape != volume.shape:
+            raise ValueError(f"{name} volume {volume.shape} is not on the grid of δ {data['delta'].shape}")
+        dset = data.create_dataset(name, data=volume, chunks=(1, *volume.shape[1:]))
+        dset.attrs.update(units="1", quantity=quantity, interpretation="image")
+        data.attrs["auxiliary_signals"] = [*data.attrs.get("auxiliary_signals", []), name]
+        f[name] = dset

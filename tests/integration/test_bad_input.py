@@ -101,6 +101,9 @@ def malformed_messages(scan_data, scan_id: str) -> dict[int, list[list]]:
     header = json.loads(good[0])
     start = {"type": "scan_start", **info.to_dict()}
 
+    one_distance = {k: v for k, v in start.items() if k not in ("distance_m", "pixel_size_m")}
+    plane = {"distance_m": info.distance_m, "pixel_size_m": info.pixel_size_m}
+
     def frame(**changes):
         return json.dumps({**header, **changes}).encode()
 
@@ -121,6 +124,11 @@ def malformed_messages(scan_data, scan_id: str) -> dict[int, list[list]]:
             [good[0], good[1], good[1]]],  # one part too many
         8: [[json.dumps({**start, "scan_id": "odd_settings", "reconstruction": {"colour": "blue"}}).encode()],
             [json.dumps({"type": "scan_end", "scan_id": "never_opened"}).encode()]],
+        # several distances (PROTOCOL.md "Extensions"): a bad list, a frame naming a distance
+        # this single-distance scan does not have, a valid list the live service refuses
+        9: [[json.dumps({**one_distance, "scan_id": "md_bad", "distances": [plane]}).encode()],
+            [frame(distance_index=1), image]],
+        10: [[json.dumps({**one_distance, "scan_id": "md_live", "distances": [plane, plane]}).encode()]],
     }
 
 
@@ -154,7 +162,8 @@ def test_malformed_messages_are_rejected_counted_and_harmless(service):
     assert status["frames_rejected"] == n_bad, status["ingest"]["rejected_by_reason"]
     reasons = status["ingest"]["rejected_by_reason"]
     for code in ("bad_json", "unknown_type", "payload_size", "format", "unknown_scan", "duplicate",
-                 "out_of_range", "too_large", "index_range", "bad_field", "parts", "settings"):
+                 "out_of_range", "too_large", "index_range", "bad_field", "parts", "settings",
+                 "bad_distances", "unknown_distance", "not_supported"):
         assert reasons.get(code, 0) >= 1, (code, reasons)
     assert status["frames_dropped"] == 0
     assert dirty_header["n_projections_used"] == clean_header["n_projections_used"] == 16
