@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -57,6 +58,53 @@ def estimate_centre(scan, backend, guess_px: float | None = None):
     return plan.estimate(frames, guess_px=guess_px)
 
 
+@dataclass
+class ScanPlan:
+    """What a whole-scan reconstruction is set up with: the pipeline, the angle groups, the disc.
+
+    ``center_px`` is the axis offset in binned pixels; ``half`` says whether the scan is a
+    360° offset-axis one, reconstructed over the ``width``-voxel disc its rotation sweeps
+    with ``column_weights`` (:mod:`holostream.workers.halfacq`; None otherwise).
+    """
+
+    pipeline: Any
+    chain: tuple
+    groups: list
+    angles_deg: Any
+    weights: Any
+    center_px: float
+    half: bool
+    width: int
+    column_weights: Any
+
+
+def plan_scan(scan, settings: ReconstructionSettings, delta_beta: float, cor_px: float, backend) -> ScanPlan:
+    """Set up the :class:`ProjectionPipeline` and angle groups of ``scan`` (whole volume or slices)."""
+    from holostream.workers import halfacq, phasing
+    from holostream.workers.flatfield import average_frames
+    from holostream.workers.pipeline import ProjectionPipeline, plan_groups
+
+    chain = phasing.default_chain(settings.phase, settings.iterations, delta_beta)
+    flat_after = None if scan.flats_after is None else average_frames(scan.flats_after, backend)
+    pipeline = ProjectionPipeline(
+        scan.frame_shape, average_frames(scan.darks, backend), average_frames(scan.flats, backend),
+        binning=settings.binning, chain=chain, filter=settings.filter,
+        energy_kev=scan.energy_kev, distance_m=scan.distance_m, pixel_size_m=scan.pixel_size_m,
+        delta_beta=delta_beta, backend=backend, pad_mode=settings.pad_mode,
+        flat_after=flat_after, n_projections=scan.n_projections,
+    )
+    groups, group_angles_deg, weights = plan_groups(scan.n_projections, settings.angle_binning, scan.angles_deg)
+    cols_b = pipeline.binned_shape[1]
+    center = pipeline.center_px(cor_px)
+    # 360° with the axis near an edge: the whole disc the rotation sweeps, each projection
+    # weighted so that the rays seen twice count once (workers/halfacq.py)
+    half = halfacq.is_half_acquisition(scan.angles_deg, cols_b, center) or bool(
+        getattr(scan, "half_acquisition", False))
+    width = halfacq.volume_width(cols_b, center) if half else cols_b
+    column_weights = backend.asarray(halfacq.detector_weights(cols_b, center)) if half else None
+    return ScanPlan(pipeline, chain, groups, group_angles_deg, weights, center, half, width, column_weights)
+
+
 def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, cor_px: float | None,
                      backend, batch: int = 8,
                      progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, dict]:
@@ -90,10 +138,8 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
         with ``cor_px``, ``cor_source`` (``"given"`` or ``"estimated"``) and, when estimated,
         ``cor_confidence``.
     """
-    from holostream.workers import halfacq, phasing
+    from holostream.workers import phasing
     from holostream.workers.fbp import VolumeAccumulator
-    from holostream.workers.flatfield import average_frames
-    from holostream.workers.pipeline import ProjectionPipeline, plan_groups
     from holostream.workers.ring import remove_stripes
 
     if batch < 1:
@@ -105,25 +151,10 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
         (_log.info if estimate.trusted else _log.warning)(
             "%s: centre of rotation estimated at %+.2f px from the middle, confidence %.2f%s",
             scan.source, cor_px, cor_confidence, "" if estimate.trusted else " (LOW: do not trust it)")
-    chain = phasing.default_chain(settings.phase, settings.iterations, delta_beta)
-    flat_after = None if scan.flats_after is None else average_frames(scan.flats_after, backend)
-    pipeline = ProjectionPipeline(
-        scan.frame_shape, average_frames(scan.darks, backend), average_frames(scan.flats, backend),
-        binning=settings.binning, chain=chain, filter=settings.filter,
-        energy_kev=scan.energy_kev, distance_m=scan.distance_m, pixel_size_m=scan.pixel_size_m,
-        delta_beta=delta_beta, backend=backend, pad_mode=settings.pad_mode,
-        flat_after=flat_after, n_projections=scan.n_projections,
-    )
-    groups, group_angles_deg, weights = plan_groups(
-        scan.n_projections, settings.angle_binning, scan.angles_deg)
+    plan = plan_scan(scan, settings, delta_beta, cor_px, backend)
+    pipeline, groups, group_angles_deg, weights = plan.pipeline, plan.groups, plan.angles_deg, plan.weights
     rows_b, cols_b = pipeline.binned_shape
-    center = pipeline.center_px(cor_px)
-    # 360° with the axis near an edge: the whole disc the rotation sweeps, each projection
-    # weighted so that the rays seen twice count once (workers/halfacq.py)
-    half = halfacq.is_half_acquisition(scan.angles_deg, cols_b, center) or bool(
-        getattr(scan, "half_acquisition", False))
-    n = halfacq.volume_width(cols_b, center) if half else cols_b
-    column_weights = backend.asarray(halfacq.detector_weights(cols_b, center)) if half else None
+    center, half, n, column_weights = plan.center_px, plan.half, plan.width, plan.column_weights
     # every angle is known up front, so nothing is reweighted: keep no filtered projections
     accumulator = VolumeAccumulator((rows_b, n, n), center, backend, keep_filtered=False)
     def deltas(chunk):
@@ -154,7 +185,7 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
         "binning": settings.binning,
         "angle_binning": settings.angle_binning,
         "phase": settings.phase,
-        "phase_chain": phasing.format_chain(chain) if chain else "none",
+        "phase_chain": phasing.format_chain(plan.chain) if plan.chain else "none",
         "iterations": settings.iterations,
         "filter": settings.filter,
         "pad_mode": settings.pad_mode,

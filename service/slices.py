@@ -19,7 +19,7 @@ import re
 
 import numpy as np
 
-from holostream.service.offline import estimate_centre
+from holostream.service.offline import estimate_centre, plan_scan
 from holostream.shared.settings import ReconstructionSettings
 from holostream.workers.backend import Backend
 
@@ -110,9 +110,7 @@ def reconstruct_slices(scan, settings: ReconstructionSettings, delta_beta: float
     ValueError
         An index outside the volume, or a ring filter (it needs every row's sinogram).
     """
-    from holostream.workers import fbp, halfacq, phasing
-    from holostream.workers.flatfield import average_frames
-    from holostream.workers.pipeline import ProjectionPipeline, plan_groups
+    from holostream.workers import fbp
 
     if settings.ring_filter != "none":
         raise ValueError("--slices does not apply a ring filter yet (it needs whole sinograms): "
@@ -120,20 +118,10 @@ def reconstruct_slices(scan, settings: ReconstructionSettings, delta_beta: float
     cor_source = "given"
     if cor_px is None:
         cor_px, cor_source = estimate_centre(scan, backend, getattr(scan, "cor_guess_px", None)).cor_px, "estimated"
-    chain = phasing.default_chain(settings.phase, settings.iterations, delta_beta)
-    flat_after = None if scan.flats_after is None else average_frames(scan.flats_after, backend)
-    pipeline = ProjectionPipeline(
-        scan.frame_shape, average_frames(scan.darks, backend), average_frames(scan.flats, backend),
-        binning=settings.binning, chain=chain, filter=settings.filter, energy_kev=scan.energy_kev,
-        distance_m=scan.distance_m, pixel_size_m=scan.pixel_size_m, delta_beta=delta_beta,
-        backend=backend, pad_mode=settings.pad_mode, flat_after=flat_after, n_projections=scan.n_projections)
-    groups, angles_deg, weights = plan_groups(scan.n_projections, settings.angle_binning, scan.angles_deg)
+    plan = plan_scan(scan, settings, delta_beta, cor_px, backend)
+    pipeline, groups, angles_deg, weights = plan.pipeline, plan.groups, plan.angles_deg, plan.weights
     rows_b, cols_b = pipeline.binned_shape
-    center = pipeline.center_px(cor_px)
-    half = halfacq.is_half_acquisition(scan.angles_deg, cols_b, center) or bool(
-        getattr(scan, "half_acquisition", False))
-    n = halfacq.volume_width(cols_b, center) if half else cols_b
-    column_weights = backend.asarray(halfacq.detector_weights(cols_b, center)) if half else None
+    center, half, n, column_weights = plan.center_px, plan.half, plan.width, plan.column_weights
     shape = (rows_b, n, n)
     for axis, index in slices:
         if not 0 <= index < shape[AXES.index(axis)]:

@@ -27,18 +27,9 @@ OPTIONS = ["--phase", "paganin", "--binning", "2"]
 @pytest.fixture(scope="module")
 def series_dir(tmp_path_factory):
     """Six 48² × 40-projection scans of different phantoms, as NXtomo files."""
-    from holostream.service.files.nxtomo import write_scan
-    from holostream.workers.phantom import random_phantom
-    from holostream.workers.simulate import simulate_scan
+    from holostream.service.bench.cluster import simulated_series
 
-    folder = tmp_path_factory.mktemp("series")
-    for i in range(N_SCANS):
-        phantom = random_phantom(100 + i, radius_m=20e-6, height_m=44e-6, n_objects=4,
-                                 size_range=(0.2, 0.4), materials=((1.0e-6, 5.0e-9),))
-        scan = simulate_scan(phantom, seed=i, n_projections=40, rows=48, cols=48, pixel_size_m=1.0e-6,
-                             distance_m=0.05, energy_kev=17.5, binning=2, n_darks=3, n_flats=3)
-        write_scan(str(folder / f"t{i:02d}.nx"), scan, delta_beta=200.0)
-    return folder
+    return simulated_series(tmp_path_factory.mktemp("series"), N_SCANS, size=48, n_projections=40)
 
 
 def holostream(*args, **kwargs):

@@ -43,18 +43,9 @@ def certs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def series(tmp_path_factory):
-    from holostream.service.files.nxtomo import write_scan
-    from holostream.workers.phantom import random_phantom
-    from holostream.workers.simulate import simulate_scan
+    from holostream.service.bench.cluster import simulated_series
 
-    folder = tmp_path_factory.mktemp("tls_series")
-    for i in range(2):
-        phantom = random_phantom(200 + i, radius_m=12e-6, height_m=28e-6, n_objects=3,
-                                 size_range=(0.2, 0.4), materials=((1.0e-6, 5.0e-9),))
-        scan = simulate_scan(phantom, seed=i, n_projections=20, rows=32, cols=32, pixel_size_m=1.0e-6,
-                             distance_m=0.05, energy_kev=17.5, binning=1, n_darks=2, n_flats=2)
-        write_scan(str(folder / f"s{i}.nx"), scan, delta_beta=200.0)
-    return folder
+    return simulated_series(tmp_path_factory.mktemp("tls_series"), 2, size=32, n_projections=20)
 
 
 @pytest.fixture(scope="module")
