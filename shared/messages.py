@@ -21,6 +21,11 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from .distances import DistanceError, DistanceInfo, check_distance_index, parse_distances
+from .geometry import _CONE_BEAM, _PLANE_WAVE, _geometry_fields, _parse_geometry
+from .wirefields import (  # noqa: F401 - ProtocolError, Limits, clip, shown are used from here too
+    DEFAULT_LIMITS, MAX_SHOWN_CHARS, Limits, ProtocolError, _float, _header, _int, _keys, _part_view, clip,
+    load_json, shown,
+)
 
 DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4"), "float32": np.dtype("<f4")}
 FRAME_KINDS = ("dark", "flat", "projection")
@@ -30,63 +35,6 @@ REJECT_CODES = ("parts", "too_large", "too_deep", "bad_json", "unknown_type", "m
                 "unknown_field", "bad_field", "out_of_range", "payload_size", "format", "missing_angle",
                 "index_range", "unknown_scan", "scan_ended", "duplicate", "settings", "no_memory",
                 "internal_error")
-MAX_SHOWN_CHARS = 160  # of a wire value echoed in a reason, a log line or a status field
-
-
-def clip(text: str, limit: int = MAX_SHOWN_CHARS) -> str:
-    """``text`` cut to at most about ``limit`` characters, saying how many were left out.
-
-    For anything a sender controls that ends up in a log line or a status reply: a 4 MiB
-    ``scan_id`` must not become a 4 MiB log line.
-    """
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}...(+{len(text) - limit} chars)"
-
-
-def shown(value: Any, limit: int = MAX_SHOWN_CHARS) -> str:
-    """``repr`` of a wire value for a reason, clipped; containers by their size only."""
-    if isinstance(value, (list, dict)) and len(value) > 8:
-        return f"<{type(value).__name__} of {len(value)} items>"
-    try:
-        return clip(repr(value), limit)
-    except (ValueError, RecursionError):  # an int beyond str()'s digit limit, a deep container
-        return f"<{type(value).__name__}>"
-
-
-class ProtocolError(ValueError):
-    """A message that breaks the ingest protocol.
-
-    Parameters
-    ----------
-    reason : str
-        Human-readable reason naming the offending field and value.
-    code : str
-        Short category for counters (``"bad_json"``, ``"bad_field"``, ``"payload_size"``...).
-    """
-
-    def __init__(self, reason: str, code: str = "bad_field"):
-        reason = clip(reason, 4 * MAX_SHOWN_CHARS)
-        super().__init__(reason)
-        self.reason = reason
-        self.code = code
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Sizes above which a message is rejected as absurd (protects memory and the ring)."""
-
-    max_rows: int = 16384
-    max_cols: int = 16384
-    max_projections: int = 100_000
-    max_references: int = 10_000  # darks or flats
-    max_frame_bytes: int = 1 << 30
-    max_header_bytes: int = 8 << 20  # a list of 100 000 angles fits easily
-    max_json_depth: int = 8  # header object = 1; shape, angles, reconstruction = 2
-    max_int_digits: int = 24  # any integer the protocol knows fits in 20 digits
-
-
-DEFAULT_LIMITS = Limits()
 
 
 @dataclass(frozen=True)
@@ -281,96 +229,6 @@ Message = Union[ScanStart, Frame, ScanEnd, ScanAbort]
 
 # --------------------------------------------------------------------------- parsing
 
-def _reject_constant(name: str):
-    raise ProtocolError(f"header contains the non-finite number {name}", "bad_json")
-
-
-def _part_view(part: Any) -> memoryview:
-    """Bytes of one multipart part without copying (zmq.Frame, bytes or buffer)."""
-    buffer = getattr(part, "buffer", None)
-    return buffer if buffer is not None else memoryview(part)
-
-
-def _json_depth(value: Any, stop: int) -> int:
-    """Nesting depth of a decoded JSON value (a scalar is 0), level by level, at most ``stop + 1``."""
-    depth, level = 0, [value]
-    while depth <= stop:
-        level = [c for c in level if isinstance(c, (list, dict))]
-        if not level:
-            break
-        depth += 1
-        level = [x for c in level for x in (c.values() if isinstance(c, dict) else c)]
-    return depth
-
-
-def load_json(raw: bytes | memoryview, limits: Limits = DEFAULT_LIMITS, what: str = "header") -> Any:
-    """Decode one JSON document from the wire, bounded in size, nesting and integer length.
-
-    Raises
-    ------
-    ProtocolError
-        ``too_large`` (bytes, integer digits), ``too_deep`` or ``bad_json``, never anything else.
-    """
-    view = raw if isinstance(raw, memoryview) else memoryview(raw)
-    if view.nbytes > limits.max_header_bytes:
-        raise ProtocolError(f"{what} of {view.nbytes} bytes exceeds {limits.max_header_bytes}", "too_large")
-
-    def bounded_int(text: str) -> int:
-        # checked before int(): a 5,000-digit integer costs quadratic time and fails str()
-        if len(text.lstrip("-")) > limits.max_int_digits:
-            raise ProtocolError(f"{what} has an integer of {len(text)} digits (at most "
-                                f"{limits.max_int_digits})", "too_large")
-        return int(text)
-
-    try:
-        value = json.loads(bytes(view).decode("utf-8"), parse_constant=_reject_constant,
-                           parse_int=bounded_int)
-    except UnicodeDecodeError as exc:
-        raise ProtocolError(f"{what} is not UTF-8: {exc}", "bad_json") from None
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(f"{what} is not JSON: {exc}", "bad_json") from None
-    except RecursionError:
-        raise ProtocolError(f"{what} is nested too deeply", "too_deep") from None
-    if _json_depth(value, limits.max_json_depth) > limits.max_json_depth:
-        raise ProtocolError(f"{what} is nested more than {limits.max_json_depth} levels deep", "too_deep")
-    return value
-
-
-def _header(part: Any, limits: Limits) -> dict[str, Any]:
-    header = load_json(_part_view(part), limits)
-    if not isinstance(header, dict):
-        raise ProtocolError(f"header is a JSON {type(header).__name__}, not an object", "bad_json")
-    return header
-
-
-def _keys(d: dict, required: set[str], optional: set[str], what: str) -> None:
-    missing = sorted(required - d.keys())
-    if missing:
-        raise ProtocolError(f"{what} lacks field(s) {', '.join(missing)}", "missing_field")
-    extra = sorted(d.keys() - required - optional)
-    if extra:
-        raise ProtocolError(f"{what} has unknown field(s) {clip(', '.join(extra))}", "unknown_field")
-
-
-def _int(d: dict, key: str, lo: int, hi: int) -> int:
-    v = d[key]
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ProtocolError(f"{key} must be an integer, got {shown(v)}", "bad_field")
-    if not lo <= v <= hi:
-        raise ProtocolError(f"{key}={v} outside [{lo}, {hi}]", "out_of_range")
-    return v
-
-
-def _float(d: dict, key: str, positive: bool = False) -> float:
-    v = d[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ProtocolError(f"{key} must be a number, got {shown(v)}", "bad_field")
-    if not math.isfinite(v):
-        raise ProtocolError(f"{key}={v} is not finite", "out_of_range")
-    if positive and v <= 0:
-        raise ProtocolError(f"{key}={v} must be positive", "out_of_range")
-    return float(v)
-
 
 def _scan_id(d: dict) -> str:
     v = d["scan_id"]
@@ -400,52 +258,6 @@ def _format(d: dict, limits: Limits) -> tuple[tuple[int, int], str]:
 _SCAN_START_REQUIRED = {"scan_id", "shape", "dtype", "n_darks", "n_flats", "n_projections",
                         "energy_kev", "delta_beta"}
 _SCAN_START_OPTIONAL = {"angles_deg", "angle_start_deg", "angle_step_deg", "cor_px", "reconstruction"}
-#: The two ways of giving the geometry (PROTOCOL.md "Extensions"): exactly one, whole.
-_PLANE_WAVE = ("distance_m", "pixel_size_m")
-_CONE_BEAM = ("source_distance_m", "detector_distance_m", "detector_pixel_size_m")
-
-
-def _parse_geometry(d: dict) -> dict[str, float | None]:
-    """ScanInfo's geometry fields from a ``scan_start``: plane-wave or cone-beam, not both.
-
-    A cone-beam geometry is turned into its plane-wave equivalent (Fresnel scaling theorem,
-    the formula of ``workers/physics.fresnel_scaling``, which shared/ may not import):
-    ``M = (z₁ + z₂) / z₁``, distance ``z₂ / M``, pixel ``detector pixel / M``.
-    """
-    plane = [k for k in _PLANE_WAVE if k in d]
-    cone = [k for k in _CONE_BEAM if k in d]
-    if plane and cone:
-        raise ProtocolError(f"give either {' + '.join(_PLANE_WAVE)} or {' + '.join(_CONE_BEAM)}, "
-                            f"not both (got {', '.join(plane + cone)})", "bad_field")
-    if cone:
-        missing = [k for k in _CONE_BEAM if k not in d]
-        if missing:
-            raise ProtocolError(f"cone-beam geometry needs {', '.join(missing)} too", "missing_field")
-        # Distances by magnitude: NeXus writes the source distance as negative.
-        z1, z2 = (abs(_float(d, k)) for k in _CONE_BEAM[:2])
-        if z1 == 0 or z2 == 0:
-            raise ProtocolError("source_distance_m and detector_distance_m must be non-zero",
-                                "out_of_range")
-        pixel = _float(d, "detector_pixel_size_m", positive=True)
-        magnification = (z1 + z2) / z1
-        return {"distance_m": z2 / magnification, "pixel_size_m": pixel / magnification,
-                "source_distance_m": z1, "detector_distance_m": z2, "detector_pixel_size_m": pixel,
-                "magnification": magnification}
-    missing = [k for k in _PLANE_WAVE if k not in d]
-    if missing:
-        raise ProtocolError(f"missing {', '.join(missing)} (or give {', '.join(_CONE_BEAM)})",
-                            "missing_field")
-    return {"distance_m": _float(d, "distance_m", positive=True),
-            "pixel_size_m": _float(d, "pixel_size_m", positive=True), "magnification": 1.0}
-
-
-def _geometry_fields(scan: "ScanInfo") -> dict[str, float]:
-    """The geometry of ``scan`` as its ``scan_start`` gave it (for :meth:`ScanInfo.to_dict`)."""
-    if scan.source_distance_m is None:
-        return {"distance_m": scan.distance_m, "pixel_size_m": scan.pixel_size_m}
-    return {"source_distance_m": scan.source_distance_m,
-            "detector_distance_m": scan.detector_distance_m,
-            "detector_pixel_size_m": scan.detector_pixel_size_m}
 
 
 def _as_protocol_error(check, *args):

@@ -26,18 +26,18 @@ import zmq
 from holostream.service.config import Config
 from holostream.service.daemon.channels import Channels, drain, make_channels, spawn_context
 from holostream.service.daemon.children import IngestProcess, ReconstructorProcess, WorkerPool, resolve_mode
-from holostream.service.daemon.control import Control, ControlError
+from holostream.service.daemon.control import Control
 from holostream.service.daemon.kept import KeptScan
 from holostream.service.daemon.metrics import Metrics
 from holostream.service.daemon.curve import Curve
 from holostream.service.daemon.ingest import EXIT_ADDRESS_IN_USE
 from holostream.service.daemon.notify import Notifier, status_line
 from holostream.service.daemon.publisher import Publisher
+from holostream.service.daemon.requests import ControlRequests
 from holostream.service.daemon.reconstructor import record_unreported
 from holostream.service.daemon.volumes import LiveScan
 from holostream.service.files.volume import save_new_volume_h5
 from holostream.shared.scanbuffers import sweep, sweep_orphans
-from holostream.shared.settings import RING_FILTERS
 from holostream.workers.backend import get_backend
 from holostream.workers.memory import DeviceBudget
 
@@ -50,7 +50,7 @@ _CRASH_WINDOW_S = 30.0    # this many child deaths within this window: the daemo
 _CRASH_LIMIT = 5
 
 
-class Daemon:
+class Daemon(ControlRequests):
     """The main process: owns the sockets, the scan states and the children."""
 
     def __init__(self, config: Config):
@@ -383,105 +383,3 @@ class Daemon:
             self._drop(state)
         # a restarted ingest numbers its scans above every scan seen: no name is reused
         self.ingest.restart(self.settings, self.last_seq + 1)
-
-    # ---- control ---------------------------------------------------------------------
-    def _handlers(self) -> dict[str, Any]:
-        return {"status": lambda req: {"status": self.status()},
-                "config": lambda req: {"config": {**self.config.to_dict(),
-                                                  "reconstruction": self.settings.to_dict()},
-                                       "ring_filters": list(RING_FILTERS)},
-                "set": self._set, "abort": self._abort, "republish": self._republish}
-
-    def _set(self, request: dict[str, Any]) -> dict[str, Any]:
-        params = dict(request["params"])
-        reply: dict[str, Any] = {}
-        if "cor_px" in params:  # the current scan's axis from its next volume on, else the last scan's
-            reply.update(self._set_centre(params.pop("cor_px")))
-        if params:
-            self.settings = self.settings.merged(params)  # SettingsError is a refusal
-            self.channels.commands.put({"type": "settings", "settings": self.settings.to_dict()})
-            log.info("settings changed from the next scan on: %s", params)
-            reply.update(applies="from the next scan")
-        return {"settings": self.settings.to_dict(), **reply}
-
-    def _set_centre(self, cor_px: Any) -> dict[str, Any]:
-        open_scans = [s for s in self.scans.values() if s.complete is None]
-        if not open_scans and self.kept is None:
-            raise ControlError("cor_px applies to the scan being reconstructed, and there is none "
-                               "(nor a completed one kept: [publish] keep_last_scan_mb)")
-        try:
-            if open_scans:
-                open_scans[-1].centre.set_by_operator(cor_px)
-            else:
-                self.kept.check(cor_px)
-        except ValueError as err:
-            raise ControlError(str(err)) from None
-        if not open_scans:  # re-back-projected by the loop, after this reply
-            self.recentre_kept = float(cor_px)
-            return {"scan_id": self.kept.scan_id, "cor_px": float(cor_px),
-                    "cor_applies": "republishes the completed scan's final volume, re-centred"}
-        log.info("scan %s: centre of rotation set by the operator to %+.2f px",
-                 open_scans[-1].scan_id, open_scans[-1].centre.cor_px)
-        return {"scan_id": open_scans[-1].scan_id, "cor_px": open_scans[-1].centre.cor_px,
-                "cor_applies": "from the current scan's next volume"}
-
-    def _republish_recentred(self) -> None:
-        """The kept scan's final volume about the operator's axis, published and kept as last."""
-        cor_px, self.recentre_kept = self.recentre_kept, None
-        with self.metrics.stage_seconds.labels("final_volume").time():
-            header, volume = self.kept.recentre(cor_px, self.backend)
-        self.publisher.publish_volume(header, volume)
-        self.publisher.publish_preview(header, volume)
-        self.counters["volumes_published"] += 1
-        self.last_final = (header, volume)
-        log.info("scan %s: final volume republished about cor_px %+.2f", header["scan_id"], cor_px)
-
-    def _abort(self, request: dict[str, Any]) -> dict[str, Any]:
-        open_ids = [s.scan["scan_id"] for s in self.scans.values() if s.complete is None]
-        if not open_ids:
-            raise ControlError("no scan is being reconstructed")
-        self.channels.commands.put({"type": "abort"})
-        return {"aborted": open_ids[-1]}
-
-    def _republish(self, request: dict[str, Any]) -> dict[str, Any]:
-        if self.last_final is None:
-            raise ControlError("no final volume has been published yet")
-        header, volume = self.last_final
-        header = dict(header, timestamp=time.time(), republished=True)
-        self.publisher.publish_volume(header, volume)
-        self.publisher.publish_preview(header, volume)
-        return {"scan_id": header["scan_id"], "seq": header["seq"]}
-
-    def status(self) -> dict[str, Any]:
-        """The status dict of ``{"cmd": "status"}`` and of the published ``status`` topic."""
-        open_scans = [s for s in self.scans.values() if s.complete is None]
-        current = open_scans[-1] if open_scans else None
-        return {
-            "state": "stopping" if self.stop_requested else ("reconstructing" if current else "idle"),
-            "scan_id": current.scan["scan_id"] if current else None,
-            "scan_seq": current.seq if current else None,
-            "n_projections_used": current.n_used if current else None,
-            "n_projections_expected": current.scan["n_projections"] if current else None,
-            # the current scan's axis: cor_px, cor_source, cor_confidence (when estimated)
-            "centre": current.centre.fields() if current else None,
-            "frames_received": self.stats.get("received", 0),
-            "frames_rejected": self.stats.get("rejected", self.counters["rejected"]),
-            "frames_dropped": self.stats.get("dropped", 0),
-            "frames_per_s": self.stats.get("frames_per_s", 0.0),
-            "ring_fill": self.stats.get("ring_fill", 0.0),
-            "memory_budget_bytes": self.stats.get("memory_budget_bytes", 0),
-            "scan_memory_bytes": self.stats.get("scan_memory_bytes", 0),
-            "ingest": self.stats, **self.counters,
-            "messages_dropped": self.publisher.dropped,
-            "workers": self.pool.status(), "worker_restarts": sum(self.pool.restarts.values()),
-            "mode": self.mode,
-            "reconstructor": self.reconstructor.status() if self.reconstructor is not None else None,
-            "ingest_restarts": self.ingest.restarts, "ingest_pid": self.ingest.pid,
-            "settings": self.settings.to_dict(), "last_error": self.last_error,
-            "last_volume_file": self.last_volume_file,
-            "curve": ("on" if self.curve is not None else
-                      "off (plaintext on a network address)" if self.config.plaintext_remote() else "off (loopback)"),
-            "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),
-        }
-
-

@@ -19,18 +19,16 @@ the workers and the events for the daemon. A scan's life:
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from holostream.shared.messages import Frame, ProtocolError, ScanInfo
-from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, PartSpec, ScanBuffers, layout
+from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers
 from holostream.shared.settings import ReconstructionSettings
 from holostream.workers.binning import binned_center_px
 from holostream.workers.halfacq import detector_weights, is_half_acquisition, volume_width
-from holostream.workers.pipeline import plan_groups
 
 log = logging.getLogger(__name__)
 
@@ -320,94 +318,6 @@ class OpenScan:
         return lost
 
 
-@dataclass(frozen=True)
-class ScanPlan:
-    """A scan's angle groups and shared-memory layout, worked out before anything is made."""
-
-    groups: list
-    group_angles_deg: np.ndarray
-    weights: np.ndarray
-    n_slots: int
-    specs: dict[str, PartSpec]
-
-    @property
-    def nbytes(self) -> int:
-        """Shared memory the scan will hold (bytes): ring, reference, sinogram, volumes."""
-        return sum(spec.nbytes for spec in self.specs.values())
-
-    def describe(self) -> str:
-        """``"ring 0.52 GB, volumes 2.15 GB, ..."``: where the bytes go, for a refusal."""
-        return ", ".join(f"{part} {spec.nbytes / 1e9:.3g} GB" for part, spec in self.specs.items()
-                         if spec.nbytes >= 1e6)
-
-
-def plan_scan(info: ScanInfo, settings: ReconstructionSettings, ring_slots: int, n_partials: int,
-              split: bool) -> ScanPlan:
-    """The groups and buffer layout of a scan (see :func:`open_scan`); no side effect.
-
-    Raises
-    ------
-    ProtocolError
-        ``bad_field`` when the angles cannot be grouped.
-    """
-    angles = info.all_angles_deg()
-    if angles is None:  # angles come with the frames; plan with uniform placeholders
-        angles = np.linspace(0.0, 180.0, info.n_projections, endpoint=False)
-    rows, cols = info.shape
-    b = settings.binning
-    try:
-        groups, group_angles, weights = plan_groups(info.n_projections, settings.angle_binning, angles)
-    except ValueError as exc:
-        raise ProtocolError(f"scan_start {info.scan_id}: {exc}", "bad_field") from exc
-    n_slots = max(min(ring_slots, info.n_projections), max(len(g) for g in groups))
-    half = half_acquisition(info, b)  # a 360° offset-axis scan: the whole disc
-    specs = layout(info.shape, info.dtype, n_slots, len(groups), (rows // b, cols // b), n_partials,
-                   binned=split, volume_width=None if half is None else half[0])
-    return ScanPlan(groups, group_angles, weights, n_slots, specs)
-
-
-def open_scan(seq: int, info: ScanInfo, settings: ReconstructionSettings, prefix: str,
-              ring_slots: int, n_partials: int, split: bool, plan: ScanPlan | None = None) -> OpenScan:
-    """Plan the angle groups of a new scan (unless ``plan`` is given) and create its shared memory.
-
-    Parameters
-    ----------
-    seq : int
-        The scan's running number; its buffers are named ``<prefix>_<seq>_<part>``.
-    info, settings
-        The validated ``scan_start`` and the settings it runs with.
-    prefix : str
-        ``holostream_<daemon pid>``.
-    ring_slots : int
-        Frames the ring holds (``[ingest] ring_slots``; at least one angle group).
-    n_partials : int
-        Partial volumes (one per worker in pool mode, one in split mode).
-    split : bool
-        Split mode: also the ``binned`` and ``handoff`` parts.
-
-    Raises
-    ------
-    ProtocolError
-        ``bad_field`` when the angles cannot be grouped, ``no_memory`` when the shared
-        memory cannot be had.
-    """
-    plan = plan or plan_scan(info, settings, ring_slots, n_partials, split)
-    groups, group_angles, weights, n_slots = plan.groups, plan.group_angles_deg, plan.weights, plan.n_slots
-    try:
-        buffers = ScanBuffers.create(f"{prefix}_{seq}", plan.specs)
-    except (MemoryError, FileExistsError) as exc:
-        raise ProtocolError(f"scan_start {info.scan_id}: {exc}", "no_memory") from exc
-    # Touch every ring page now: a first write into fresh shared memory costs ~20x a warm
-    # copy (page allocation), which would otherwise halve the ingest rate.
-    t0 = time.monotonic()
-    buffers.ring.fill(0)
-    log.debug("ring of %.2f GB populated in %.2f s", buffers.ring.nbytes / 1e9, time.monotonic() - t0)
-    scan = OpenScan(seq, info, settings, buffers, groups, group_angles, weights)
-    log.info("scan %s open (seq %d): %d projections in %d groups, ring of %d slots, %.2f GB shared",
-             info.scan_id, seq, info.n_projections, len(groups), n_slots, buffers.nbytes / 1e9)
-    if info.n_darks == 0 and info.n_flats == 0:
-        scan.complete_reference()
-    return scan
 
 
 def half_acquisition(scan, binning: int) -> tuple[int, np.ndarray] | None:

@@ -209,7 +209,7 @@ def ingest_in_process(request):
     and its shared memory swept after the test."""
     from holostream.service.daemon.channels import make_channels
     from holostream.service.config import IngestConfig
-    from holostream.service.daemon.ingest import Ingest
+    from holostream.service.daemon.ingest_state import Ingest
     from holostream.shared.scanbuffers import sweep
     from holostream.shared.settings import ReconstructionSettings
 

@@ -9,7 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from holostream.service.daemon.scan import LOST_AFTER_S, OVERTAKEN_S, open_scan
+from holostream.service.daemon.scan import LOST_AFTER_S, OVERTAKEN_S
+from holostream.service.daemon.scanplan import open_scan
 from holostream.shared.messages import Frame, ProtocolError, ScanInfo
 from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, sweep
 from holostream.shared.settings import ReconstructionSettings
