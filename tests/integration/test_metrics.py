@@ -86,6 +86,8 @@ def test_metrics_during_and_after_a_live_scan(tmp_path, serve, small_scan_data):
         assert not errors, errors
 
         # after it: every counter equals status (the snapshot follows within status_interval_s)
+        frames = len(small_scan_data.darks) + len(small_scan_data.flats) + len(small_scan_data.angles_deg)
+        sent = 1 + frames + 2  # the bad one, the frames, scan_start and scan_end
         def consistent():
             status = daemon.status()
             samples = scrape(address)
@@ -93,14 +95,15 @@ def test_metrics_during_and_after_a_live_scan(tmp_path, serve, small_scan_data):
             reasons = status["ingest"]["rejected_by_reason"]
             pairs.update({f"rejected[{r}]": (value(samples, "holostream_frames_rejected_by_reason_total",
                                                    reason=r), float(n)) for r, n in reasons.items()})
-            if status["state"] == "idle" and all(a == b for a, b in pairs.values()):
+            # ingest's counters reach status a report (0.25 s) after its last message
+            if status["state"] == "idle" and status["frames_received"] == sent \
+                    and all(a == b for a, b in pairs.values()):
                 return samples, status
             return None
         samples, status = serve.wait_for(consistent, 20, "metrics equal to status")
         assert status["scans_completed"] == 1 and status["frames_rejected"] == 1
         assert value(samples, "holostream_frames_rejected_by_reason_total", reason="bad_json") == 1.0
-        frames = len(small_scan_data.darks) + len(small_scan_data.flats) + len(small_scan_data.angles_deg)
-        assert value(samples, "holostream_frames_received_total") == 1 + frames + 2  # bad one, frames, start, end
+        assert value(samples, "holostream_frames_received_total") == sent
         assert value(samples, "holostream_reconstructing") == 0.0
 
         # stage times: every angle group through every stage of the chain, one final volume

@@ -144,8 +144,12 @@ function renderStatus() {
   const s = view.status || {};
   const ingest = s.ingest || {};
   $("state").textContent = s.state || "–";
-  const used = s.n_projections_used ?? view.image?.meta.header.n_projections_used;
-  const expected = s.n_projections_expected ?? view.image?.meta.header.n_projections_expected;
+  // a final volume's numbers are the scan's last word; a status sent just before it lags behind
+  const header = view.image?.meta.header;
+  const final = header?.final && (!s.scan_id || s.scan_id === header.scan_id);
+  const used = final ? header.n_projections_used : (s.n_projections_used ?? header?.n_projections_used);
+  const expected = final ? header.n_projections_expected
+    : (s.n_projections_expected ?? header?.n_projections_expected);
   $("projections").textContent = used === undefined || used === null ? "–" : `${used} / ${expected}`;
   $("frames-per-s").textContent = fmt(s.frames_per_s ?? 0, 3);
   fillTable($("frames"), [["received", s.frames_received ?? 0], ["rejected", s.frames_rejected ?? 0],
