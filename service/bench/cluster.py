@@ -81,8 +81,10 @@ def engine_overhead(workers: int = 2, side: int = 682, n_tasks: int = 100) -> di
     report = {"workers": workers, "payload_bytes": payload.nbytes, "tasks": n_tasks,
               "compute_per_task_s": compute_s, "engines": {"dask": _dask_overhead(workers, side, n_tasks)}}
     try:
-        import ray  # noqa: F401 - only to know whether it can be measured
+        import ray
     except ImportError:
+        ray = None
+    if getattr(ray, "init", None) is None:  # absent, or only a namespace folder of that name
         report["engines"]["ray"] = "not installed"
     else:
         report["engines"]["ray"] = _ray_overhead(workers, side, n_tasks)
