@@ -17,16 +17,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
-from conftest import Daemon, holostream_shm, wait_for  # noqa: E402 - the test suite's daemon helper
+from conftest import Daemon, holostream_shm, pid_alive, wait_for  # noqa: E402 - the test suite's daemon helper
 
-
-def running(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie (a dead child not yet reaped by init)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def worker_case(tmp: Path) -> float:
@@ -64,7 +56,7 @@ def daemon_case(tmp: Path) -> tuple[float, float]:
         first.proc.send_signal(signal.SIGKILL)
         start = time.monotonic()
         first.proc.wait(10)
-        wait_for(lambda: not any(running(p) for p in children), 30, "the children to die")
+        wait_for(lambda: not any(pid_alive(p) for p in children), 30, "the children to die")
         children_s = time.monotonic() - start
         # what systemd does (Restart=on-failure): start the next one on the same addresses
         second = Daemon(tmp / "second", same_addresses_as=first)

@@ -49,6 +49,15 @@ def free_port() -> int:
     raise RuntimeError("no free TCP port below the ephemeral range")
 
 
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (a dead child not yet reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.05):
     """Poll ``condition()`` until it returns something truthy; fail after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
@@ -232,7 +241,7 @@ def ingest_in_process(request):
 def serve():
     """The helpers of this file for test modules (conftest is not importable by name)."""
     return SimpleNamespace(Daemon=Daemon, Subscriber=Subscriber, wait_for=wait_for, free_port=free_port,
-                           shm=holostream_shm, DELTA_BETA=DELTA_BETA)
+                           shm=holostream_shm, pid_alive=pid_alive, DELTA_BETA=DELTA_BETA)
 
 
 @pytest.fixture(scope="session")

@@ -18,14 +18,6 @@ from holostream.service.clients.detector import stream_scan
 pytestmark = pytest.mark.integration
 
 
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
 
 def _stream_quietly(address, scan_data, scan_id):
     try:
@@ -52,7 +44,7 @@ def test_sigkilled_daemon_takes_its_children_along_and_its_successor_sweeps(tmp_
         killed_at = time.monotonic()
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(10)
-        serve.wait_for(lambda: not any(pid_alive(p) for p in children), 10, "every child to die with the daemon")
+        serve.wait_for(lambda: not any(serve.pid_alive(p) for p in children), 10, "every child to die with the daemon")
         children_gone_s = time.monotonic() - killed_at
         assert serve.shm(first.proc.pid) == leftovers  # nobody was left to clean up
 

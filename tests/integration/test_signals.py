@@ -20,14 +20,6 @@ from holostream.workers.backend import gpu_available
 pytestmark = pytest.mark.integration
 
 
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
 
 def stream_in_background(address, scan_data, scan_id, **kwargs) -> threading.Thread:
     """A detector in a thread; it may fail once the daemon is gone (that is the point)."""
@@ -60,7 +52,7 @@ def test_sigterm_mid_scan_exits_cleanly(tmp_path, serve, small_scan_data):
         assert code == 0, daemon.log.read_text()
         assert seconds < 10
         assert serve.shm(daemon.proc.pid) == []
-        assert not any(pid_alive(p) for p in children)
+        assert not any(serve.pid_alive(p) for p in children)
         assert "stopped" in daemon.log.read_text()
     finally:
         daemon.close()
@@ -120,7 +112,7 @@ def test_killed_ingest_fails_its_scan_and_is_restarted(tmp_path, serve, small_sc
             lambda: (s := daemon.status())["ingest_restarts"] == 1 and s["state"] == "idle" and s, 15,
             "ingest to be restarted")
         assert status["scans_failed"] == 1 and "ingest process died" in status["last_error"]
-        assert status["ingest_pid"] != 0 and pid_alive(status["ingest_pid"])
+        assert status["ingest_pid"] != 0 and serve.pid_alive(status["ingest_pid"])
         sender.join(30)
         # the failed scan's shared memory is gone; the restarted ingest takes the next scan
         assert serve.shm(daemon.proc.pid) == []
@@ -194,7 +186,7 @@ def test_hung_ingest_is_killed_and_restarted(tmp_path, serve):
         os.kill(status["ingest_pid"], signal.SIGSTOP)  # alive, but silent
         restarted = serve.wait_for(lambda: (s := daemon.status())["ingest_restarts"] == 1 and s, 30,
                                    "the silent ingest to be replaced")
-        assert restarted["ingest_pid"] != status["ingest_pid"] and not pid_alive(status["ingest_pid"])
+        assert restarted["ingest_pid"] != status["ingest_pid"] and not serve.pid_alive(status["ingest_pid"])
         assert "silent" in daemon.log.read_text()
         reports = restarted["ingest_reports"]
         serve.wait_for(lambda: daemon.status()["ingest_reports"] > reports, 15, "the new ingest to report")
