@@ -59,7 +59,7 @@ def estimate_centre(scan, backend, guess_px: float | None = None):
 
 
 @dataclass
-class ScanPlan:
+class ReconstructionPlan:
     """What a whole-scan reconstruction is set up with: the pipeline, the angle groups, the disc.
 
     ``center_px`` is the axis offset in binned pixels; ``half`` says whether the scan is a
@@ -78,7 +78,7 @@ class ScanPlan:
     column_weights: Any
 
 
-def plan_scan(scan, settings: ReconstructionSettings, delta_beta: float, cor_px: float, backend) -> ScanPlan:
+def plan_reconstruction(scan, settings: ReconstructionSettings, delta_beta: float, cor_px: float, backend) -> ReconstructionPlan:
     """Set up the :class:`ProjectionPipeline` and angle groups of ``scan`` (whole volume or slices)."""
     from holostream.workers import halfacq, phasing
     from holostream.workers.flatfield import average_frames
@@ -102,7 +102,7 @@ def plan_scan(scan, settings: ReconstructionSettings, delta_beta: float, cor_px:
         getattr(scan, "half_acquisition", False))
     width = halfacq.volume_width(cols_b, center) if half else cols_b
     column_weights = backend.asarray(halfacq.detector_weights(cols_b, center)) if half else None
-    return ScanPlan(pipeline, chain, groups, group_angles_deg, weights, center, half, width, column_weights)
+    return ReconstructionPlan(pipeline, chain, groups, group_angles_deg, weights, center, half, width, column_weights)
 
 
 def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, cor_px: float | None,
@@ -151,7 +151,7 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
         (_log.info if estimate.trusted else _log.warning)(
             "%s: centre of rotation estimated at %+.2f px from the middle, confidence %.2f%s",
             scan.source, cor_px, cor_confidence, "" if estimate.trusted else " (LOW: do not trust it)")
-    plan = plan_scan(scan, settings, delta_beta, cor_px, backend)
+    plan = plan_reconstruction(scan, settings, delta_beta, cor_px, backend)
     pipeline, groups, group_angles_deg, weights = plan.pipeline, plan.groups, plan.angles_deg, plan.weights
     rows_b, cols_b = pipeline.binned_shape
     center, half, n, column_weights = plan.center_px, plan.half, plan.width, plan.column_weights

@@ -19,7 +19,7 @@ import re
 
 import numpy as np
 
-from holostream.service.offline import estimate_centre, plan_scan
+from holostream.service.offline import estimate_centre, plan_reconstruction
 from holostream.shared.settings import ReconstructionSettings
 from holostream.workers.backend import Backend
 
@@ -118,7 +118,7 @@ def reconstruct_slices(scan, settings: ReconstructionSettings, delta_beta: float
     cor_source = "given"
     if cor_px is None:
         cor_px, cor_source = estimate_centre(scan, backend, getattr(scan, "cor_guess_px", None)).cor_px, "estimated"
-    plan = plan_scan(scan, settings, delta_beta, cor_px, backend)
+    plan = plan_reconstruction(scan, settings, delta_beta, cor_px, backend)
     pipeline, groups, angles_deg, weights = plan.pipeline, plan.groups, plan.angles_deg, plan.weights
     rows_b, cols_b = pipeline.binned_shape
     center, half, n, column_weights = plan.center_px, plan.half, plan.width, plan.column_weights
