@@ -53,13 +53,26 @@ def add_control_options(parser) -> None:
     parser.add_argument("--config", metavar="FILE", help="the daemon's TOML configuration, to find its control address")
     parser.add_argument("--timeout", metavar="S", type=float, default=2.0,
                         help="seconds to wait for an answer (default 2)")
+    add_curve_options(parser)
+
+
+def add_curve_options(parser) -> None:
+    """``--curve-key FILE`` and ``--server-key FILE``: every client of the daemon's three sockets."""
     parser.add_argument("--curve-key", metavar="FILE",
                         help="this client's NAME.key_secret, when the daemon requires CURVE (docs/security.md)")
     parser.add_argument("--server-key", metavar="FILE", help="the daemon's public server.key (with --curve-key)")
 
 
 def curve_of(args) -> tuple[str, str] | None:
-    """``(client secret key file, server public key file)`` of the CURVE options, or None."""
+    """``(client secret key file, server public key file)`` of the CURVE options, or None.
+
+    Raises
+    ------
+    ValueError
+        ``--curve-key`` without ``--server-key`` (CURVE needs both).
+    """
+    if getattr(args, "curve_key", None) and not getattr(args, "server_key", None):
+        raise ValueError("--curve-key needs --server-key (the daemon's public server.key)")
     return (args.curve_key, args.server_key) if getattr(args, "curve_key", None) else None
 
 

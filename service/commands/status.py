@@ -64,14 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the status once or repeatedly; 1 when the daemon does not answer."""
     try:
-        address = control_address(args)
+        address, curve = control_address(args), curve_of(args)
     except ValueError as exc:
         print(f"holostream status: {exc}", file=sys.stderr)
         return 2
     try:
         while True:
             try:
-                reply = request(address, {"cmd": "status"}, args.timeout, curve=curve_of(args))
+                reply = request(address, {"cmd": "status"}, args.timeout, curve=curve)
             except (NoAnswer, KeyFileError) as exc:
                 print(f"holostream status: {exc}", file=sys.stderr)
                 return 1

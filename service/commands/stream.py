@@ -14,6 +14,7 @@ import sys
 
 import zmq
 
+from holostream.service.clients.control import add_curve_options, curve_of
 from holostream.service.clients.detector import (
     SEND_TIMEOUT_S,
     simulated_scan_data,
@@ -49,12 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, help="override: iterations of ap/raar")
     parser.add_argument("--filter", help="override: ram-lak|shepp-logan|cosine|hann")
     parser.add_argument("--publish-interval-s", type=float, help="override: seconds between live volumes")
+    add_curve_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """Stream the scan; prints frames/s and GB/s. Exit code 0, or 1 with the reason."""
     from pathlib import Path
 
+    from holostream.service.daemon.curve import KeyFileError
     from holostream.service.files.nxtomo import ScanFileError, read_scan
 
     try:
@@ -66,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
             scan_id = args.scan_id or Path(args.input).stem
         overrides = {k: getattr(args, k) for k in _SETTING_OPTIONS if getattr(args, k) is not None}
         result = stream_scan(args.address, scan_data, scan_id, args.fps, bind=args.bind,
-                             delta_beta=args.delta_beta, reconstruction=overrides, timeout_s=args.timeout)
-    except (ScanFileError, ValueError, TimeoutError, OSError, zmq.ZMQError) as exc:
+                             delta_beta=args.delta_beta, reconstruction=overrides, timeout_s=args.timeout,
+                             curve=curve_of(args))
+    except (ScanFileError, ValueError, TimeoutError, OSError, zmq.ZMQError, KeyFileError) as exc:
         print(f"holostream stream: {exc}", file=sys.stderr)
         return 1
     print(f"sent {result.frames} frames ({result.bytes / 1e9:.3f} GB) of {scan_id} in "

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from holostream.service.clients.control import add_curve_options, curve_of
 from holostream.service.clients.subscriber import DEFAULT_PUBLISH, MessageError, decode
 from holostream.service.files.volume import save_volume_h5
 
@@ -62,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-png", metavar="DIR", help="write the preview cuts to DIR/<scan_id>_<scan_seq>_<seq>_{z,y,x}.png")
     parser.add_argument("--timeout", metavar="S", type=float,
                         help="give up after S seconds without a volume (exit 1 if --count was not reached)")
+    add_curve_options(parser)
 
 
 def _next_message(sock: zmq.Socket, deadline: float | None):
@@ -81,10 +83,21 @@ def run(args: argparse.Namespace) -> int:
     for folder in (args.save_h5, args.save_png):
         if folder:
             Path(folder).mkdir(parents=True, exist_ok=True)
+    from holostream.service.daemon.curve import KeyFileError, connect_as_client
+
     context = zmq.Context()
     sock = context.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, 8)
+    try:
+        curve = curve_of(args)
+        if curve is not None:
+            connect_as_client(sock, *curve)
+    except (ValueError, KeyFileError) as exc:
+        print(f"holostream subscribe: {exc}", file=sys.stderr)
+        sock.close(linger=0)
+        context.term()
+        return 2
     sock.connect(args.publish)
     for topic in (b"volume", b"preview"):
         sock.setsockopt(zmq.SUBSCRIBE, topic)

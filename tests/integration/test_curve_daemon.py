@@ -54,6 +54,9 @@ def test_only_listed_keys_connect_and_only_admin_keys_set(tmp_path, serve, small
         changed = request(daemon.control, {"cmd": "set", "params": {"binning": 1}}, 2.0, curve=as_["operator"])
         assert changed["ok"], changed
 
+        def status_of(name):
+            return request(daemon.control, {"cmd": "status"}, 2.0, curve=as_[name])["status"]
+
         def subscriber(curve):
             sock = context.socket(zmq.SUB)
             sock.setsockopt(zmq.LINGER, 0)
@@ -70,11 +73,33 @@ def test_only_listed_keys_connect_and_only_admin_keys_set(tmp_path, serve, small
         with pytest.raises(TimeoutError):  # a detector without a key gets nowhere
             stream_scan(daemon.ingest, small_scan_data, "plain", timeout_s=2.0)
         stream_scan(daemon.ingest, small_scan_data, "signed", timeout_s=60.0, curve=as_["viewer"])
-        def status():
-            return request(daemon.control, {"cmd": "status"}, 2.0, curve=as_["viewer"])["status"]
-        serve.wait_for(lambda: status()["scans_completed"] == 1, 120, "the signed scan to complete")
+        serve.wait_for(lambda: status_of("viewer")["scans_completed"] == 1, 120, "the signed scan to complete")
+        # the commands' own key options: `holostream subscribe` receives the final volume, republished
+        # until it has (it may connect after any one republication)
+        keyed = ["--curve-key", as_["viewer"][0], "--server-key", server_public]
+        watcher = subprocess.Popen([sys.executable, "-m", "holostream.service.cli", "subscribe",
+                                    "--publish", daemon.publish, "--final-only", "--count", "1",
+                                    "--timeout", "120", *keyed], stdout=subprocess.PIPE, text=True)
+        try:
+            def received():
+                if watcher.poll() is not None:
+                    return True
+                assert request(daemon.control, {"cmd": "republish"}, 2.0, curve=as_["viewer"])["ok"]
+                return False
+            serve.wait_for(received, 120, "the keyed subscribe command to receive the final volume", interval_s=1.0)
+            printed, _ = watcher.communicate(timeout=30)
+        finally:
+            watcher.kill()
+        assert watcher.returncode == 0 and printed.startswith("signed") and "FINAL" in printed, printed
         # scan_start, 5 darks, 5 flats, 90 projections, scan_end; none of "plain" (ingest reports 4 times a s)
-        serve.wait_for(lambda: status()["frames_received"] == 102, 10, "ingest's count of the signed scan")
+        serve.wait_for(lambda: status_of("viewer")["frames_received"] == 102, 10, "ingest's count of the signed scan")
+        streamed = subprocess.run([sys.executable, "-m", "holostream.service.cli", "stream", "--simulate",
+                                   "--size", "32", "--projections", "20", "--darks", "2", "--flats", "2",
+                                   "--scan-id", "cli", "--delta-beta", "100", "--address", daemon.ingest,
+                                   "--timeout", "60", *keyed], capture_output=True, text=True, timeout=120)
+        assert streamed.returncode == 0, streamed.stderr
+        serve.wait_for(lambda: status_of("viewer")["frames_received"] == 102 + 26, 30,
+                       "ingest's count of the scan sent by `holostream stream` with keys")
     finally:
         context.destroy(linger=0)
         daemon.close()
