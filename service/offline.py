@@ -140,7 +140,7 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
     """
     from holostream.workers import phasing
     from holostream.workers.fbp import VolumeAccumulator
-    from holostream.workers.ring import remove_stripes
+    from holostream.workers.ring import STREAMING_RING_FILTERS, remove_stripes, stripes_volume
 
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
@@ -165,7 +165,9 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
     # The ring filter works on whole sinograms: then every δ projection is kept (one float32
     # binned frame per angle group) until all are in, and back-projected after it.
     whole = None
-    if settings.ring_filter != "none":
+    streaming = settings.ring_filter in STREAMING_RING_FILTERS
+    delta_sum = backend.xp.zeros((rows_b, cols_b), dtype=backend.xp.float64) if streaming else None
+    if settings.ring_filter != "none" and not streaming:
         whole = backend.xp.empty((len(groups), rows_b, cols_b), dtype=backend.xp.float32)
         for start in range(0, len(groups), batch):
             whole[start : start + batch] = deltas(groups[start : start + batch])
@@ -173,13 +175,20 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
     for start in range(0, len(groups), batch):
         chunk = groups[start : start + batch]
         delta = deltas(chunk) if whole is None else whole[start : start + batch]
+        if delta_sum is not None:  # the live daemon's running mean, in the same order
+            for j in range(len(chunk)):
+                delta_sum += weights[start + j] * delta[j]
         filtered = pipeline.ramp(delta if column_weights is None else delta * column_weights)
         for j in range(len(chunk)):
             g = start + j
             accumulator.add(g, filtered[j], math.radians(group_angles_deg[g]), weights[g])
         if progress is not None:
             progress(start + len(chunk), len(groups))
-    volume = backend.to_host(accumulator.volume()).astype(np.float32, copy=False)
+    volume = accumulator.volume()
+    if delta_sum is not None:
+        volume -= stripes_volume(pipeline, delta_sum / float(np.sum(weights)), column_weights,
+                                 np.radians(group_angles_deg), weights, center, volume.shape, backend)
+    volume = backend.to_host(volume).astype(np.float32, copy=False)
     attrs = {
         "voxel_size_m": pipeline.voxel_size_m,
         "binning": settings.binning,
