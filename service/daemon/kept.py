@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from holostream.service.daemon.centre import LiveCentre, recentred_volume
+from holostream.service.daemon.rings import LiveRings
 from holostream.service.daemon.volumes import LiveScan
 from holostream.workers.backend import Backend
 
@@ -46,6 +47,7 @@ class KeptScan:
     groups: dict[int, tuple[float, float, int]]
     centre: LiveCentre
     shape: tuple[int, ...]
+    rings: LiveRings | None = None  # the final volume's streaming ring filter, subtracted again
 
     @classmethod
     def of(cls, state: LiveScan, header: dict[str, Any], limit_mb: float) -> "KeptScan | None":
@@ -61,7 +63,7 @@ class KeptScan:
         sinogram = np.array(state.buffers.sinogram[keys])  # a private copy: the shm goes away
         groups = {i: state.groups[g] for i, g in enumerate(keys)}
         return cls(dict(header), sinogram, groups, copy.copy(state.centre),
-                   tuple(state.buffers.volume.shape[1:]))
+                   tuple(state.buffers.volume.shape[1:]), copy.copy(state.rings))
 
     @property
     def scan_id(self) -> str:
@@ -82,6 +84,9 @@ class KeptScan:
         self.centre.set_by_operator(cor_px)
         volume = recentred_volume(self.sinogram, self.groups, self.centre.binned_px, self.shape,
                                   backend, final=True)
+        if self.rings is not None and self.rings.applied != "none":
+            volume = self.rings.subtract(volume, self.rings.last_stripes, self.groups,
+                                         self.centre.binned_px, True, backend)
         header = {k: v for k, v in self.header.items() if k not in ("cor_confidence", "republished")}
         header.update(self.centre.fields(), seq=int(self.header["seq"]) + 1, timestamp=time.time(),
                       recentred={"from_cor_px": before["cor_px"], "from_cor_source": before["cor_source"]})

@@ -86,7 +86,7 @@ def test_operator_sets_the_centre_of_the_current_scan(daemon, subscriber, offset
     header, _ = volumes[-1]
     assert header["cor_source"] == "operator" and header["cor_px"] == 6.0
     assert "cor_confidence" not in header
-    assert daemon.ask({"cmd": "config"})["ring_filters"] == ["none", "sorting"]
+    assert daemon.ask({"cmd": "config"})["ring_filters"] == ["none", "sorting", "column-mean"]
 
     # after the scan's end: its final volume again, re-centred from the kept sinogram
     final_header, final = volumes[-1]
