@@ -37,3 +37,30 @@ def test_weighted_ramp_matches_numpy():
     ours = RampFilter(64, CPU)(projections * weights)
     theirs = gpu.to_host(RampFilter(64, gpu)(gpu.asarray(projections) * gpu.asarray(weights)))
     np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-5 * np.abs(ours).max())
+
+
+def test_column_mean_filter_and_its_volume_match_numpy():
+    from holostream.service.daemon.rings import DeltaSum
+    from holostream.workers.ring import column_stripes, ring_volume
+
+    gpu = get_backend("gpu")
+    rng = np.random.default_rng(2)
+    sinograms = rng.normal(0, 1, (90, 4, 64)).astype(np.float32)
+    sinograms[:, :, 20] += 0.3
+    ours = remove_stripes("column-mean", sinograms, CPU)
+    theirs = gpu.to_host(remove_stripes("column-mean", gpu.asarray(sinograms), gpu))
+    np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-5)
+
+    # the workers' running sum on the device, then the daemon's stripes volume
+    weights = np.full(90, np.pi / 90)
+    on_gpu = DeltaSum("column-mean", (4, 64), gpu)
+    on_gpu.add(gpu.asarray(sinograms), weights)
+    shared = np.zeros((4, 64))
+    on_gpu.commit(shared)
+    np.testing.assert_allclose(shared, np.tensordot(weights, sinograms.astype(np.float64), axes=1),
+                               rtol=1e-6, atol=1e-9)
+    angles = np.linspace(0, np.pi, 90, endpoint=False)
+    stripes = column_stripes(shared / np.pi, CPU)
+    ours = ring_volume(stripes, angles, weights, 1.5, (4, 64, 64), CPU)
+    theirs = gpu.to_host(ring_volume(gpu.asarray(stripes), angles, weights, 1.5, (4, 64, 64), gpu))
+    np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-5 * np.abs(ours).max())

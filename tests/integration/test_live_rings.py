@@ -60,7 +60,9 @@ def _rms(volume):
     return float(np.sqrt(np.mean(_inside(volume) ** 2)))
 
 
-def _stream(serve, daemon, scan_data, scan_id):
+def _stream(serve, daemon, scan_data, scan_id, recentre_px=None):
+    """Every volume of the scan up to its final one (and, with ``recentre_px``, the kept
+    scan's final volume re-centred there by the operator after the end)."""
     sub = serve.Subscriber(daemon.publish)
     try:
         sub.wait_connected()
@@ -78,6 +80,10 @@ def _stream(serve, daemon, scan_data, scan_id):
         volumes = sub.volumes_until_final(scan_id, timeout_s=90)
         sender.join(30)
         assert not errors
+        if recentre_px is not None:
+            reply = daemon.ask({"cmd": "set", "params": {"cor_px": recentre_px}})
+            assert reply.get("ok", True) and "republishes" in str(reply), reply
+            volumes += sub.volumes_until_final(scan_id, timeout_s=60)
         return volumes
     finally:
         sub.close()
@@ -91,9 +97,15 @@ def test_live_ring_filter_equals_offline_and_removes_the_rings(tmp_path, serve, 
         daemon.wait_ready()
         if mode == "split":
             serve.wait_for(lambda: daemon.status()["reconstructor"]["alive"], 30, "the reconstructor")
-        volumes = _stream(serve, daemon, bad, f"rings_{mode}")
+        volumes = _stream(serve, daemon, bad, f"rings_{mode}", 1.5 if mode == "pool" else None)
     finally:
         daemon.close()
+    if mode == "pool":  # the kept scan re-centred after its end keeps its ring filter
+        header, recentred = volumes.pop()
+        assert header["recentred"] and header["ring_filter"] == "column-mean"
+        volume, _ = reconstruct_scan(bad, ReconstructionSettings(**SETTINGS), DELTA_BETA, 1.5,
+                                     get_backend("cpu", threads=1))
+        np.testing.assert_allclose(recentred, volume, rtol=0, atol=2e-5 * float(np.abs(volume).max()))
     header, final = volumes[-1]
     assert header["final"] and header["ring_filter"] == "column-mean"
     # a live volume says what it had: none before half of the angles, the filter after
