@@ -8,6 +8,9 @@ def test_whole_scan_timings_report_ring_filter_and_centre(cpu_backend):
     ring = out["ring filter (sorting)"]
     assert ring["projections"] == 24 and ring["seconds"] > 0 and "scaled to 32" in ring["note"]
     assert out["centre estimate"]["seconds_per_scan"] > 0 and out["centre estimate"]["angles"] == 24
+    running = out["ring filter (column-mean), running sum"]
+    assert running["projections"] == 1 and running["seconds"] > 0
+    assert out["ring filter (column-mean), per published volume"]["seconds_per_volume"] > 0
 
 
 def test_status_text_shows_the_centre_and_a_low_confidence():
