@@ -140,7 +140,7 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
     """
     from holostream.workers import phasing
     from holostream.workers.fbp import VolumeAccumulator
-    from holostream.workers.ring import STREAMING_RING_FILTERS, remove_stripes, stripes_volume
+    from holostream.workers.ring import STREAMING_RING_FILTERS, absorption, remove_stripes, stripes_volume
 
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
@@ -157,27 +157,27 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
     center, half, n, column_weights = plan.center_px, plan.half, plan.width, plan.column_weights
     # every angle is known up front, so nothing is reweighted: keep no filtered projections
     accumulator = VolumeAccumulator((rows_b, n, n), center, backend, keep_filtered=False)
-    def deltas(chunk):
-        return pipeline.delta_from_transmission(pipeline.transmissions(
-            [scan.projections[g.start : g.stop] for g in chunk],
-            [np.arange(g.start, g.stop) for g in chunk]))
+    def deltas(chunk, first: int):
+        transmissions = pipeline.transmissions([scan.projections[g.start : g.stop] for g in chunk],
+                                               [np.arange(g.start, g.stop) for g in chunk])
+        if absorption_sum is not None:  # the live daemon's running mean, in the same order
+            for j in range(len(chunk)):
+                absorption_sum[...] += weights[first + j] * absorption(transmissions[j], backend)
+        return pipeline.delta_from_transmission(transmissions)
 
     # The ring filter works on whole sinograms: then every δ projection is kept (one float32
     # binned frame per angle group) until all are in, and back-projected after it.
     whole = None
     streaming = settings.ring_filter in STREAMING_RING_FILTERS
-    delta_sum = backend.xp.zeros((rows_b, cols_b), dtype=backend.xp.float64) if streaming else None
+    absorption_sum = backend.xp.zeros((rows_b, cols_b), dtype=backend.xp.float64) if streaming else None
     if settings.ring_filter != "none" and not streaming:
         whole = backend.xp.empty((len(groups), rows_b, cols_b), dtype=backend.xp.float32)
         for start in range(0, len(groups), batch):
-            whole[start : start + batch] = deltas(groups[start : start + batch])
+            whole[start : start + batch] = deltas(groups[start : start + batch], start)
         whole = remove_stripes(settings.ring_filter, whole, backend)
     for start in range(0, len(groups), batch):
         chunk = groups[start : start + batch]
-        delta = deltas(chunk) if whole is None else whole[start : start + batch]
-        if delta_sum is not None:  # the live daemon's running mean, in the same order
-            for j in range(len(chunk)):
-                delta_sum += weights[start + j] * delta[j]
+        delta = deltas(chunk, start) if whole is None else whole[start : start + batch]
         filtered = pipeline.ramp(delta if column_weights is None else delta * column_weights)
         for j in range(len(chunk)):
             g = start + j
@@ -185,8 +185,8 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
         if progress is not None:
             progress(start + len(chunk), len(groups))
     volume = accumulator.volume()
-    if delta_sum is not None:
-        volume -= stripes_volume(pipeline, delta_sum / float(np.sum(weights)), column_weights,
+    if absorption_sum is not None:
+        volume -= stripes_volume(pipeline, absorption_sum / float(np.sum(weights)), column_weights,
                                  np.radians(group_angles_deg), weights, center, volume.shape, backend)
     volume = backend.to_host(volume).astype(np.float32, copy=False)
     attrs = {

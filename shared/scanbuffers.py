@@ -79,8 +79,8 @@ def layout(frame_shape: tuple[int, int], frame_dtype: str, n_slots: int, n_group
         ``ring`` (n_slots, rows, cols) frame dtype; ``reference`` float32 (2, rows, cols)
         (dark mean, flat mean); ``sinogram`` float32 (n_groups, rows_b, cols_b);
         ``volume`` float32 (n_workers, rows_b, n, n) with ``n = volume_width or cols_b``;
-        ``weights`` float64 (n_workers,); ``delta_sum`` float64 (n_workers, rows_b, cols_b),
-        each partial's Σ weight·δ of its groups before the ramp filter (ring filter);
+        ``weights`` float64 (n_workers,); ``absorption_sum`` float64 (n_workers, rows_b, cols_b),
+        each partial's Σ weight·(-ln transmission) of its groups (the ring filter's mean);
         with ``binned``, also ``binned`` float32 (n_groups, rows_b, cols_b) and
         ``handoff`` float64 (n_groups, 5).
     """
@@ -98,8 +98,8 @@ def layout(frame_shape: tuple[int, int], frame_dtype: str, n_slots: int, n_group
         "sinogram": PartSpec("float32", (n_groups, rows_b, cols_b)),
         "volume": PartSpec("float32", (n_workers, rows_b, n, n)),
         "weights": PartSpec("float64", (n_workers,)),
-        # Σ weight·δ (before the ramp filter) of each partial: the streaming ring filter's mean
-        "delta_sum": PartSpec("float64", (n_workers, rows_b, cols_b)),
+        # Σ weight·(-ln transmission) of each partial: the streaming ring filter's mean
+        "absorption_sum": PartSpec("float64", (n_workers, rows_b, cols_b)),
     }
     if binned:
         # indexed by group, like sinogram: a slot is never reused within a scan, so a group
@@ -161,7 +161,7 @@ class ScanBuffers:
 
     Use :meth:`create` (owner) or :meth:`attach` (everyone else); pass
     :meth:`description` through queues. Attributes ``ring``, ``reference``, ``sinogram``,
-    ``volume``, ``weights``, ``delta_sum`` (and ``binned`` in split mode) are the arrays of :func:`layout`;
+    ``volume``, ``weights``, ``absorption_sum`` (and ``binned`` in split mode) are the arrays of :func:`layout`;
     ``arrays`` maps every part.
     """
 
@@ -201,9 +201,9 @@ class ScanBuffers:
         return self.arrays["weights"]
 
     @property
-    def delta_sum(self) -> np.ndarray:
-        """float64 ``(n_workers, rows_b, cols_b)``: Σ weight·δ before the ramp filter, per worker."""
-        return self.arrays["delta_sum"]
+    def absorption_sum(self) -> np.ndarray:
+        """float64 ``(n_workers, rows_b, cols_b)``: Σ weight·(-ln transmission), per worker."""
+        return self.arrays["absorption_sum"]
 
     @property
     def binned(self) -> np.ndarray:

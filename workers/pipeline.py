@@ -200,22 +200,9 @@ class ProjectionPipeline:
         array of shape (n, rows_b, cols_b) (or (rows_b, cols_b) for one), float32, on the backend
             Ramp-filtered ``∫δ dl / voxel_size_m``, ready for back-projection.
         """
-        return self.filter_delta(self.delta_from_transmission(stack))
-
-    def filter_delta(self, delta):
-        """Ramp-filtered δ projections (after the half-acquisition detector weights, if any).
-
-        Parameters
-        ----------
-        delta : array of shape (n, rows_b, cols_b), float32, on the backend
-            :meth:`delta_from_transmission` (left unchanged).
-
-        Returns
-        -------
-        array of the same shape, float32, on the backend
-        """
+        delta = self.delta_from_transmission(stack)
         if self.column_weights is not None:
-            delta = delta * self.column_weights
+            delta *= self.column_weights
         return self.ramp(delta)
 
     def delta_from_transmission(self, stack):

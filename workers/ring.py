@@ -14,14 +14,18 @@ Paganin low-pass already spreads the stripes thin, while the sample's own fine f
 like stripes to the filter: there it removed next to nothing and lowered the correlation by
 0.001–0.01. Hence it is off by default (``ring_filter = "none"``).
 
-:func:`column_stripes` (``"column-mean"``) is the streaming one: a column error adds the same
-value at every angle, so it is estimated from the mean over the angles of the projected δ
-(the sample's part of that mean is smooth across the columns, averaged over the rotation)
-less its running median across the columns, and subtracted from every projection. Being an
-angle-independent correction, it commutes with the (linear) ramp filter and back-projection:
-the live daemon keeps only a running Σ weight·δ per worker and subtracts the back-projection
-of the ramp-filtered stripes from any volume at publish time (:func:`ring_volume`), which
-gives the same volume as filtering the whole sinogram first (tests/unit/test_ring_live.py).
+:func:`column_stripes` (``"column-mean"``) is the streaming one. A column gain error
+multiplies the transmission by the same factor at every angle: an offset of ``-ln T`` on one
+column, whatever the sample. It is estimated *before* phase retrieval, where it is still one
+column wide (Paganin's low-pass spreads it into a band of tens of columns that no filter on
+the δ sinogram separates from the sample, BENCHMARKS.md issue 10 part 2), as the mean over
+the angles of ``-ln T`` less its running median across the columns (the sample's part of
+that mean is smooth, averaged over the rotation). Its effect on δ is that of the phase
+retrieval on the flat image ``exp(stripes)`` (linearised: a gain error of a few per cent);
+it is the same at every angle, so it commutes with the (linear) ramp filter and
+back-projection: the live daemon keeps only a running Σ weight·(-ln T) per worker and
+subtracts the back-projection of the filtered correction from any volume at publish time
+(:func:`stripes_volume`), the same volume as correcting every projection first.
 """
 
 
@@ -108,14 +112,15 @@ def remove_stripes_sorting(sinograms, backend: Backend, window_px: int = DEFAULT
     return out
 
 
-def column_stripes(mean_delta, backend: Backend, window_px: int = DEFAULT_WINDOW_PX):
+def column_stripes(mean_projection, backend: Backend, window_px: int = DEFAULT_WINDOW_PX):
     """The stripes of a scan: its mean projection less that mean's running median across columns.
 
     Parameters
     ----------
-    mean_delta : array of shape (rows, cols), float
-        Mean over the angles (angle-weighted) of the projected δ, pixels, before the ramp
-        filter: a column error is there a one-column offset, the sample a smooth profile.
+    mean_projection : array of shape (rows, cols), float
+        Mean over the angles (angle-weighted) of ``-ln T`` (or of the projected δ without
+        phase retrieval): a column error is there a one-column offset, the sample a smooth
+        profile.
     backend : Backend
     window_px : int
         Running-median window across the columns (odd), pixels.
@@ -123,10 +128,10 @@ def column_stripes(mean_delta, backend: Backend, window_px: int = DEFAULT_WINDOW
     Returns
     -------
     array of shape (rows, cols), float32, on the backend
-        The value to subtract from every projection (δ px).
+        The value to subtract from every projection (units of ``mean_projection``).
     """
     xp = backend.xp
-    m = xp.asarray(mean_delta, dtype=xp.float32)
+    m = xp.asarray(mean_projection, dtype=xp.float32)
     if m.ndim != 2 or m.shape[1] < 3:
         raise ValueError(f"need a mean projection (rows, cols >= 3), got shape {m.shape}")
     window = min(int(window_px) | 1, (m.shape[1] - 1) | 1)
@@ -142,7 +147,7 @@ def ring_volume(filtered_stripes, angles_rad, weights, center_px: float, shape, 
     Parameters
     ----------
     filtered_stripes : array of shape (rows, cols), float
-        ``r``: the ramp filter of :func:`column_stripes` (after any detector weights).
+        ``r``: :func:`filtered_stripes`.
     angles_rad, weights : array of shape (n,)
         The volume's angles (radians) and weights (radians; their sum normalises).
     center_px : float
@@ -174,18 +179,50 @@ def ring_volume(filtered_stripes, angles_rad, weights, center_px: float, shape, 
     return volume
 
 
-def stripes_volume(pipeline, mean_delta, column_weights, angles_rad, weights, center_px: float,
-                   shape, backend: Backend, window_px: int = DEFAULT_WINDOW_PX):
-    """What the ``"column-mean"`` filter subtracts from a volume, from the scan's mean projection.
+def absorption(transmission, backend: Backend):
+    """``-ln T`` as the ring filter averages it (float64; T clipped at 1e-6 against noise <= 0)."""
+    xp = backend.xp
+    return -xp.log(xp.clip(xp.asarray(transmission, dtype=xp.float64), 1e-6, None))
+
+
+def filtered_stripes(pipeline, mean_absorption, column_weights, backend: Backend,
+                     window_px: int = DEFAULT_WINDOW_PX):
+    """What the ``"column-mean"`` filter subtracts from every filtered projection.
 
     Parameters
     ----------
     pipeline : ProjectionPipeline
-        Its ``ramp`` filter is the volume's.
-    mean_delta : array of shape (rows_b, cols_b), float
-        Angle-weighted mean of the projected δ (before detector weights and the ramp filter).
+        The scan's: its phase retrieval and ramp filter.
+    mean_absorption : array of shape (rows_b, cols_b), float
+        Angle-weighted mean of :func:`absorption` of the binned transmissions.
     column_weights : array of shape (cols_b,) or None
-        The half-acquisition detector weights the projections had before the ramp filter.
+        The half-acquisition detector weights the projections get before the ramp filter.
+    backend : Backend
+    window_px : int
+        See :func:`column_stripes`.
+
+    Returns
+    -------
+    array of shape (rows_b, cols_b), float32, on the backend
+        ``ramp(weights · (δ(1) - δ(exp(stripes))))``: the change of every filtered projection
+        when its transmission is divided by the columns' gain errors (linearised).
+    """
+    xp = backend.xp
+    stripes = column_stripes(mean_absorption, backend, window_px)
+    corrected = pipeline.delta_from_transmission(xp.stack([xp.exp(stripes), xp.ones_like(stripes)]))
+    change = corrected[1] - corrected[0]
+    if column_weights is not None:
+        change = change * xp.asarray(column_weights, dtype=xp.float32)
+    return pipeline.ramp(change[None])[0]
+
+
+def stripes_volume(pipeline, mean_absorption, column_weights, angles_rad, weights,
+                   center_px: float, shape, backend: Backend, window_px: int = DEFAULT_WINDOW_PX):
+    """What the ``"column-mean"`` filter subtracts from a volume, from the scan's mean ``-ln T``.
+
+    Parameters
+    ----------
+    pipeline, mean_absorption, column_weights : see :func:`filtered_stripes`.
     angles_rad, weights, center_px, shape : see :func:`ring_volume`.
     backend : Backend
     window_px : int
@@ -195,9 +232,5 @@ def stripes_volume(pipeline, mean_delta, column_weights, angles_rad, weights, ce
     -------
     array of ``shape``, float32, on the backend
     """
-    xp = backend.xp
-    stripes = column_stripes(mean_delta, backend, window_px)
-    if column_weights is not None:
-        stripes = stripes * xp.asarray(column_weights, dtype=xp.float32)
-    filtered = pipeline.ramp(stripes[None])[0]
+    filtered = filtered_stripes(pipeline, mean_absorption, column_weights, backend, window_px)
     return ring_volume(filtered, angles_rad, weights, center_px, shape, backend)

@@ -63,7 +63,7 @@ class KeptScan:
         sinogram = np.array(state.buffers.sinogram[keys])  # a private copy: the shm goes away
         groups = {i: state.groups[g] for i, g in enumerate(keys)}
         return cls(dict(header), sinogram, groups, copy.copy(state.centre),
-                   tuple(state.buffers.volume.shape[1:]), copy.copy(state.rings))
+                   tuple(state.buffers.volume.shape[1:]), state.rings.detached())
 
     @property
     def scan_id(self) -> str:

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from holostream.service.daemon.channels import Channels
-from holostream.service.daemon.rings import DeltaSum
+from holostream.service.daemon.rings import AbsorptionSum
 from holostream.service.daemon.worker import build_pipeline, choose_backend
 from holostream.shared.messages import ScanInfo
 from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers
@@ -76,7 +76,7 @@ class ScanReconstruction:
         # (the volume header says "cor_source": "estimated", "cor_confidence": 0).
         self.center_px = self.pipeline.center_px(self.scan.cor_px or 0.0)
         self.uncommitted: list[dict[str, Any]] = []  # the messages of the accumulated groups
-        self.stripes = DeltaSum(settings.ring_filter, self.pipeline.binned_shape, backend)
+        self.stripes = AbsorptionSum(settings.ring_filter, self.pipeline.binned_shape, backend)
         self.uncommitted_weight = 0.0
         self.last_used = self.last_commit = time.monotonic()
         self.commit_seconds = 0.0  # what the last commit took (a whole-volume copy on a GPU)
@@ -90,9 +90,8 @@ class ScanReconstruction:
         self.last_used = time.monotonic()
         groups = [int(m["group"]) for m in messages]
         stack = self.backend.asarray(self.buffers.binned[groups])
-        delta = self.pipeline.delta_from_transmission(stack)
-        filtered = self.pipeline.filter_delta(delta)
-        self.stripes.add(delta, [float(m["weight"]) for m in messages])
+        filtered = self.pipeline.filtered_from_transmission(stack)
+        self.stripes.add(stack, [float(m["weight"]) for m in messages])
         self.buffers.sinogram[groups] = self.backend.to_host(filtered)
         angles_rad = np.radians([float(m["angle_deg"]) for m in messages])
         weights = np.array([float(m["weight"]) for m in messages])
@@ -120,7 +119,7 @@ class ScanReconstruction:
         """
         start = time.monotonic()
         self.shared_volume += self.backend.to_host(self.accumulator)
-        self.stripes.commit(self.buffers.delta_sum[0])
+        self.stripes.commit(self.buffers.absorption_sum[0])
         self.buffers.weights[0] += self.uncommitted_weight
         for m in self.uncommitted:
             self.buffers.handoff[int(m["group"])] = (HANDOFF_COMMITTED, float(m["angle_deg"]),

@@ -1,12 +1,13 @@
 """The streaming ring filter of a live scan (``ring_filter = "column-mean"``, workers/ring.py).
 
-Each worker (and the split mode's reconstructor) adds ``weight·δ`` of its groups, before the
-ramp filter, to its row of ``delta_sum`` in the scan's shared memory when it commits them
-(:class:`DeltaSum`). At publish time the daemon divides the sum by the committed weights,
-takes the stripes of that mean projection, ramp-filters them and subtracts their
-back-projection at the volume's angles from the volume (:class:`LiveRings`): the same
-volume as filtering the whole sinogram first, as ``holostream reconstruct`` does, at the
-cost of one back-projection pass per published volume (BENCHMARKS.md, issue 10 part 2).
+Each worker (and the split mode's reconstructor) adds ``weight·(-ln T)`` of its groups' binned
+transmissions to its row of ``absorption_sum`` in the scan's shared memory when it commits
+them (:class:`AbsorptionSum`). At publish time the daemon divides the sum by the committed
+weights, takes the stripes of that mean, turns them into the change of every filtered
+projection (phase retrieval and ramp filter of the scan, :func:`filtered_stripes`) and
+subtracts its back-projection at the volume's angles from the volume (:class:`LiveRings`):
+the volume ``holostream reconstruct`` makes of the same frames, at the cost of one
+back-projection pass per published volume (BENCHMARKS.md, issue 10 part 2).
 """
 
 from __future__ import annotations
@@ -18,17 +19,16 @@ from typing import Any
 import numpy as np
 
 from holostream.workers.backend import Backend
-from holostream.workers.fbp import RampFilter, angle_weights
-from holostream.workers.halfacq import detector_weights
-from holostream.workers.ring import STREAMING_RING_FILTERS, column_stripes, ring_volume
+from holostream.workers.fbp import angle_weights
+from holostream.workers.ring import STREAMING_RING_FILTERS, absorption, filtered_stripes, ring_volume
 
 #: Live volumes are filtered once the arrived weights cover this fraction of π: before,
 #: the mean over a few angles still shows the sample's own structure, not only the stripes.
 _MIN_COVERAGE = 0.5
 
 
-class DeltaSum:
-    """A worker's Σ weight·δ of its groups not yet committed (nothing unless the filter streams).
+class AbsorptionSum:
+    """A worker's Σ weight·(-ln T) of its groups not yet committed (nothing unless the filter streams).
 
     Parameters
     ----------
@@ -43,14 +43,14 @@ class DeltaSum:
         self.active = ring_filter in STREAMING_RING_FILTERS
         self.sum = backend.xp.zeros(tuple(binned_shape), dtype=backend.xp.float64) if self.active else None
 
-    def add(self, delta, weights) -> None:
-        """Add ``Σ_i weights[i]·delta[i]`` (``delta`` (n, rows_b, cols_b) on the backend)."""
+    def add(self, transmissions, weights) -> None:
+        """Add ``Σ_i weights[i]·(-ln transmissions[i])`` (binned, (n, rows_b, cols_b), on the backend)."""
         if self.active:
-            xp = self.backend.xp
-            self.sum += xp.tensordot(xp.asarray(weights, dtype=xp.float64), delta, axes=1)
+            for t, w in zip(transmissions, weights):  # one by one, in the order offline adds them
+                self.sum += float(w) * absorption(t, self.backend)
 
     def commit(self, shared: np.ndarray) -> None:
-        """Add the uncommitted sum to ``shared`` (the partial's ``delta_sum`` row) and restart."""
+        """Add the uncommitted sum to ``shared`` (the partial's ``absorption_sum`` row) and restart."""
         if self.active:
             shared += self.backend.to_host(self.sum)
             self.sum.fill(0.0)
@@ -72,54 +72,60 @@ class LiveRings:
     """
 
     method: str
-    filter_window: str
-    cols: int
-    binning: int
+    scan: dict[str, Any]
+    settings: dict[str, Any]
     applied: str = "none"
     last_stripes: np.ndarray | None = None
-    _ramp: Any = field(default=None, repr=False)
+    _pipeline: Any = field(default=None, repr=False)
 
     @classmethod
     def of_scan(cls, scan: dict[str, Any], settings: dict[str, Any]) -> "LiveRings":
-        return cls(str(settings.get("ring_filter", "none")), str(settings["filter"]),
-                   int(scan["shape"][1]), int(settings["binning"]))
+        return cls(str(settings.get("ring_filter", "none")), scan, settings)
 
     @property
     def streams(self) -> bool:
         return self.method in STREAMING_RING_FILTERS
 
-    def stripes(self, delta_sum: np.ndarray, weights: np.ndarray, workers_center_px: float,
-                half: bool, backend: Backend):
-        """The ramp-filtered stripes of the mean projection so far (None: not enough angles yet).
+    def stripes(self, buffers: Any, half: bool, backend: Backend):
+        """The filtered stripes of the mean ``-ln T`` so far (None: not enough angles yet).
 
         Parameters
         ----------
-        delta_sum : ndarray, float64, shape (n_partials, rows_b, cols_b)
-            The partials' Σ weight·δ (shared memory).
-        weights : ndarray, float64, shape (n_partials,)
-            Their committed Σ weight (radians).
-        workers_center_px : float
-            The axis the workers used (binned px): the half-acquisition detector weights.
+        buffers : ScanBuffers
+            The scan's: ``absorption_sum`` and ``weights`` (the partials' committed Σ weight,
+            radians), ``reference`` (dark and flat, for the scan's pipeline).
         half : bool
-            A half-acquisition scan (its projections were weighted before the ramp filter).
+            A half-acquisition scan (its projections are weighted before the ramp filter).
         backend : Backend
 
         Returns
         -------
         array of shape (rows_b, cols_b), float32, on the backend, or None
         """
-        total = float(np.sum(weights))
+        weights = np.array(buffers.weights, dtype=np.float64)  # a snapshot, before the sums
+        total = float(weights.sum())
         if not self.streams or total < _MIN_COVERAGE * math.pi:
             return None
-        xp = backend.xp
-        mean = backend.asarray(np.sum(delta_sum, axis=0) / total)
-        stripes = column_stripes(mean, backend)
-        cols_b = stripes.shape[1]
-        if half:
-            stripes = stripes * xp.asarray(detector_weights(cols_b, workers_center_px))
-        if self._ramp is None:
-            self._ramp = RampFilter(cols_b, backend, window=self.filter_window)
-        return self._ramp(stripes[None])[0]
+        mean = backend.asarray(np.sum(buffers.absorption_sum, axis=0) / total)
+        if self._pipeline is None:
+            # the workers' own pipeline (phase retrieval, detector weights, ramp filter); imported
+            # here because the worker module imports this one for AbsorptionSum
+            from holostream.service.daemon.worker import build_pipeline
+            from holostream.shared.messages import ScanInfo
+            from holostream.shared.settings import ReconstructionSettings
+
+            self._pipeline = build_pipeline(ScanInfo.from_dict(self.scan),
+                                            ReconstructionSettings.from_dict(self.settings),
+                                            buffers, backend, half)
+        return filtered_stripes(self._pipeline, mean, self._pipeline.column_weights, backend)
+
+    def detached(self) -> "LiveRings":
+        """A copy without the scan's pipeline (whose dark/flat are views of its shared memory)."""
+        return LiveRings(self.method, self.scan, self.settings, self.applied, self.last_stripes)
+
+    def release(self) -> None:
+        """Drop the pipeline: its views of the shared memory would keep it from being unmapped."""
+        self._pipeline = None
 
     def subtract(self, volume: np.ndarray, stripes, groups: dict[int, tuple[float, float, int]],
                  center_px: float, final: bool, backend: Backend) -> np.ndarray:

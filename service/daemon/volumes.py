@@ -245,8 +245,7 @@ class LiveScan:
 
     def stripes(self, backend: Backend):
         """The streaming ring filter's ramp-filtered stripes so far (None: none to subtract)."""
-        return self.rings.stripes(self.buffers.delta_sum, self.buffers.weights, self.center_px,
-                                  self.buffers.volume.shape[-1] != self.buffers.sinogram.shape[-1],
+        return self.rings.stripes(self.buffers, self.buffers.volume.shape[-1] != self.buffers.sinogram.shape[-1],
                                   backend)
 
     def header(self, volume: np.ndarray, final: bool) -> dict[str, Any]:
@@ -266,5 +265,6 @@ class LiveScan:
 
     def close(self) -> None:
         """Unlink and unmap the scan's shared memory."""
+        self.rings.release()
         self.buffers.unlink()
         self.buffers.close()

@@ -40,7 +40,7 @@ def test_weighted_ramp_matches_numpy():
 
 
 def test_column_mean_filter_and_its_volume_match_numpy():
-    from holostream.service.daemon.rings import DeltaSum
+    from holostream.service.daemon.rings import AbsorptionSum
     from holostream.workers.ring import column_stripes, ring_volume
 
     gpu = get_backend("gpu")
@@ -51,14 +51,15 @@ def test_column_mean_filter_and_its_volume_match_numpy():
     theirs = gpu.to_host(remove_stripes("column-mean", gpu.asarray(sinograms), gpu))
     np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-5)
 
-    # the workers' running sum on the device, then the daemon's stripes volume
+    # the workers' running Σ weight·(-ln T) on the device, then the daemon's stripes volume
     weights = np.full(90, np.pi / 90)
-    on_gpu = DeltaSum("column-mean", (4, 64), gpu)
-    on_gpu.add(gpu.asarray(sinograms), weights)
+    transmissions = np.exp(-np.abs(sinograms))
+    on_gpu = AbsorptionSum("column-mean", (4, 64), gpu)
+    on_gpu.add(gpu.asarray(transmissions), weights)
     shared = np.zeros((4, 64))
     on_gpu.commit(shared)
-    np.testing.assert_allclose(shared, np.tensordot(weights, sinograms.astype(np.float64), axes=1),
-                               rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(shared, np.tensordot(weights, np.abs(sinograms).astype(np.float64), axes=1),
+                               rtol=1e-5, atol=1e-7)
     angles = np.linspace(0, np.pi, 90, endpoint=False)
     stripes = column_stripes(shared / np.pi, CPU)
     ours = ring_volume(stripes, angles, weights, 1.5, (4, 64, 64), CPU)

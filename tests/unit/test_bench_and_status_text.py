@@ -23,3 +23,11 @@ def test_status_text_shows_the_centre_and_a_low_confidence():
     given = format_status({"state": "reconstructing", "scan_id": "s",
                            "centre": {"cor_px": 0.0, "cor_source": "given"}})
     assert "centre           +0.00 px (given)" in given
+
+
+def test_bench_table_prints_per_scan_and_per_volume_rows(cpu_backend):
+    from holostream.service.bench.table import format_report
+
+    stages = whole_scan_timings(cpu_backend, size=32, n_angles=24, repeat=1)
+    text = format_report({"preset": "demo", "workload": {}, "machine": {}, "stages": stages})
+    assert "s per scan" in text and "s per volume" in text and "ring filter (sorting)" in text

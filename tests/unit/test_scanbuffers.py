@@ -38,7 +38,7 @@ def test_layout_matches_the_architecture_table():
     assert specs["sinogram"].shape == (4, 4, 5)
     assert specs["volume"].shape == (2, 4, 5, 5) and specs["volume"].dtype == "float32"
     assert specs["weights"].shape == (2,) and specs["weights"].dtype == "float64"
-    assert specs["delta_sum"].shape == (2, 4, 5) and specs["delta_sum"].dtype == "float64"
+    assert specs["absorption_sum"].shape == (2, 4, 5) and specs["absorption_sum"].dtype == "float64"
     with pytest.raises(ValueError, match="n_slots=0"):
         layout((8, 10), "uint16", 0, 4, (4, 5), 2)
 
