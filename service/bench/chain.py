@@ -118,6 +118,8 @@ def stage_timings(backend, preset: dict, batch: int, iterations: int, repeat: in
 
 #: Detector rows the whole-scan stages are timed on (their cost is linear in the rows).
 _ROWS_TIMED = 16
+#: Rows of the column-mean filter's volume (its back-projection is timed at full speed).
+_ROWS_RING_VOLUME = 64
 
 
 def whole_scan_timings(backend, size: int, n_angles: int, repeat: int) -> dict:
@@ -154,7 +156,10 @@ def column_mean_timings(backend, stack, size: int, repeat: int) -> dict:
     from holostream.workers import fbp
     from holostream.workers.ring import column_stripes, ring_volume
 
-    n_angles, rows, cols = stack.shape
+    n_angles, cols = stack.shape[0], stack.shape[2]
+    # enough rows for the compiled back-projector (it takes over from 2²⁴ voxel updates a call)
+    rows = min(size, _ROWS_RING_VOLUME)
+    stack = backend.xp.concatenate([stack] * -(-rows // stack.shape[1]), axis=1)[:, :rows]
     running = AbsorptionSum("column-mean", (rows, cols), backend)
     transmission = backend.xp.exp(-backend.xp.abs(stack[:1]))
     t_add = best_time(lambda: running.add(transmission, [1.0]), repeat, backend.synchronize)
