@@ -77,6 +77,7 @@ class ScanReconstruction:
         self.center_px = self.pipeline.center_px(self.scan.cor_px or 0.0)
         self.uncommitted: list[dict[str, Any]] = []  # the messages of the accumulated groups
         self.stripes = AbsorptionSum(settings.ring_filter, self.pipeline.binned_shape, backend)
+        self.deferred = bool(message.get("centre_deferred"))  # a 360° scan without cor_px
         self.uncommitted_weight = 0.0
         self.last_used = self.last_commit = time.monotonic()
         self.commit_seconds = 0.0  # what the last commit took (a whole-volume copy on a GPU)
@@ -90,8 +91,13 @@ class ScanReconstruction:
         self.last_used = time.monotonic()
         groups = [int(m["group"]) for m in messages]
         stack = self.backend.asarray(self.buffers.binned[groups])
-        filtered = self.pipeline.filtered_from_transmission(stack)
         self.stripes.add(stack, [float(m["weight"]) for m in messages])
+        if self.deferred:  # axis unknown: δ for the daemon, which filters it (daemon/halfscan.py)
+            self.buffers.sinogram[groups] = self.backend.to_host(self.pipeline.delta_from_transmission(stack))
+            self.uncommitted += messages
+            self.uncommitted_weight += sum(float(m["weight"]) for m in messages)
+            return
+        filtered = self.pipeline.filtered_from_transmission(stack)
         self.buffers.sinogram[groups] = self.backend.to_host(filtered)
         angles_rad = np.radians([float(m["angle_deg"]) for m in messages])
         weights = np.array([float(m["weight"]) for m in messages])

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from holostream.service.daemon.centre import LiveCentre, recentred_volume
+from holostream.service.daemon.halfscan import centre_deferred, deferred_volume, ramp_of
 from holostream.service.daemon.rings import LiveRings
 from holostream.shared.scanbuffers import ScanBuffers
 from holostream.workers import fbp, phasing
@@ -163,12 +164,17 @@ class LiveScan:
     last_result: float = field(default_factory=time.monotonic)
     centre: LiveCentre | None = None  # the axis the volumes use (given, estimated, operator)
     rings: LiveRings | None = None  # the streaming ring filter (service/daemon/rings.py)
+    deferred: bool | None = None  # a 360° scan without cor_px: sinogram holds δ (daemon/halfscan.py)
 
     def __post_init__(self):
         if self.centre is None:
             self.centre = LiveCentre.of_scan(self.scan, self.settings)
         if self.rings is None:
             self.rings = LiveRings.of_scan(self.scan, self.settings)
+        if self.deferred is None:
+            from holostream.shared.messages import ScanInfo
+
+            self.deferred = centre_deferred(ScanInfo.from_dict(self.scan))
 
     @classmethod
     def open(cls, event: dict[str, Any], now: float) -> "LiveScan":
@@ -218,6 +224,8 @@ class LiveScan:
         """
         self.published_groups = len(self.groups)
         self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id)
+        if self.deferred:
+            return self._deferred_volume(backend, final=False) if self.groups else None
         stripes = self.stripes(backend)  # before the volume: its weights are never behind it
         if self.groups and self.centre.differs_from(self.center_px):
             volume = recentred_volume(self.buffers.sinogram, self.groups, self.centre.binned_px,
@@ -231,6 +239,8 @@ class LiveScan:
     def final_volume(self, backend: Backend) -> np.ndarray:
         """The one-shot FBP of the groups that arrived (see :func:`final_volume`)."""
         self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id)
+        if self.deferred:
+            return self._deferred_volume(backend, final=True)
         stripes = self.stripes(backend)
         if self.centre.differs_from(self.center_px):
             volume = recentred_volume(self.buffers.sinogram, self.groups, self.centre.binned_px,
@@ -242,6 +252,11 @@ class LiveScan:
         volume = final_volume(self.buffers.volume, self.buffers.weights, self.buffers.sinogram,
                               groups, angles, used, self.center_px, backend)
         return self.rings.subtract(volume, stripes, self.groups, self.center_px, True, backend)
+
+    def _deferred_volume(self, backend: Backend, final: bool) -> np.ndarray:
+        """A deferred-centre scan's volume about its current centre (daemon/halfscan.py)."""
+        return deferred_volume(self.buffers.sinogram, self.groups, self.centre.binned_px,
+                               ramp_of(self.scan, self.settings, backend), backend, final)
 
     def stripes(self, backend: Backend):
         """The streaming ring filter's ramp-filtered stripes so far (None: none to subtract)."""

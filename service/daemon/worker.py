@@ -121,6 +121,7 @@ class ScanWork:
         self.in_place = self.accumulator is self.shared_volume
         self.uncommitted: list[dict[str, Any]] = []  # group_done events not yet visible
         self.stripes = AbsorptionSum(settings.ring_filter, self.pipeline.binned_shape, backend)
+        self.deferred = bool(task.get("centre_deferred"))  # a 360° scan without cor_px
         self.stage_seconds: dict[str, float] = {}  # of the last group (pool mode), for the metrics
         self.uncommitted_weight = 0.0
         self.last_used = self.last_commit = time.monotonic()
@@ -142,8 +143,14 @@ class ScanWork:
         t0 = time.perf_counter()
         transmission = self.pipeline.transmission(raw, list(task["indices"]))
         t1 = time.perf_counter()
-        filtered = self.pipeline.filtered_from_transmission(transmission[None])[0]
         self.stripes.add(transmission[None], [float(task["weight"])])
+        if self.deferred:  # axis unknown: δ for the daemon, which filters it (daemon/halfscan.py)
+            delta = self.pipeline.delta_from_transmission(transmission[None])[0]
+            self.buffers.sinogram[task["group"]] = self.backend.to_host(delta)
+            self.uncommitted_weight += float(task["weight"])
+            self.stage_seconds = {"flatfield_binning": t1 - t0, "phase_filter": time.perf_counter() - t1}
+            return
+        filtered = self.pipeline.filtered_from_transmission(transmission[None])[0]
         self.buffers.sinogram[task["group"]] = self.backend.to_host(filtered)
         t2 = time.perf_counter()
         angle_rad = np.array([math.radians(float(task["angle_deg"]))])
