@@ -1,4 +1,4 @@
-"""The GPU (cupy) path of the sorting ring filter and the half-acquisition weighting against numpy.
+"""The GPU (cupy) paths of the ring filters and of half acquisition against numpy.
 
 Skipped without a usable CUDA device.
 """
@@ -64,4 +64,19 @@ def test_column_mean_filter_and_its_volume_match_numpy():
     stripes = column_stripes(shared / np.pi, CPU)
     ours = ring_volume(stripes, angles, weights, 1.5, (4, 64, 64), CPU)
     theirs = gpu.to_host(ring_volume(gpu.asarray(stripes), angles, weights, 1.5, (4, 64, 64), gpu))
+    np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-5 * np.abs(ours).max())
+
+
+def test_deferred_half_acquisition_volume_matches_numpy():
+    from holostream.service.daemon.halfscan import deferred_volume
+    from holostream.workers.fbp import RampFilter
+
+    gpu = get_backend("gpu")
+    rng = np.random.default_rng(3)
+    deltas = rng.normal(0, 1, (40, 4, 64)).astype(np.float32)
+    angles = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+    groups = {g: (float(a), 2 * np.pi / 40, 1) for g, a in enumerate(angles)}
+    ours = deferred_volume(deltas, groups, 20.0, RampFilter(64, CPU), CPU, final=True)
+    theirs = deferred_volume(deltas, groups, 20.0, RampFilter(64, gpu), gpu, final=True)
+    assert ours.shape == (4, 104, 104)
     np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-5 * np.abs(ours).max())
