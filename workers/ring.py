@@ -18,12 +18,13 @@ like stripes to the filter: there it removed next to nothing and lowered the cor
 multiplies the transmission by the same factor at every angle: an offset of ``-ln T`` on one
 column, whatever the sample. It is estimated *before* phase retrieval, where it is still one
 column wide (Paganin's low-pass spreads it into a band of tens of columns that no filter on
-the δ sinogram separates from the sample, BENCHMARKS.md issue 10 part 2), as the mean over
-the angles of ``-ln T`` less its running median across the columns (the sample's part of
-that mean is smooth, averaged over the rotation). Its effect on δ is that of the phase
+the δ sinogram separates from the sample, BENCHMARKS.md issue 10 part 2), from the means of
+``-ln T`` over two sets of angles (θ mod 180° below and above 90°), each less its running
+median across the columns: a stripe is what both show alike (the sample's part of a mean
+is smooth, and what fine structure survives differs between the sets). Its effect on δ is that of the phase
 retrieval on the flat image ``exp(stripes)`` (linearised: a gain error of a few per cent);
 it is the same at every angle, so it commutes with the (linear) ramp filter and
-back-projection: the live daemon keeps only a running Σ weight·(-ln T) per worker and
+back-projection: the live daemon keeps only two running Σ weight·(-ln T) per worker and
 subtracts the back-projection of the filtered correction from any volume at publish time
 (:func:`stripes_volume`), the same volume as correcting every projection first.
 """
@@ -44,6 +45,9 @@ STREAMING_RING_FILTERS = ("column-mean",)
 #: Running-median window across the columns (binned pixels); 5 was measured best at
 #: keeping a clean scan's correlation while removing ≥ 5× of the rings.
 DEFAULT_WINDOW_PX = 5
+#: The same for ``"column-mean"`` (measured: 7 keeps the clean scans' correlation best for
+#: ≥ 5× with Paganin, BENCHMARKS.md issue 10 part 2).
+STREAMING_WINDOW_PX = 7
 #: Angles back-projected per call by :func:`ring_volume`.
 _BATCH = 32
 
@@ -54,7 +58,8 @@ def remove_stripes(method: str, sinograms, backend: Backend, window_px: int = DE
     Parameters
     ----------
     method : str
-        ``"none"`` (returns ``sinograms`` unchanged), ``"sorting"`` or ``"column-mean"``.
+        ``"none"`` (returns ``sinograms`` unchanged) or ``"sorting"`` (``"column-mean"``
+        works on the transmissions: :func:`stripes_volume`).
     sinograms : array of shape (n_angles, rows, cols), float
         Projected δ of every angle of the scan, in angle order or not.
     backend : Backend
@@ -69,9 +74,9 @@ def remove_stripes(method: str, sinograms, backend: Backend, window_px: int = DE
         return backend.xp.asarray(sinograms, dtype=backend.xp.float32)
     if method == "sorting":
         return remove_stripes_sorting(sinograms, backend, window_px)
-    if method == "column-mean":
-        v = backend.xp.asarray(sinograms, dtype=backend.xp.float32)
-        return v - column_stripes(v.mean(axis=0), backend, window_px)[None]
+    if method in STREAMING_RING_FILTERS:
+        raise ValueError(f"{method!r} works from the scan's mean transmissions, not on δ sinograms: "
+                         "use stripes_volume")
     raise ValueError(f"unknown ring filter {method!r}; expected one of {', '.join(RING_FILTERS)}")
 
 
@@ -112,15 +117,25 @@ def remove_stripes_sorting(sinograms, backend: Backend, window_px: int = DEFAULT
     return out
 
 
-def column_stripes(mean_projection, backend: Backend, window_px: int = DEFAULT_WINDOW_PX):
-    """The stripes of a scan: its mean projection less that mean's running median across columns.
+def angle_half(angle_rad: float) -> int:
+    """Which of the two angle sets a projection's mean goes to: 0 for θ mod 180° < 90°, else 1."""
+    return int(math.fmod(math.fmod(float(angle_rad), math.pi) + math.pi, math.pi) >= math.pi / 2)
+
+
+def column_stripes(mean_projections, backend: Backend, window_px: int = STREAMING_WINDOW_PX):
+    """The stripes of a scan: what its mean projections show on single columns, in every one.
+
+    Each mean (over the angles of one set) less its running median across the columns holds
+    the stripes and some of the sample's own fine structure; the stripes are the same in
+    every set, the sample's structure is not (it moves with the angle). So a value is kept
+    where all the sets agree in sign, at the smallest magnitude among them.
 
     Parameters
     ----------
-    mean_projection : array of shape (rows, cols), float
-        Mean over the angles (angle-weighted) of ``-ln T`` (or of the projected δ without
-        phase retrieval): a column error is there a one-column offset, the sample a smooth
-        profile.
+    mean_projections : array of shape (k, rows, cols) or (rows, cols), float
+        Means over ``k`` sets of angles (angle-weighted; :func:`angle_half` makes two) of
+        ``-ln T`` (or of the projected δ without phase retrieval): a column error is there a
+        one-column offset, the sample a smooth profile.
     backend : Backend
     window_px : int
         Running-median window across the columns (odd), pixels.
@@ -128,14 +143,19 @@ def column_stripes(mean_projection, backend: Backend, window_px: int = DEFAULT_W
     Returns
     -------
     array of shape (rows, cols), float32, on the backend
-        The value to subtract from every projection (units of ``mean_projection``).
+        The value to subtract from every projection (units of ``mean_projections``).
     """
     xp = backend.xp
-    m = xp.asarray(mean_projection, dtype=xp.float32)
-    if m.ndim != 2 or m.shape[1] < 3:
-        raise ValueError(f"need a mean projection (rows, cols >= 3), got shape {m.shape}")
-    window = min(int(window_px) | 1, (m.shape[1] - 1) | 1)
-    return m - backend.ndimage.median_filter(m, size=(1, window), mode="nearest")
+    m = xp.asarray(mean_projections, dtype=xp.float32)
+    if m.ndim == 2:
+        m = m[None]
+    if m.ndim != 3 or m.shape[0] < 1 or m.shape[2] < 3:
+        raise ValueError(f"need mean projections (k, rows, cols >= 3), got shape {m.shape}")
+    window = min(int(window_px) | 1, (m.shape[2] - 1) | 1)
+    each = m - backend.ndimage.median_filter(m, size=(1, 1, window), mode="nearest")
+    sign = xp.sign(each[0])
+    agree = xp.all(xp.sign(each) == sign[None], axis=0)
+    return xp.where(agree, sign * xp.abs(each).min(axis=0), xp.float32(0)).astype(xp.float32)
 
 
 def ring_volume(filtered_stripes, angles_rad, weights, center_px: float, shape, backend: Backend):
@@ -186,15 +206,16 @@ def absorption(transmission, backend: Backend):
 
 
 def filtered_stripes(pipeline, mean_absorption, column_weights, backend: Backend,
-                     window_px: int = DEFAULT_WINDOW_PX):
+                     window_px: int = STREAMING_WINDOW_PX):
     """What the ``"column-mean"`` filter subtracts from every filtered projection.
 
     Parameters
     ----------
     pipeline : ProjectionPipeline
         The scan's: its phase retrieval and ramp filter.
-    mean_absorption : array of shape (rows_b, cols_b), float
-        Angle-weighted mean of :func:`absorption` of the binned transmissions.
+    mean_absorption : array of shape (2, rows_b, cols_b), float
+        Angle-weighted means of :func:`absorption` of the binned transmissions of the two
+        sets of :func:`angle_half`.
     column_weights : array of shape (cols_b,) or None
         The half-acquisition detector weights the projections get before the ramp filter.
     backend : Backend
@@ -217,7 +238,7 @@ def filtered_stripes(pipeline, mean_absorption, column_weights, backend: Backend
 
 
 def stripes_volume(pipeline, mean_absorption, column_weights, angles_rad, weights,
-                   center_px: float, shape, backend: Backend, window_px: int = DEFAULT_WINDOW_PX):
+                   center_px: float, shape, backend: Backend, window_px: int = STREAMING_WINDOW_PX):
     """What the ``"column-mean"`` filter subtracts from a volume, from the scan's mean ``-ln T``.
 
     Parameters

@@ -91,7 +91,7 @@ class ScanReconstruction:
         self.last_used = time.monotonic()
         groups = [int(m["group"]) for m in messages]
         stack = self.backend.asarray(self.buffers.binned[groups])
-        self.stripes.add(stack, [float(m["weight"]) for m in messages])
+        self.stripes.add(stack, [float(m["weight"]) for m in messages], [float(m["angle_deg"]) for m in messages])
         if self.deferred:  # axis unknown: δ for the daemon, which filters it (daemon/halfscan.py)
             self.buffers.sinogram[groups] = self.backend.to_host(self.pipeline.delta_from_transmission(stack))
             self.uncommitted += messages
@@ -125,7 +125,7 @@ class ScanReconstruction:
         """
         start = time.monotonic()
         self.shared_volume += self.backend.to_host(self.accumulator)
-        self.stripes.commit(self.buffers.absorption_sum[0])
+        self.stripes.commit(self.buffers.absorption_sum[0], self.buffers.absorption_weights[0])
         self.buffers.weights[0] += self.uncommitted_weight
         for m in self.uncommitted:
             self.buffers.handoff[int(m["group"])] = (HANDOFF_COMMITTED, float(m["angle_deg"]),

@@ -1,9 +1,9 @@
 """The streaming ring filter of a live scan (``ring_filter = "column-mean"``, workers/ring.py).
 
 Each worker (and the split mode's reconstructor) adds ``weight·(-ln T)`` of its groups' binned
-transmissions to its row of ``absorption_sum`` in the scan's shared memory when it commits
-them (:class:`AbsorptionSum`). At publish time the daemon divides the sum by the committed
-weights, takes the stripes of that mean, turns them into the change of every filtered
+transmissions to its rows of ``absorption_sum`` (one per set of angles, ``angle_half``) in the
+scan's shared memory when it commits them (:class:`AbsorptionSum`). At publish time the daemon
+divides the sums by their weights, takes the stripes both means show, turns them into the change of every filtered
 projection (phase retrieval and ramp filter of the scan, :func:`filtered_stripes`) and
 subtracts its back-projection at the volume's angles from the volume (:class:`LiveRings`):
 the volume ``holostream reconstruct`` makes of the same frames, at the cost of one
@@ -20,11 +20,13 @@ import numpy as np
 
 from holostream.workers.backend import Backend
 from holostream.workers.fbp import angle_weights
-from holostream.workers.ring import STREAMING_RING_FILTERS, absorption, filtered_stripes, ring_volume
+from holostream.workers.ring import (STREAMING_RING_FILTERS, absorption, angle_half, filtered_stripes,
+                                     ring_volume)
 
-#: Live volumes are filtered once the arrived weights cover this fraction of π: before,
-#: the mean over a few angles still shows the sample's own structure, not only the stripes.
-_MIN_COVERAGE = 0.5
+#: Live volumes are filtered once each of the two angle sets holds this much weight
+#: (radians; a quarter turn each): before, a mean over a few angles still shows the
+#: sample's own structure, not only the stripes.
+_MIN_SET_WEIGHT_RAD = math.pi / 4
 
 
 class AbsorptionSum:
@@ -41,19 +43,28 @@ class AbsorptionSum:
     def __init__(self, ring_filter: str, binned_shape: tuple[int, int], backend: Backend):
         self.backend = backend
         self.active = ring_filter in STREAMING_RING_FILTERS
-        self.sum = backend.xp.zeros(tuple(binned_shape), dtype=backend.xp.float64) if self.active else None
+        shape = (2, *binned_shape)
+        self.sum = backend.xp.zeros(shape, dtype=backend.xp.float64) if self.active else None
+        self.weights = np.zeros(2)
 
-    def add(self, transmissions, weights) -> None:
-        """Add ``Σ_i weights[i]·(-ln transmissions[i])`` (binned, (n, rows_b, cols_b), on the backend)."""
-        if self.active:
-            for t, w in zip(transmissions, weights):  # one by one, in the order offline adds them
-                self.sum += float(w) * absorption(t, self.backend)
+    def add(self, transmissions, weights, angles_deg) -> None:
+        """Add ``weights[i]·(-ln transmissions[i])`` to the sum of the set of ``angles_deg[i]``.
 
-    def commit(self, shared: np.ndarray) -> None:
-        """Add the uncommitted sum to ``shared`` (the partial's ``absorption_sum`` row) and restart."""
+        ``transmissions``: binned, (n, rows_b, cols_b), on the backend (:func:`angle_half`).
+        """
         if self.active:
-            shared += self.backend.to_host(self.sum)
+            for t, w, a in zip(transmissions, weights, angles_deg):  # in the order offline adds them
+                half = angle_half(math.radians(float(a)))
+                self.sum[half] += float(w) * absorption(t, self.backend)
+                self.weights[half] += float(w)
+
+    def commit(self, shared_sum: np.ndarray, shared_weights: np.ndarray) -> None:
+        """Add the uncommitted sums to the partial's ``absorption_sum``/``absorption_weights`` rows."""
+        if self.active:
+            shared_sum += self.backend.to_host(self.sum)
+            shared_weights += self.weights
             self.sum.fill(0.0)
+            self.weights[:] = 0.0
 
 
 @dataclass
@@ -92,8 +103,8 @@ class LiveRings:
         Parameters
         ----------
         buffers : ScanBuffers
-            The scan's: ``absorption_sum`` and ``weights`` (the partials' committed Σ weight,
-            radians), ``reference`` (dark and flat, for the scan's pipeline).
+            The scan's: ``absorption_sum`` and ``absorption_weights`` (the partials' committed
+            sums over two angle sets), ``reference`` (dark and flat, for the scan's pipeline).
         half : bool
             A half-acquisition scan (its projections are weighted before the ramp filter).
         backend : Backend
@@ -102,11 +113,12 @@ class LiveRings:
         -------
         array of shape (rows_b, cols_b), float32, on the backend, or None
         """
-        weights = np.array(buffers.weights, dtype=np.float64)  # a snapshot, before the sums
-        total = float(weights.sum())
-        if not self.streams or total < _MIN_COVERAGE * math.pi:
+        if not self.streams:
             return None
-        mean = backend.asarray(np.sum(buffers.absorption_sum, axis=0) / total)
+        weights = np.array(buffers.absorption_weights, dtype=np.float64).sum(axis=0)  # before the sums
+        if weights.min() < _MIN_SET_WEIGHT_RAD:
+            return None
+        mean = backend.asarray(np.sum(buffers.absorption_sum, axis=0) / weights[:, None, None])
         if self._pipeline is None:
             # the workers' own pipeline (phase retrieval, detector weights, ramp filter); imported
             # here because the worker module imports this one for AbsorptionSum

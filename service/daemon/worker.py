@@ -143,7 +143,7 @@ class ScanWork:
         t0 = time.perf_counter()
         transmission = self.pipeline.transmission(raw, list(task["indices"]))
         t1 = time.perf_counter()
-        self.stripes.add(transmission[None], [float(task["weight"])])
+        self.stripes.add(transmission[None], [float(task["weight"])], [float(task["angle_deg"])])
         if self.deferred:  # axis unknown: δ for the daemon, which filters it (daemon/halfscan.py)
             delta = self.pipeline.delta_from_transmission(transmission[None])[0]
             self.buffers.sinogram[task["group"]] = self.backend.to_host(delta)
@@ -170,7 +170,8 @@ class ScanWork:
         """Publish the accumulated groups to shared memory; returns their ``group_done`` events."""
         if not self.in_place:
             self.shared_volume[...] = self.backend.to_host(self.accumulator)
-        self.stripes.commit(self.buffers.absorption_sum[self.worker_id])
+        self.stripes.commit(self.buffers.absorption_sum[self.worker_id],
+                            self.buffers.absorption_weights[self.worker_id])
         self.buffers.weights[self.worker_id] += self.uncommitted_weight
         events, self.uncommitted, self.uncommitted_weight = self.uncommitted, [], 0.0
         self.last_commit = time.monotonic()
