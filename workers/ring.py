@@ -228,13 +228,29 @@ def filtered_stripes(pipeline, mean_absorption, column_weights, backend: Backend
         ``ramp(weights · (δ(1) - δ(exp(stripes))))``: the change of every filtered projection
         when its transmission is divided by the columns' gain errors (linearised).
     """
+    return filter_change(delta_change(pipeline, mean_absorption, backend, window_px), column_weights,
+                         pipeline.ramp, backend)
+
+
+def delta_change(pipeline, mean_absorption, backend: Backend, window_px: int = STREAMING_WINDOW_PX):
+    """``δ(1) - δ(exp(stripes))``: the stripes of :func:`column_stripes` as projected δ (px).
+
+    The first half of :func:`filtered_stripes` (phase retrieval of the one stripes image);
+    array of shape (rows_b, cols_b), float32, on the backend.
+    """
     xp = backend.xp
     stripes = column_stripes(mean_absorption, backend, window_px)
     corrected = pipeline.delta_from_transmission(xp.stack([xp.exp(stripes), xp.ones_like(stripes)]))
-    change = corrected[1] - corrected[0]
+    return corrected[1] - corrected[0]
+
+
+def filter_change(change, column_weights, ramp, backend: Backend):
+    """The second half of :func:`filtered_stripes`: detector weights, then ``ramp``."""
+    xp = backend.xp
+    change = xp.asarray(change, dtype=xp.float32)
     if column_weights is not None:
         change = change * xp.asarray(column_weights, dtype=xp.float32)
-    return pipeline.ramp(change[None])[0]
+    return ramp(change[None])[0]
 
 
 def stripes_volume(pipeline, mean_absorption, column_weights, angles_rad, weights,

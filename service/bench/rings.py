@@ -26,7 +26,7 @@ from holostream.workers.fbp import angle_weights, reconstruct
 from holostream.workers.flatfield import average_frames
 from holostream.workers.phantom import random_phantom
 from holostream.workers.pipeline import ProjectionPipeline
-from holostream.workers.ring import absorption, remove_stripes, stripes_volume
+from holostream.workers.ring import absorption, angle_half, remove_stripes, stripes_volume
 from holostream.workers.simulate import DetectorModel, simulate_scan
 
 ROWS, COLS, PIXEL_M, DELTA_BETA = 8, 128, 1.0e-6, 200.0
@@ -84,9 +84,11 @@ def _methods() -> dict[str, Callable[[_Scan], Any]]:
 
     def column_mean(s: _Scan):
         weights = angle_weights(s.angles)
-        mean = np.tensordot(weights, absorption(s.transmissions, s.backend), axes=1) / weights.sum()
+        sets = np.array([angle_half(a) for a in s.angles])
+        means = np.stack([np.tensordot(weights[sets == h], absorption(s.transmissions[sets == h], s.backend),
+                                       axes=1) / weights[sets == h].sum() for h in (0, 1)])
         volume = s.volume(s.delta)
-        return volume - stripes_volume(s.pipeline, mean, None, s.angles, weights, 0.0, volume.shape, s.backend)
+        return volume - stripes_volume(s.pipeline, means, None, s.angles, weights, 0.0, volume.shape, s.backend)
 
     methods = {
         "none": lambda s: s.volume(s.delta),

@@ -23,7 +23,7 @@ import numpy as np
 from holostream.shared.messages import ScanInfo
 from holostream.workers import fbp
 from holostream.workers.backend import Backend
-from holostream.workers.halfacq import covers_360, detector_weights, is_half_acquisition, volume_width
+from holostream.workers.halfacq import OFFSET_FRACTION, covers_360, detector_weights, volume_width
 
 #: Groups filtered and back-projected per call.
 _BATCH = 32
@@ -33,6 +33,16 @@ def centre_deferred(info: ScanInfo) -> bool:
     """True for a scan whose axis is not given and whose announced angles cover 360°."""
     angles = info.all_angles_deg()
     return info.cor_px is None and angles is not None and covers_360(angles)
+
+
+def deferred_columns(cols_b: int, center_px: float) -> np.ndarray | None:
+    """The detector weights of a deferred-centre scan about ``center_px`` (None: not half acquisition).
+
+    Its announced angles cover 360° (:func:`centre_deferred`), so the axis alone decides,
+    from the first volume on, not once the arrived angles cover the turn.
+    """
+    half = abs(float(center_px)) > OFFSET_FRACTION * cols_b
+    return detector_weights(cols_b, center_px) if half else None
 
 
 def deferred_volume(deltas: np.ndarray, groups: dict[int, tuple[float, float, int]], center_px: float,
@@ -61,9 +71,9 @@ def deferred_volume(deltas: np.ndarray, groups: dict[int, tuple[float, float, in
     keys = np.array(sorted(groups))
     angles = np.array([groups[g][0] for g in keys])
     rows_b, cols_b = deltas.shape[1:]
-    half = is_half_acquisition(np.degrees(angles), cols_b, center_px)
-    n = volume_width(cols_b, center_px) if half else cols_b
-    columns = backend.asarray(detector_weights(cols_b, center_px)) if half else None
+    weights_of_columns = deferred_columns(cols_b, center_px)
+    n = cols_b if weights_of_columns is None else volume_width(cols_b, center_px)
+    columns = None if weights_of_columns is None else backend.asarray(weights_of_columns)
     weights = fbp.angle_weights(angles) if final else np.array([groups[g][1] for g in keys])
     volume = backend.xp.zeros((rows_b, n, n), dtype=np.float32)
     for start in range(0, keys.size, _BATCH):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from holostream.service.daemon.centre import LiveCentre, recentred_volume
-from holostream.service.daemon.halfscan import deferred_volume
+from holostream.service.daemon.halfscan import deferred_columns, deferred_volume
 from holostream.service.daemon.rings import LiveRings
 from holostream.service.daemon.volumes import LiveScan
 from holostream.workers.backend import Backend
@@ -85,15 +85,18 @@ class KeptScan:
         """
         before = self.centre.fields()
         self.centre.set_by_operator(cor_px)
+        stripes = None if self.rings is None or self.rings.applied == "none" else self.rings.last_stripes
         if self.deferred:  # its width and weights follow the axis (daemon/halfscan.py)
             ramp = RampFilter(self.sinogram.shape[2], backend, window=str(self.header["filter"]))
             volume = deferred_volume(self.sinogram, self.groups, self.centre.binned_px, ramp, backend, True)
+            if stripes is not None:
+                stripes = self.rings.refiltered(deferred_columns(self.sinogram.shape[2], self.centre.binned_px),
+                                                backend)
         else:
             volume = recentred_volume(self.sinogram, self.groups, self.centre.binned_px, self.shape,
                                       backend, final=True)
-        if self.rings is not None and self.rings.applied != "none":
-            volume = self.rings.subtract(volume, self.rings.last_stripes, self.groups,
-                                         self.centre.binned_px, True, backend)
+        if stripes is not None:
+            volume = self.rings.subtract(volume, stripes, self.groups, self.centre.binned_px, True, backend)
         header = {k: v for k, v in self.header.items() if k not in ("cor_confidence", "republished")}
         header.update(shape=[int(n) for n in volume.shape],  # a deferred scan's width follows its axis
                       half_acquisition=volume.shape[-1] != self.sinogram.shape[2])

@@ -20,8 +20,9 @@ import numpy as np
 
 from holostream.workers.backend import Backend
 from holostream.workers.fbp import angle_weights
-from holostream.workers.ring import (STREAMING_RING_FILTERS, absorption, angle_half, filtered_stripes,
-                                     ring_volume)
+from holostream.workers.fbp import RampFilter
+from holostream.workers.ring import (STREAMING_RING_FILTERS, absorption, angle_half, delta_change,
+                                     filter_change, ring_volume)
 
 #: Live volumes are filtered once each of the two angle sets holds this much weight
 #: (radians; a quarter turn each): before, a mean over a few angles still shows the
@@ -80,6 +81,8 @@ class LiveRings:
     last_stripes : ndarray or None
         The stripes subtracted from that volume (host, float32): a kept scan re-centred after
         its end subtracts them again.
+    last_change : ndarray or None
+        The same before detector weights and ramp filter (:func:`delta_change`, host).
     """
 
     method: str
@@ -87,6 +90,7 @@ class LiveRings:
     settings: dict[str, Any]
     applied: str = "none"
     last_stripes: np.ndarray | None = None
+    last_change: np.ndarray | None = None
     _pipeline: Any = field(default=None, repr=False)
 
     @classmethod
@@ -97,7 +101,7 @@ class LiveRings:
     def streams(self) -> bool:
         return self.method in STREAMING_RING_FILTERS
 
-    def stripes(self, buffers: Any, half: bool, backend: Backend):
+    def stripes(self, buffers: Any, half: bool, backend: Backend, column_weights: Any = None):
         """The filtered stripes of the mean ``-ln T`` so far (None: not enough angles yet).
 
         Parameters
@@ -108,6 +112,9 @@ class LiveRings:
         half : bool
             A half-acquisition scan (its projections are weighted before the ramp filter).
         backend : Backend
+        column_weights : array of shape (cols_b,), optional
+            Detector weights to use instead of the pipeline's (a deferred-centre scan's, from
+            the axis estimated so far).
 
         Returns
         -------
@@ -129,11 +136,19 @@ class LiveRings:
             self._pipeline = build_pipeline(ScanInfo.from_dict(self.scan),
                                             ReconstructionSettings.from_dict(self.settings),
                                             buffers, backend, half)
-        return filtered_stripes(self._pipeline, mean, self._pipeline.column_weights, backend)
+        self.last_change = np.asarray(backend.to_host(delta_change(self._pipeline, mean, backend)))
+        weights_now = self._pipeline.column_weights if column_weights is None else column_weights
+        return filter_change(self.last_change, weights_now, self._pipeline.ramp, backend)
+
+    def refiltered(self, column_weights: Any, backend: Backend):
+        """The last stripes again, with other detector weights (a kept deferred scan re-centred)."""
+        ramp = RampFilter(self.last_change.shape[1], backend, window=str(self.settings["filter"]))
+        return filter_change(backend.asarray(self.last_change), column_weights, ramp, backend)
 
     def detached(self) -> "LiveRings":
         """A copy without the scan's pipeline (whose dark/flat are views of its shared memory)."""
-        return LiveRings(self.method, self.scan, self.settings, self.applied, self.last_stripes)
+        return LiveRings(self.method, self.scan, self.settings, self.applied, self.last_stripes,
+                         self.last_change)
 
     def release(self) -> None:
         """Drop the pipeline: its views of the shared memory would keep it from being unmapped."""

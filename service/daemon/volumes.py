@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from holostream.service.daemon.centre import LiveCentre, recentred_volume
-from holostream.service.daemon.halfscan import centre_deferred, deferred_volume, ramp_of
+from holostream.service.daemon.halfscan import centre_deferred, deferred_columns, deferred_volume, ramp_of
 from holostream.service.daemon.rings import LiveRings
 from holostream.shared.scanbuffers import ScanBuffers
 from holostream.workers import fbp, phasing
@@ -255,8 +255,12 @@ class LiveScan:
 
     def _deferred_volume(self, backend: Backend, final: bool) -> np.ndarray:
         """A deferred-centre scan's volume about its current centre (daemon/halfscan.py)."""
-        return deferred_volume(self.buffers.sinogram, self.groups, self.centre.binned_px,
-                               ramp_of(self.scan, self.settings, backend), backend, final)
+        centre = self.centre.binned_px
+        columns = deferred_columns(self.buffers.sinogram.shape[2], centre)
+        stripes = self.rings.stripes(self.buffers, columns is not None, backend, columns)
+        volume = deferred_volume(self.buffers.sinogram, self.groups, centre,
+                                 ramp_of(self.scan, self.settings, backend), backend, final)
+        return self.rings.subtract(volume, stripes, self.groups, centre, final, backend)
 
     def stripes(self, backend: Backend):
         """The streaming ring filter's ramp-filtered stripes so far (None: none to subtract)."""

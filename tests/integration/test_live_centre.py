@@ -35,12 +35,12 @@ def _without_centre(scan):
     return dataclasses.replace(scan_data_from_simulation(scan), cor_px=None)
 
 
-def _stream(address, data, scan_id, fps):
+def _stream(address, data, scan_id, fps, reconstruction=None):
     errors = []
 
     def run():
         try:
-            stream_scan(address, data, scan_id, fps=fps)
+            stream_scan(address, data, scan_id, fps=fps, reconstruction=reconstruction)
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             errors.append(exc)
 
@@ -144,11 +144,12 @@ def test_offset_axis_scan_live_covers_the_whole_disc(daemon, subscriber):
     np.testing.assert_allclose(final, offline, rtol=0, atol=2e-5 * float(np.abs(offline).max()))
 
 
-@pytest.mark.parametrize("mode", ["pool", "split"])
-def test_offset_axis_scan_live_without_cor_px(tmp_path, serve, mode):
+@pytest.mark.parametrize("mode, ring_filter", [("pool", "column-mean"), ("split", "none")])
+def test_offset_axis_scan_live_without_cor_px(tmp_path, serve, mode, ring_filter):
     # The same 360° scan with its axis 20 px right of the middle, not given: the daemon finds
     # the axis from opposite projections, sees that it is offset and publishes the whole
-    # disc; the final volume is the offline one about the axis it found.
+    # disc; the final volume is the offline one about the axis it found (with the same ring
+    # filter, whose detector weights follow that axis too).
     from holostream.workers.phantom import random_phantom
     from holostream.workers.simulate import simulate_scan
 
@@ -163,7 +164,7 @@ def test_offset_axis_scan_live_without_cor_px(tmp_path, serve, mode):
             serve.wait_for(lambda: daemon.status()["reconstructor"]["alive"], 30, "the reconstructor")
         sub = serve.Subscriber(daemon.publish)
         sub.wait_connected()
-        thread, errors = _stream(daemon.ingest, data, "half_auto", 60.0)
+        thread, errors = _stream(daemon.ingest, data, "half_auto", 60.0, {"ring_filter": ring_filter})
         volumes = sub.volumes_until_final("half_auto", timeout_s=60)
         thread.join(30)
         assert not errors
@@ -179,14 +180,15 @@ def test_offset_axis_scan_live_without_cor_px(tmp_path, serve, mode):
           f"(confidence {header['cor_confidence']:.2f}), volume {header['shape']}")
     assert header["cor_source"] == "estimated" and header["cor_confidence"] >= 0.5
     assert header["cor_px"] == pytest.approx(20.0, abs=0.3)
+    assert header["ring_filter"] == ring_filter
     cpu = get_backend("cpu", threads=1)
-    offline, attrs = reconstruct_scan(scan_data_from_simulation(scan), ReconstructionSettings(), 200.0,
-                                      header["cor_px"], cpu)
+    settings = ReconstructionSettings(ring_filter=ring_filter)
+    offline, attrs = reconstruct_scan(scan_data_from_simulation(scan), settings, 200.0, header["cor_px"], cpu)
     # the disc about the axis found (2·⌈52⌉ = 104 voxels about the true one)
     assert attrs["half_acquisition"] and header["half_acquisition"]
     assert header["shape"] == list(offline.shape) and offline.shape[-1] in (104, 106)
     np.testing.assert_allclose(final, offline, rtol=0, atol=2e-5 * float(np.abs(offline).max()))
     assert recentred_header["cor_source"] == "operator" and recentred_header["half_acquisition"]
-    offline, _ = reconstruct_scan(scan_data_from_simulation(scan), ReconstructionSettings(), 200.0, 19.0, cpu)
+    offline, _ = reconstruct_scan(scan_data_from_simulation(scan), settings, 200.0, 19.0, cpu)
     assert list(recentred.shape) == recentred_header["shape"] == list(offline.shape)
     np.testing.assert_allclose(recentred, offline, rtol=0, atol=2e-5 * float(np.abs(offline).max()))

@@ -27,4 +27,4 @@ def test_column_mean_beats_nabus_ring_filters_with_paganin():
     assert ours["ring_ratio"] >= 5.0
     assert ours["corr_bad"] > rows["none"]["corr_bad"]
     assert all(ours["corr_bad"] > row["corr_bad"] for row in nabu.values())
-    assert ours["corr_clean"] >= rows["none"]["corr_clean"] - 0.002  # measured -0.0011
+    assert ours["corr_clean"] >= rows["none"]["corr_clean"] - 0.0005  # measured -0.0002
