@@ -31,3 +31,12 @@ def test_bench_table_prints_per_scan_and_per_volume_rows(cpu_backend):
     stages = whole_scan_timings(cpu_backend, size=32, n_angles=24, repeat=1)
     text = format_report({"preset": "demo", "workload": {}, "machine": {}, "stages": stages})
     assert "s per scan" in text and "s per volume" in text and "ring filter (sorting)" in text
+
+
+def test_status_text_says_which_ring_filter_the_last_volume_had():
+    from holostream.service.commands.status import format_status
+
+    text = format_status({"state": "reconstructing", "scan_id": "s", "ring_filter": "none",
+                          "settings": {"ring_filter": "column-mean"}})
+    assert "ring filter      none on the last volume (setting: column-mean)" in text
+    assert "ring filter" not in format_status({"state": "idle", "settings": {"ring_filter": "none"}})
