@@ -14,21 +14,23 @@ Paganin low-pass already spreads the stripes thin, while the sample's own fine f
 like stripes to the filter: there it removed next to nothing and lowered the correlation by
 0.001–0.01. Hence it is off by default (``ring_filter = "none"``).
 
-:func:`column_stripes` (``"column-mean"``) is the streaming one. A column gain error
+:func:`column_stripes` (``"column-mean"``) works with phase retrieval too, and streams. A column gain error
 multiplies the transmission by the same factor at every angle: an offset of ``-ln T`` on one
 column, whatever the sample. It is estimated *before* phase retrieval, where it is still one
 column wide (Paganin's low-pass spreads it into a band of tens of columns that no filter on
 the δ sinogram separates from the sample, BENCHMARKS.md issue 10 part 2), from the means of
 ``-ln T`` over two sets of angles (θ mod 180° below and above 90°), each less its running
 median across the columns: a stripe is what both show alike (the sample's part of a mean
-is smooth, and what fine structure survives differs between the sets). Its effect on δ is that of the phase
-retrieval on the flat image ``exp(stripes)`` (linearised: a gain error of a few per cent);
+is smooth, and what fine structure survives differs between the sets). Its effect on δ is
+that of the phase retrieval on the flat image ``exp(stripes)`` (linearised: a gain error of
+a few per cent);
 it is the same at every angle, so it commutes with the (linear) ramp filter and
 back-projection: the live daemon keeps only two running Σ weight·(-ln T) per worker and
 subtracts the back-projection of the filtered correction from any volume at publish time
-(:func:`stripes_volume`), the same volume as correcting every projection first.
+(:func:`stripes_volume`), the same volume as correcting every projection first. Measured
+(BENCHMARKS.md): 8.9× without phase retrieval, 6.7× with Paganin at 2 mm with the clean
+scan's correlation within 0.0002; at 5 cm the rings are below the noise already.
 """
-
 
 from __future__ import annotations
 
