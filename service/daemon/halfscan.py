@@ -68,6 +68,8 @@ def deferred_volume(deltas: np.ndarray, groups: dict[int, tuple[float, float, in
     ndarray, float32, shape (rows_b, n, n): δ per voxel, ``n = cols_b``, or for a
     half-acquisition axis :func:`~holostream.workers.halfacq.volume_width`.
     """
+    if not groups:
+        raise ValueError("a deferred-centre volume needs at least one reconstructed group")
     keys = np.array(sorted(groups))
     angles = np.array([groups[g][0] for g in keys])
     rows_b, cols_b = deltas.shape[1:]
