@@ -140,7 +140,8 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
     """
     from holostream.workers import phasing
     from holostream.workers.fbp import VolumeAccumulator
-    from holostream.workers.ring import remove_stripes
+    from holostream.workers.ring import (STREAMING_RING_FILTERS, absorption, angle_half, remove_stripes,
+                                         stripes_volume)
 
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
@@ -157,29 +158,47 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
     center, half, n, column_weights = plan.center_px, plan.half, plan.width, plan.column_weights
     # every angle is known up front, so nothing is reweighted: keep no filtered projections
     accumulator = VolumeAccumulator((rows_b, n, n), center, backend, keep_filtered=False)
-    def deltas(chunk):
-        return pipeline.delta_from_transmission(pipeline.transmissions(
-            [scan.projections[g.start : g.stop] for g in chunk],
-            [np.arange(g.start, g.stop) for g in chunk]))
+    def deltas(chunk, first: int):
+        transmissions = pipeline.transmissions([scan.projections[g.start : g.stop] for g in chunk],
+                                               [np.arange(g.start, g.stop) for g in chunk])
+        if absorption_sum is not None:  # the live daemon's running means, in the same order
+            for j in range(len(chunk)):
+                half = angle_half(math.radians(group_angles_deg[first + j]))
+                absorption_sum[half] += weights[first + j] * absorption(transmissions[j], backend)
+                absorption_weights[half] += weights[first + j]
+        return pipeline.delta_from_transmission(transmissions)
 
     # The ring filter works on whole sinograms: then every δ projection is kept (one float32
     # binned frame per angle group) until all are in, and back-projected after it.
     whole = None
-    if settings.ring_filter != "none":
+    streaming = settings.ring_filter in STREAMING_RING_FILTERS
+    absorption_sum = backend.xp.zeros((2, rows_b, cols_b), dtype=backend.xp.float64) if streaming else None
+    absorption_weights = np.zeros(2)
+    if settings.ring_filter != "none" and not streaming:
         whole = backend.xp.empty((len(groups), rows_b, cols_b), dtype=backend.xp.float32)
         for start in range(0, len(groups), batch):
-            whole[start : start + batch] = deltas(groups[start : start + batch])
+            whole[start : start + batch] = deltas(groups[start : start + batch], start)
         whole = remove_stripes(settings.ring_filter, whole, backend)
     for start in range(0, len(groups), batch):
         chunk = groups[start : start + batch]
-        delta = deltas(chunk) if whole is None else whole[start : start + batch]
+        delta = deltas(chunk, start) if whole is None else whole[start : start + batch]
         filtered = pipeline.ramp(delta if column_weights is None else delta * column_weights)
         for j in range(len(chunk)):
             g = start + j
             accumulator.add(g, filtered[j], math.radians(group_angles_deg[g]), weights[g])
         if progress is not None:
             progress(start + len(chunk), len(groups))
-    volume = backend.to_host(accumulator.volume()).astype(np.float32, copy=False)
+    volume = accumulator.volume()
+    ring_filter = settings.ring_filter
+    if absorption_sum is not None and absorption_weights.min() <= 0.0:
+        _log.warning("%s: ring filter %s not applied: its angles do not reach both sides of 90° "
+                     "(mod 180°)", scan.source, ring_filter)
+        absorption_sum, ring_filter = None, "none"
+    if absorption_sum is not None:
+        means = absorption_sum / backend.asarray(absorption_weights)[:, None, None]
+        volume -= stripes_volume(pipeline, means, column_weights,
+                                 np.radians(group_angles_deg), weights, center, volume.shape, backend)
+    volume = backend.to_host(volume).astype(np.float32, copy=False)
     attrs = {
         "voxel_size_m": pipeline.voxel_size_m,
         "binning": settings.binning,
@@ -189,7 +208,7 @@ def reconstruct_scan(scan, settings: ReconstructionSettings, delta_beta: float, 
         "iterations": settings.iterations,
         "filter": settings.filter,
         "pad_mode": settings.pad_mode,
-        "ring_filter": settings.ring_filter,
+        "ring_filter": ring_filter,
         "half_acquisition": half,
         "cor_px": float(cor_px),
         "cor_source": cor_source,

@@ -79,7 +79,9 @@ def layout(frame_shape: tuple[int, int], frame_dtype: str, n_slots: int, n_group
         ``ring`` (n_slots, rows, cols) frame dtype; ``reference`` float32 (2, rows, cols)
         (dark mean, flat mean); ``sinogram`` float32 (n_groups, rows_b, cols_b);
         ``volume`` float32 (n_workers, rows_b, n, n) with ``n = volume_width or cols_b``;
-        ``weights`` float64 (n_workers,);
+        ``weights`` float64 (n_workers,); ``absorption_sum`` float64 (n_workers, 2, rows_b, cols_b)
+        and ``absorption_weights`` float64 (n_workers, 2), each partial's Σ weight·(-ln
+        transmission) and Σ weight of its groups in two sets of angles (the ring filter's means);
         with ``binned``, also ``binned`` float32 (n_groups, rows_b, cols_b) and
         ``handoff`` float64 (n_groups, 5).
     """
@@ -97,6 +99,10 @@ def layout(frame_shape: tuple[int, int], frame_dtype: str, n_slots: int, n_group
         "sinogram": PartSpec("float32", (n_groups, rows_b, cols_b)),
         "volume": PartSpec("float32", (n_workers, rows_b, n, n)),
         "weights": PartSpec("float64", (n_workers,)),
+        # Σ weight·(-ln transmission) and Σ weight of each partial over two sets of angles
+        # (θ mod 180° below/above 90°): the streaming ring filter's means
+        "absorption_sum": PartSpec("float64", (n_workers, 2, rows_b, cols_b)),
+        "absorption_weights": PartSpec("float64", (n_workers, 2)),
     }
     if binned:
         # indexed by group, like sinogram: a slot is never reused within a scan, so a group
@@ -158,7 +164,7 @@ class ScanBuffers:
 
     Use :meth:`create` (owner) or :meth:`attach` (everyone else); pass
     :meth:`description` through queues. Attributes ``ring``, ``reference``, ``sinogram``,
-    ``volume``, ``weights`` (and ``binned`` in split mode) are the arrays of :func:`layout`;
+    ``volume``, ``weights``, ``absorption_sum``, ``absorption_weights`` (and ``binned`` in split mode) are the arrays of :func:`layout`;
     ``arrays`` maps every part.
     """
 
@@ -196,6 +202,16 @@ class ScanBuffers:
     def weights(self) -> np.ndarray:
         """float64 ``(n_workers,)``: sum of the angle weights (rad) each worker added."""
         return self.arrays["weights"]
+
+    @property
+    def absorption_sum(self) -> np.ndarray:
+        """float64 ``(n_workers, 2, rows_b, cols_b)``: Σ weight·(-ln transmission), per worker and angle set."""
+        return self.arrays["absorption_sum"]
+
+    @property
+    def absorption_weights(self) -> np.ndarray:
+        """float64 ``(n_workers, 2)``: the Σ weight of :attr:`absorption_sum`, radians."""
+        return self.arrays["absorption_weights"]
 
     @property
     def binned(self) -> np.ndarray:

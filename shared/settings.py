@@ -22,7 +22,7 @@ FILTERS = ("ram-lak", "shepp-logan", "cosine", "hann")
 PAD_MODES = ("edge", "reflect")
 DEVICES = ("cpu", "gpu")
 #: Ring filters (``workers/ring.py`` RING_FILTERS; a unit test keeps both equal).
-RING_FILTERS = ("none", "sorting")
+RING_FILTERS = ("none", "sorting", "column-mean")
 
 # Limits that catch typos and absurd requests, not physics.
 _MAX_BINNING = 64
@@ -141,9 +141,10 @@ class ReconstructionSettings:
     device : str
         ``"cpu"`` or ``"gpu"``.
     ring_filter : str
-        Stripe (ring) removal on the sinograms: ``"none"`` or ``"sorting"`` (Vo et al.).
-        Off by default: measured to help where phase retrieval keeps fine detail, and to
-        cost accuracy after a strong Paganin low-pass (``workers/ring.py``).
+        Stripe (ring) removal on the sinograms: ``"none"``, ``"sorting"`` (Vo et al.; whole
+        sinograms, offline only) or ``"column-mean"`` (a running mean over the angles; offline
+        and live). Off by default: measured to help where phase retrieval keeps fine detail,
+        and not after a strong Paganin low-pass (``workers/ring.py``).
     """
 
     binning: int = 1

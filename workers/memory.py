@@ -52,7 +52,7 @@ def padded_side(n: int, margin: float = 0.5) -> int:
 
 def estimate_device_bytes(raw_shape: tuple[int, int], binning: int, angle_binning: int,
                           batch: int = 1, raw_itemsize: int = 2, margin: float = 0.5,
-                          ramp_padding_factor: int = 2) -> MemoryEstimate:
+                          ramp_padding_factor: int = 2, volume_width: int | None = None) -> MemoryEstimate:
     """Estimate the device memory of reconstructing one scan.
 
     Parameters
@@ -69,6 +69,10 @@ def estimate_device_bytes(raw_shape: tuple[int, int], binning: int, angle_binnin
         Padding fraction of the phase retrieval.
     ramp_padding_factor : int
         Zero-padding factor of the ramp filter.
+    volume_width : int, optional
+        Voxels along ``x`` and ``y`` of the volume (binned); default the binned detector
+        width. A 360° offset-axis scan's disc is nearly twice it (``workers/halfacq.py``
+        ``volume_width``): four times the volume.
 
     Returns
     -------
@@ -87,7 +91,8 @@ def estimate_device_bytes(raw_shape: tuple[int, int], binning: int, angle_binnin
     phasing = int(batch * wave * (WAVES_PER_PROJECTION + FFT_WORKSPACE_FACTOR) + wave)  # + kernel
     ramp_cols = smooth_size(ramp_padding_factor * cols_b)
     filtering = batch * rows_b * (ramp_cols * 4 + (ramp_cols // 2 + 1) * 8)
-    volume = rows_b * cols_b * cols_b * 4
+    n = cols_b if volume_width is None else int(volume_width)
+    volume = rows_b * n * n * 4
     return MemoryEstimate(raw, references, intensities, phasing, filtering, volume)
 
 
@@ -124,9 +129,15 @@ class DeviceBudget:
     batch: int = 1
     copies: int = 1
 
-    def check(self, raw_shape: tuple[int, int], raw_itemsize: int, binning: int, angle_binning: int) -> None:
-        """Raise ``MemoryError`` with the reason when a scan of this geometry cannot fit."""
+    def check(self, raw_shape: tuple[int, int], raw_itemsize: int, binning: int, angle_binning: int,
+              volume_width: int | None = None) -> None:
+        """Raise ``MemoryError`` with the reason when a scan of this geometry cannot fit.
+
+        ``volume_width``: the volume's binned ``x``/``y`` size when it is not the detector's
+        (a 360° offset-axis scan).
+        """
         if self.available_bytes <= 0:
             return
-        estimate = estimate_device_bytes(raw_shape, binning, angle_binning, self.batch, raw_itemsize)
+        estimate = estimate_device_bytes(raw_shape, binning, angle_binning, self.batch, raw_itemsize,
+                                         volume_width=volume_width)
         check_fits(estimate, self.available_bytes, copies=self.copies)

@@ -118,6 +118,8 @@ def stage_timings(backend, preset: dict, batch: int, iterations: int, repeat: in
 
 #: Detector rows the whole-scan stages are timed on (their cost is linear in the rows).
 _ROWS_TIMED = 16
+#: Rows of the column-mean filter's volume (its back-projection is timed at full speed).
+_ROWS_RING_VOLUME = 64
 
 
 def whole_scan_timings(backend, size: int, n_angles: int, repeat: int) -> dict:
@@ -136,12 +138,46 @@ def whole_scan_timings(backend, size: int, n_angles: int, repeat: int) -> dict:
     t = best_time(lambda: remove_stripes("sorting", stack, backend), repeat, backend.synchronize)
     out = {"ring filter (sorting)": {**_row(Timing(t * size / rows, n_angles)),
                                      "note": f"timed on {rows} rows, scaled to {size}"}}
+    out.update(column_mean_timings(backend, stack, size, repeat))
     host = backend.to_host(stack)[:, :, :]
     angles = np.linspace(0.0, 360.0, n_angles, endpoint=False)
     t = best_time(lambda: estimate_cor(host, angles), repeat)
     out["centre estimate"] = {"seconds_per_scan": t * min(size, 128) / rows, "angles": n_angles,
                               "note": f"360° pairs, timed on {rows} rows, scaled to {min(size, 128)}"}
     return out
+
+
+def column_mean_timings(backend, stack, size: int, repeat: int) -> dict:
+    """The streaming ring filter's two costs: per projection (the workers' running Σ weight·(-ln T))
+    and per published volume (the daemon's stripes and their back-projection at every angle),
+    timed on ``stack``'s rows and scaled to ``size`` rows like the sorting filter. The phase
+    retrieval of the one stripes image per volume is not counted (its row is the chain's)."""
+    from holostream.service.daemon.rings import AbsorptionSum
+    from holostream.workers import fbp
+    from holostream.workers.ring import column_stripes, ring_volume
+
+    n_angles, cols = stack.shape[0], stack.shape[2]
+    # enough rows for the compiled back-projector (it takes over from 2²⁴ voxel updates a call)
+    rows = min(size, _ROWS_RING_VOLUME)
+    stack = backend.xp.concatenate([stack] * -(-rows // stack.shape[1]), axis=1)[:, :rows]
+    running = AbsorptionSum("column-mean", (rows, cols), backend)
+    transmission = backend.xp.exp(-backend.xp.abs(stack[:1]))
+    t_add = best_time(lambda: running.add(transmission, [1.0], [0.0]), repeat, backend.synchronize)
+    angles = np.linspace(0.0, math.pi, n_angles, endpoint=False)
+    weights = fbp.angle_weights(angles)
+    ramp = fbp.RampFilter(cols, backend)
+
+    def publish():
+        halves = (stack[: n_angles // 2].mean(axis=0), stack[n_angles // 2 :].mean(axis=0))
+        stripes = ramp(column_stripes(backend.xp.stack(halves), backend)[None])[0]
+        return ring_volume(stripes, angles, weights, 0.0, (rows, cols, cols), backend)
+
+    t_publish = best_time(publish, repeat, backend.synchronize)
+    note = f"timed on {rows} rows, scaled to {size}"
+    return {"ring filter (column-mean), running sum": {**_row(Timing(t_add * size / rows, 1)), "note": note},
+            "ring filter (column-mean), per published volume": {
+                "seconds_per_volume": t_publish * size / rows, "angles": n_angles,
+                "note": f"{note}; stripes of the mean, ramp filter, back-projection at every angle"}}
 
 
 def chain_summary(stages: dict, preset: dict, iterations: int) -> dict:

@@ -33,6 +33,11 @@ def format_report(report: dict[str, Any]) -> str:
     if stages:
         lines.append(f"{'stage':<24}{'projections/s':>15}{'ms/projection':>16}")
         for name, row in stages.items():
+            if "projections_per_s" not in row:  # once per scan or per volume, not per projection
+                per = next((k for k in row if k.startswith("seconds_per_")), None)
+                lines.append(f"{name:<24}{'':>15}{'':>16}   "
+                             + (f"{row[per]:.3g} s {per[len('seconds_'):].replace('_', ' ')}" if per else ""))
+                continue
             lines.append(f"{name:<24}{row['projections_per_s']:>15.4g}"
                          f"{1e3 * row['seconds'] / row['projections']:>16.4g}")
     chain = report.get("chain")

@@ -47,6 +47,10 @@ def add_arguments(parser) -> None:
                         help="also reconstruct a simulated 4-distance mixed-material scan with 1-4 distances "
                              "and each chain: correlation with the true δ and β, ms per angle per stage, "
                              "HoToPy's multi-distance CTF beside (when installed)")
+    parser.add_argument("--rings", action="store_true",
+                        help="also compare the ring filters with and without phase retrieval on simulated "
+                             "scans with bad columns: ours and nabu's (when installed), ring reduction and "
+                             "correlation with the truth")
     parser.add_argument("--md-size", type=int, default=128, help="--multidistance frame size (128)")
     parser.add_argument("--md-angles", type=int, default=180, help="--multidistance angles (180)")
     parser.add_argument("--pool", type=int, nargs="?", const=0, default=None, metavar="N",
@@ -71,7 +75,7 @@ def run(args) -> int:
         report["peers"] = {"fbp_vs_astra": _fbp_vs_astra(preset, args)}
         return _emit(report, args.json)
     sections = 1 + bool(args.phase_peers) + (args.pool is not None) + bool(args.ingest) + bool(args.cluster) \
-        + bool(args.multidistance) \
+        + bool(args.multidistance) + bool(args.rings) \
         + (not args.no_peers and args.device == "cpu")
     progress, done = ProgressBar("bench", unit="section"), 0
     stages = stage_timings(backend, preset, batch, iterations, args.repeat)
@@ -90,6 +94,13 @@ def run(args) -> int:
 
         report["multidistance"] = run_multidistance(
             args.md_size, args.md_angles, log=lambda line: print(line, file=sys.stderr, flush=True))
+        progress(done := done + 1, sections)
+    if args.rings:
+        import sys
+
+        from holostream.service.bench.rings import compare_ring_filters
+
+        report["rings"] = compare_ring_filters(log=lambda line: print(line, file=sys.stderr, flush=True))
         progress(done := done + 1, sections)
     if args.pool is not None:
         report["pool_binning"] = pool_binning_throughput(args.pool or len(os.sched_getaffinity(0)))

@@ -29,6 +29,10 @@ def format_status(status: dict[str, Any]) -> str:
             line += f", confidence {centre['cor_confidence']:.2f}"
             line += "" if centre["cor_confidence"] >= 0.5 else ": LOW, do not trust it"
         lines.append(line + ")")
+    wanted = (status.get("settings") or {}).get("ring_filter", "none")
+    if status.get("scan_id") and (status.get("ring_filter") or "none") != "none" or wanted != "none":
+        lines.append(f"ring filter      {status.get('ring_filter') or 'none'} on the last volume "
+                     f"(setting: {wanted})")
     lines.append(f"frames           received {status.get('frames_received', 0)}, "
                  f"rejected {status.get('frames_rejected', 0)}, dropped {status.get('frames_dropped', 0)}")
     ingest = status.get("ingest") or {}

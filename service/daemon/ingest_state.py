@@ -17,7 +17,7 @@ from typing import Any
 
 from holostream.service.daemon.channels import Channels, drain
 from holostream.service.daemon.rejects import Rejects
-from holostream.service.daemon.scan import LOST_AFTER_S, OpenScan
+from holostream.service.daemon.scan import LOST_AFTER_S, OpenScan, half_acquisition
 from holostream.service.daemon.scanplan import ScanPlan, open_scan, plan_scan
 from holostream.shared.messages import (
     Frame, Limits, ProtocolError, ScanAbort, ScanEnd, ScanInfo, ScanStart, parse_message,
@@ -131,8 +131,10 @@ class Ingest:
             raise ProtocolError(f"binning {settings.binning} exceeds the {info.shape[0]}x{info.shape[1]} frame",
                                 "settings")
         try:  # refused before any frame, not half-way through the scan
+            half = half_acquisition(info, settings.binning)  # its wider volume (workers/halfacq.py)
             self.device_budget.check(info.shape, info.frame_nbytes // (info.shape[0] * info.shape[1]),
-                                     settings.binning, settings.angle_binning)
+                                     settings.binning, settings.angle_binning,
+                                     None if half is None else half[0])
         except MemoryError as exc:
             raise ProtocolError(f"scan_start {info.scan_id}: does not fit the device: {exc}",
                                 "no_memory") from exc

@@ -17,8 +17,11 @@ from typing import Any
 import numpy as np
 
 from holostream.service.daemon.centre import LiveCentre, recentred_volume
+from holostream.service.daemon.halfscan import deferred_columns, deferred_volume
+from holostream.service.daemon.rings import LiveRings
 from holostream.service.daemon.volumes import LiveScan
 from holostream.workers.backend import Backend
+from holostream.workers.fbp import RampFilter
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,8 @@ class KeptScan:
     groups: dict[int, tuple[float, float, int]]
     centre: LiveCentre
     shape: tuple[int, ...]
+    rings: LiveRings | None = None  # the final volume's streaming ring filter, subtracted again
+    deferred: bool = False  # the sinogram holds unfiltered δ (a 360° scan without cor_px)
 
     @classmethod
     def of(cls, state: LiveScan, header: dict[str, Any], limit_mb: float) -> "KeptScan | None":
@@ -61,7 +66,7 @@ class KeptScan:
         sinogram = np.array(state.buffers.sinogram[keys])  # a private copy: the shm goes away
         groups = {i: state.groups[g] for i, g in enumerate(keys)}
         return cls(dict(header), sinogram, groups, copy.copy(state.centre),
-                   tuple(state.buffers.volume.shape[1:]))
+                   tuple(state.buffers.volume.shape[1:]), state.rings.detached(), bool(state.deferred))
 
     @property
     def scan_id(self) -> str:
@@ -80,9 +85,21 @@ class KeptScan:
         """
         before = self.centre.fields()
         self.centre.set_by_operator(cor_px)
-        volume = recentred_volume(self.sinogram, self.groups, self.centre.binned_px, self.shape,
-                                  backend, final=True)
+        stripes = None if self.rings is None or self.rings.applied == "none" else self.rings.last_stripes
+        if self.deferred:  # its width and weights follow the axis (daemon/halfscan.py)
+            ramp = RampFilter(self.sinogram.shape[2], backend, window=str(self.header["filter"]))
+            volume = deferred_volume(self.sinogram, self.groups, self.centre.binned_px, ramp, backend, True)
+            if stripes is not None:
+                stripes = self.rings.refiltered(deferred_columns(self.sinogram.shape[2], self.centre.binned_px),
+                                                backend)
+        else:
+            volume = recentred_volume(self.sinogram, self.groups, self.centre.binned_px, self.shape,
+                                      backend, final=True)
+        if stripes is not None:
+            volume = self.rings.subtract(volume, stripes, self.groups, self.centre.binned_px, True, backend)
         header = {k: v for k, v in self.header.items() if k not in ("cor_confidence", "republished")}
+        header.update(shape=[int(n) for n in volume.shape],  # a deferred scan's width follows its axis
+                      half_acquisition=volume.shape[-1] != self.sinogram.shape[2])
         header.update(self.centre.fields(), seq=int(self.header["seq"]) + 1, timestamp=time.time(),
                       recentred={"from_cor_px": before["cor_px"], "from_cor_source": before["cor_source"]})
         self.header = header

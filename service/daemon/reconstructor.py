@@ -29,6 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from holostream.service.daemon.channels import Channels
+from holostream.service.daemon.rings import AbsorptionSum
 from holostream.service.daemon.worker import build_pipeline, choose_backend
 from holostream.shared.messages import ScanInfo
 from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers
@@ -75,6 +76,8 @@ class ScanReconstruction:
         # (the volume header says "cor_source": "estimated", "cor_confidence": 0).
         self.center_px = self.pipeline.center_px(self.scan.cor_px or 0.0)
         self.uncommitted: list[dict[str, Any]] = []  # the messages of the accumulated groups
+        self.stripes = AbsorptionSum(settings.ring_filter, self.pipeline.binned_shape, backend)
+        self.deferred = bool(message.get("centre_deferred"))  # a 360° scan without cor_px
         self.uncommitted_weight = 0.0
         self.last_used = self.last_commit = time.monotonic()
         self.commit_seconds = 0.0  # what the last commit took (a whole-volume copy on a GPU)
@@ -88,6 +91,12 @@ class ScanReconstruction:
         self.last_used = time.monotonic()
         groups = [int(m["group"]) for m in messages]
         stack = self.backend.asarray(self.buffers.binned[groups])
+        self.stripes.add(stack, [float(m["weight"]) for m in messages], [float(m["angle_deg"]) for m in messages])
+        if self.deferred:  # axis unknown: δ for the daemon, which filters it (daemon/halfscan.py)
+            self.buffers.sinogram[groups] = self.backend.to_host(self.pipeline.delta_from_transmission(stack))
+            self.uncommitted += messages
+            self.uncommitted_weight += sum(float(m["weight"]) for m in messages)
+            return
         filtered = self.pipeline.filtered_from_transmission(stack)
         self.buffers.sinogram[groups] = self.backend.to_host(filtered)
         angles_rad = np.radians([float(m["angle_deg"]) for m in messages])
@@ -116,6 +125,7 @@ class ScanReconstruction:
         """
         start = time.monotonic()
         self.shared_volume += self.backend.to_host(self.accumulator)
+        self.stripes.commit(self.buffers.absorption_sum[0], self.buffers.absorption_weights[0])
         self.buffers.weights[0] += self.uncommitted_weight
         for m in self.uncommitted:
             self.buffers.handoff[int(m["group"])] = (HANDOFF_COMMITTED, float(m["angle_deg"]),

@@ -100,6 +100,8 @@ class ControlRequests:
             "n_projections_expected": current.scan["n_projections"] if current else None,
             # the current scan's axis: cor_px, cor_source, cor_confidence (when estimated)
             "centre": current.centre.fields() if current else None,
+            # the ring filter the current scan's last volume had ("none" before it applies)
+            "ring_filter": current.rings.applied if current else None,
             "frames_received": self.stats.get("received", 0),
             "frames_rejected": self.stats.get("rejected", self.counters["rejected"]),
             "frames_dropped": self.stats.get("dropped", 0),

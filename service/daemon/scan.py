@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from holostream.service.daemon.halfscan import centre_deferred
 from holostream.shared.messages import Frame, ProtocolError, ScanInfo
 from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers
 from holostream.shared.settings import ReconstructionSettings
@@ -102,7 +103,8 @@ class OpenScan:
         self.task_base = {"type": "group", "scan_seq": seq,
                           "scan": {k: v for k, v in info.to_dict().items() if k != "angles_deg"},
                           "settings": settings.to_dict(), "buffers": buffers.description(),
-                          "half_acquisition": half_acquisition(info, settings.binning) is not None}
+                          "half_acquisition": half_acquisition(info, settings.binning) is not None,
+                          "centre_deferred": centre_deferred(info)}
 
     # ---- state -------------------------------------------------------------------------
     @property

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from holostream.service.daemon.centre import LiveCentre, recentred_volume
+from holostream.service.daemon.halfscan import centre_deferred, deferred_columns, deferred_volume, ramp_of
+from holostream.service.daemon.rings import LiveRings
 from holostream.shared.scanbuffers import ScanBuffers
 from holostream.workers import fbp, phasing
 from holostream.workers.backend import Backend
@@ -61,7 +63,7 @@ def volume_header(scan: dict[str, Any], settings: dict[str, Any], *, scan_seq: i
         "cor_px": float(scan.get("cor_px") or 0.0),
         "cor_source": "given" if scan.get("cor_px") is not None else "estimated",
         **({} if scan.get("cor_px") is not None else {"cor_confidence": 0.0}),  # not estimated yet
-        # sinogram ring filters need the whole scan: only `holostream reconstruct` applies them
+        # LiveScan.header replaces it with what its volume had (a streaming filter, or none)
         "ring_filter": "none",
         "delta_beta": float(scan["delta_beta"]), "energy_kev": float(scan["energy_kev"]),
         **_effective_geometry(scan),
@@ -161,10 +163,18 @@ class LiveScan:
     complete: dict[str, Any] | None = None
     last_result: float = field(default_factory=time.monotonic)
     centre: LiveCentre | None = None  # the axis the volumes use (given, estimated, operator)
+    rings: LiveRings | None = None  # the streaming ring filter (service/daemon/rings.py)
+    deferred: bool | None = None  # a 360° scan without cor_px: sinogram holds δ (daemon/halfscan.py)
 
     def __post_init__(self):
         if self.centre is None:
             self.centre = LiveCentre.of_scan(self.scan, self.settings)
+        if self.rings is None:
+            self.rings = LiveRings.of_scan(self.scan, self.settings)
+        if self.deferred is None:
+            from holostream.shared.messages import ScanInfo
+
+            self.deferred = centre_deferred(ScanInfo.from_dict(self.scan))
 
     @classmethod
     def open(cls, event: dict[str, Any], now: float) -> "LiveScan":
@@ -214,29 +224,55 @@ class LiveScan:
         """
         self.published_groups = len(self.groups)
         self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id)
+        if self.deferred:
+            return self._deferred_volume(backend, final=False) if self.groups else None
+        stripes = self.stripes(backend)  # before the volume: its weights are never behind it
         if self.groups and self.centre.differs_from(self.center_px):
-            return recentred_volume(self.buffers.sinogram, self.groups, self.centre.binned_px,
-                                    self.buffers.volume.shape[1:], backend, final=False)
-        return live_volume(self.buffers.volume, self.buffers.weights)
+            volume = recentred_volume(self.buffers.sinogram, self.groups, self.centre.binned_px,
+                                      self.buffers.volume.shape[1:], backend, final=False)
+            return self.rings.subtract(volume, stripes, self.groups, self.centre.binned_px, False, backend)
+        volume = live_volume(self.buffers.volume, self.buffers.weights)
+        if volume is None:
+            return None
+        return self.rings.subtract(volume, stripes, self.groups, self.center_px, False, backend)
 
     def final_volume(self, backend: Backend) -> np.ndarray:
         """The one-shot FBP of the groups that arrived (see :func:`final_volume`)."""
         self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id)
+        if self.deferred:
+            return self._deferred_volume(backend, final=True)
+        stripes = self.stripes(backend)
         if self.centre.differs_from(self.center_px):
-            return recentred_volume(self.buffers.sinogram, self.groups, self.centre.binned_px,
-                                    self.buffers.volume.shape[1:], backend, final=True)
+            volume = recentred_volume(self.buffers.sinogram, self.groups, self.centre.binned_px,
+                                      self.buffers.volume.shape[1:], backend, final=True)
+            return self.rings.subtract(volume, stripes, self.groups, self.centre.binned_px, True, backend)
         groups = np.array(sorted(self.groups))
         angles = np.array([self.groups[g][0] for g in groups])
         used = np.array([self.groups[g][1] for g in groups])
-        return final_volume(self.buffers.volume, self.buffers.weights, self.buffers.sinogram,
-                            groups, angles, used, self.center_px, backend)
+        volume = final_volume(self.buffers.volume, self.buffers.weights, self.buffers.sinogram,
+                              groups, angles, used, self.center_px, backend)
+        return self.rings.subtract(volume, stripes, self.groups, self.center_px, True, backend)
+
+    def _deferred_volume(self, backend: Backend, final: bool) -> np.ndarray:
+        """A deferred-centre scan's volume about its current centre (daemon/halfscan.py)."""
+        centre = self.centre.binned_px
+        columns = deferred_columns(self.buffers.sinogram.shape[2], centre)
+        stripes = self.rings.stripes(self.buffers, columns is not None, backend, columns)
+        volume = deferred_volume(self.buffers.sinogram, self.groups, centre,
+                                 ramp_of(self.scan, self.settings, backend), backend, final)
+        return self.rings.subtract(volume, stripes, self.groups, centre, final, backend)
+
+    def stripes(self, backend: Backend):
+        """The streaming ring filter's ramp-filtered stripes so far (None: none to subtract)."""
+        return self.rings.stripes(self.buffers, self.buffers.volume.shape[-1] != self.buffers.sinogram.shape[-1],
+                                  backend)
 
     def header(self, volume: np.ndarray, final: bool) -> dict[str, Any]:
         """The header of this scan's next volume message."""
         header = volume_header(self.scan, self.settings, scan_seq=self.seq, seq=self.volume_seq,
                                final=final, n_used=self.n_used, shape=volume.shape)
         header.pop("cor_confidence", None)  # only an estimate has one
-        header.update(self.centre.fields())
+        header.update(self.centre.fields(), ring_filter=self.rings.applied)
         # the volume is wider than the binned detector only for a 360° offset-axis scan
         header["half_acquisition"] = volume.shape[-1] != int(self.scan["shape"][1]) // int(
             self.settings["binning"])
@@ -248,5 +284,6 @@ class LiveScan:
 
     def close(self) -> None:
         """Unlink and unmap the scan's shared memory."""
+        self.rings.release()
         self.buffers.unlink()
         self.buffers.close()

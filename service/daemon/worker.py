@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from holostream.service.daemon.channels import Channels
+from holostream.service.daemon.rings import AbsorptionSum
 from holostream.shared.messages import ScanInfo
 from holostream.shared.scanbuffers import ScanBuffers
 from holostream.shared.settings import ReconstructionSettings
@@ -119,6 +120,8 @@ class ScanWork:
         self.accumulator = None if split else backend.asarray(self.shared_volume)
         self.in_place = self.accumulator is self.shared_volume
         self.uncommitted: list[dict[str, Any]] = []  # group_done events not yet visible
+        self.stripes = AbsorptionSum(settings.ring_filter, self.pipeline.binned_shape, backend)
+        self.deferred = bool(task.get("centre_deferred"))  # a 360° scan without cor_px
         self.stage_seconds: dict[str, float] = {}  # of the last group (pool mode), for the metrics
         self.uncommitted_weight = 0.0
         self.last_used = self.last_commit = time.monotonic()
@@ -140,6 +143,13 @@ class ScanWork:
         t0 = time.perf_counter()
         transmission = self.pipeline.transmission(raw, list(task["indices"]))
         t1 = time.perf_counter()
+        self.stripes.add(transmission[None], [float(task["weight"])], [float(task["angle_deg"])])
+        if self.deferred:  # axis unknown: δ for the daemon, which filters it (daemon/halfscan.py)
+            delta = self.pipeline.delta_from_transmission(transmission[None])[0]
+            self.buffers.sinogram[task["group"]] = self.backend.to_host(delta)
+            self.uncommitted_weight += float(task["weight"])
+            self.stage_seconds = {"flatfield_binning": t1 - t0, "phase_filter": time.perf_counter() - t1}
+            return
         filtered = self.pipeline.filtered_from_transmission(transmission[None])[0]
         self.buffers.sinogram[task["group"]] = self.backend.to_host(filtered)
         t2 = time.perf_counter()
@@ -160,6 +170,8 @@ class ScanWork:
         """Publish the accumulated groups to shared memory; returns their ``group_done`` events."""
         if not self.in_place:
             self.shared_volume[...] = self.backend.to_host(self.accumulator)
+        self.stripes.commit(self.buffers.absorption_sum[self.worker_id],
+                            self.buffers.absorption_weights[self.worker_id])
         self.buffers.weights[self.worker_id] += self.uncommitted_weight
         events, self.uncommitted, self.uncommitted_weight = self.uncommitted, [], 0.0
         self.last_commit = time.monotonic()

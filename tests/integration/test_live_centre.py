@@ -35,12 +35,12 @@ def _without_centre(scan):
     return dataclasses.replace(scan_data_from_simulation(scan), cor_px=None)
 
 
-def _stream(address, data, scan_id, fps):
+def _stream(address, data, scan_id, fps, reconstruction=None):
     errors = []
 
     def run():
         try:
-            stream_scan(address, data, scan_id, fps=fps)
+            stream_scan(address, data, scan_id, fps=fps, reconstruction=reconstruction)
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             errors.append(exc)
 
@@ -86,7 +86,7 @@ def test_operator_sets_the_centre_of_the_current_scan(daemon, subscriber, offset
     header, _ = volumes[-1]
     assert header["cor_source"] == "operator" and header["cor_px"] == 6.0
     assert "cor_confidence" not in header
-    assert daemon.ask({"cmd": "config"})["ring_filters"] == ["none", "sorting"]
+    assert daemon.ask({"cmd": "config"})["ring_filters"] == ["none", "sorting", "column-mean"]
 
     # after the scan's end: its final volume again, re-centred from the kept sinogram
     final_header, final = volumes[-1]
@@ -142,3 +142,53 @@ def test_offset_axis_scan_live_covers_the_whole_disc(daemon, subscriber):
                                       get_backend("cpu", threads=1))
     assert attrs["half_acquisition"]
     np.testing.assert_allclose(final, offline, rtol=0, atol=2e-5 * float(np.abs(offline).max()))
+
+
+@pytest.mark.parametrize("mode, ring_filter", [("pool", "column-mean"), ("split", "none")])
+def test_offset_axis_scan_live_without_cor_px(tmp_path, serve, mode, ring_filter):
+    # The same 360° scan with its axis 20 px right of the middle, not given: the daemon finds
+    # the axis from opposite projections, sees that it is offset and publishes the whole
+    # disc; the final volume is the offline one about the axis it found (with the same ring
+    # filter, whose detector weights follow that axis too).
+    from holostream.workers.phantom import random_phantom
+    from holostream.workers.simulate import simulate_scan
+
+    phantom = random_phantom(8, radius_m=40e-6, height_m=60e-6, n_objects=10, size_range=(0.1, 0.3))
+    scan = simulate_scan(phantom, angles_deg=np.linspace(0, 360, 120, endpoint=False), rows=16,
+                         cols=64, cor_px=20.0, binning=None, n_darks=2, n_flats=4, seed=6)
+    data = _without_centre(scan)
+    daemon = serve.Daemon(tmp_path, workers=2, workers_keys={"mode": mode, "batch": 4})
+    try:
+        daemon.wait_ready()
+        if mode == "split":
+            serve.wait_for(lambda: daemon.status()["reconstructor"]["alive"], 30, "the reconstructor")
+        sub = serve.Subscriber(daemon.publish)
+        sub.wait_connected()
+        thread, errors = _stream(daemon.ingest, data, "half_auto", 60.0, {"ring_filter": ring_filter})
+        volumes = sub.volumes_until_final("half_auto", timeout_s=60)
+        thread.join(30)
+        assert not errors
+        # the completed scan is kept: the operator can still move its axis
+        reply = daemon.ask({"cmd": "set", "params": {"cor_px": 19.0}})
+        assert "republishes" in str(reply), reply
+        recentred_header, recentred = sub.volumes_until_final("half_auto", timeout_s=60)[-1]
+        sub.close()
+    finally:
+        daemon.close()
+    header, final = volumes[-1]
+    print(f"\n{mode}: live centre without cor_px {header['cor_px']:+.3f} "
+          f"(confidence {header['cor_confidence']:.2f}), volume {header['shape']}")
+    assert header["cor_source"] == "estimated" and header["cor_confidence"] >= 0.5
+    assert header["cor_px"] == pytest.approx(20.0, abs=0.3)
+    assert header["ring_filter"] == ring_filter
+    cpu = get_backend("cpu", threads=1)
+    settings = ReconstructionSettings(ring_filter=ring_filter)
+    offline, attrs = reconstruct_scan(scan_data_from_simulation(scan), settings, 200.0, header["cor_px"], cpu)
+    # the disc about the axis found (2·⌈52⌉ = 104 voxels about the true one)
+    assert attrs["half_acquisition"] and header["half_acquisition"]
+    assert header["shape"] == list(offline.shape) and offline.shape[-1] in (104, 106)
+    np.testing.assert_allclose(final, offline, rtol=0, atol=2e-5 * float(np.abs(offline).max()))
+    assert recentred_header["cor_source"] == "operator" and recentred_header["half_acquisition"]
+    offline, _ = reconstruct_scan(scan_data_from_simulation(scan), settings, 200.0, 19.0, cpu)
+    assert list(recentred.shape) == recentred_header["shape"] == list(offline.shape)
+    np.testing.assert_allclose(recentred, offline, rtol=0, atol=2e-5 * float(np.abs(offline).max()))

@@ -55,3 +55,22 @@ def test_device_budget_counts_every_device_process():
     with pytest.raises(MemoryError, match="4 ×"):
         DeviceBudget(available_bytes=int(one / 0.9) + 1, copies=4).check((512, 512), 2, 1, 1)
     DeviceBudget().check((65536, 65536), 2, 1, 1)  # 0 bytes: no check
+
+
+def test_half_acquisition_counts_its_wider_volume():
+    # a 360° scan with the axis 20 px from the middle of 64 columns: a 104-voxel disc
+    from holostream.shared.messages import ScanInfo
+    from holostream.service.daemon.scan import half_acquisition
+    from holostream.workers.memory import DeviceBudget
+
+    info = ScanInfo(scan_id="half", shape=(16, 64), dtype="uint16", n_darks=1, n_flats=1, n_projections=120,
+                    energy_kev=17.5, distance_m=0.05, pixel_size_m=1e-6, delta_beta=200.0,
+                    angle_start_deg=0.0, angle_step_deg=3.0, cor_px=20.0)
+    width = half_acquisition(info, 1)[0]
+    est = estimate_device_bytes((16, 64), 1, 1, volume_width=width)
+    assert width == 104 and est.volume == np.zeros((16, 104, 104), np.float32).nbytes
+    narrow = estimate_device_bytes((16, 64), 1, 1).total
+    budget = DeviceBudget(available_bytes=int(narrow / 0.9) + 1)
+    budget.check((16, 64), 2, 1, 1)  # fits as a centred scan
+    with pytest.raises(MemoryError, match="volume"):
+        budget.check((16, 64), 2, 1, 1, volume_width=width)

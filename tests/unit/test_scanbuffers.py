@@ -38,6 +38,8 @@ def test_layout_matches_the_architecture_table():
     assert specs["sinogram"].shape == (4, 4, 5)
     assert specs["volume"].shape == (2, 4, 5, 5) and specs["volume"].dtype == "float32"
     assert specs["weights"].shape == (2,) and specs["weights"].dtype == "float64"
+    assert specs["absorption_sum"].shape == (2, 2, 4, 5) and specs["absorption_sum"].dtype == "float64"
+    assert specs["absorption_weights"].shape == (2, 2)
     with pytest.raises(ValueError, match="n_slots=0"):
         layout((8, 10), "uint16", 0, 4, (4, 5), 2)
 
@@ -54,7 +56,7 @@ def child_writes(description, value):
 
 def test_create_attach_in_spawned_child_and_unlink(prefix):
     buffers = ScanBuffers.create(prefix, small_layout())
-    assert len(leftovers(prefix)) == 5
+    assert len(leftovers(prefix)) == 7
     assert not buffers.volume.any()
     buffers.ring[:] = np.arange(buffers.ring.size, dtype=np.uint16).reshape(buffers.ring.shape)
     proc = spawn_context().Process(target=child_writes, args=(buffers.description(), 7.25))
@@ -65,7 +67,7 @@ def test_create_attach_in_spawned_child_and_unlink(prefix):
     assert not buffers.volume[0].any()
     assert buffers.weights.tolist() == [0.0, 0.5]
     # the child's exit left the segments alone
-    assert len(leftovers(prefix)) == 5
+    assert len(leftovers(prefix)) == 7
     buffers.close()
     buffers.unlink()
     assert leftovers(prefix) == []
@@ -86,7 +88,7 @@ def test_independent_process_exit_neither_unlinks_nor_warns(tmp_path, prefix):
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert "leaked" not in out.stderr and "resource_tracker" not in out.stderr
-    assert len(leftovers(prefix)) == 5
+    assert len(leftovers(prefix)) == 7
     assert buffers.reference[0, 0, 0] == 3.5
     buffers.close()
     buffers.unlink()
@@ -129,8 +131,8 @@ def test_sweep_removes_leftovers_of_one_prefix_only(prefix):
     b = ScanBuffers.create(prefix.replace("test", "other"), small_layout())
     a.close()
     removed = sweep(prefix)
-    assert len(removed) == 5 and leftovers(prefix) == []
-    assert len(leftovers(b.prefix)) == 5
+    assert len(removed) == 7 and leftovers(prefix) == []
+    assert len(leftovers(b.prefix)) == 7
     b.close()
     b.unlink()
     with pytest.raises(ValueError, match="refusing"):
@@ -166,6 +168,6 @@ def test_sweep_orphans_removes_segments_of_dead_daemons_only(prefix):
     removed = sweep_orphans()
     assert sorted(n for n in removed if n.startswith(f"holostream_{dead_pid}_7_")) == sorted(
         f"holostream_{dead_pid}_7_{part}" for part in small_layout())
-    assert leftovers(f"holostream_{dead_pid}_") == [] and len(leftovers(prefix)) == 5
+    assert leftovers(f"holostream_{dead_pid}_") == [] and len(leftovers(prefix)) == 7
     alive.close()
     alive.unlink()
