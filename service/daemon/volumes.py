@@ -18,6 +18,7 @@ from holostream.service.daemon.centre import LiveCentre, recentred_volume
 from holostream.shared.scanbuffers import ScanBuffers
 from holostream.workers import fbp, phasing
 from holostream.workers.backend import Backend
+from holostream.workers.refilter import WindowChange
 
 #: Weight changes below this (radians; weights are >= π/100 000) are float noise, not gaps.
 _WEIGHT_TOLERANCE_RAD = 1e-9
@@ -75,6 +76,17 @@ def _effective_geometry(scan: dict[str, Any]) -> dict[str, float]:
     info = ScanInfo.from_dict(scan)
     return {"distance_m": info.distance_m, "pixel_size_m": info.pixel_size_m,
             "magnification": info.magnification}
+
+
+def retuned_fields(scan_filter: str, window: str | None) -> dict[str, Any]:
+    """Header fields of a volume made with the operator's FBP ``window`` (None: the scan's own).
+
+    ``filter`` is the window used; ``retuned`` lists what differs from the scan's settings
+    (PROTOCOL.md extensions, docs/protocol.md): ``{"filter": {"from": ..., "to": ...}}``.
+    """
+    if window is None or window == scan_filter:
+        return {"filter": scan_filter}
+    return {"filter": window, "retuned": {"filter": {"from": scan_filter, "to": window}}}
 
 
 def live_volume(partials: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
@@ -161,6 +173,7 @@ class LiveScan:
     complete: dict[str, Any] | None = None
     last_result: float = field(default_factory=time.monotonic)
     centre: LiveCentre | None = None  # the axis the volumes use (given, estimated, operator)
+    window: str | None = None  # the FBP filter the operator set for this scan (None: the scan's)
 
     def __post_init__(self):
         if self.centre is None:
@@ -206,6 +219,16 @@ class LiveScan:
         arrived = set((self.complete or {}).get("groups_arrived", []))
         return arrived - set(self.groups) - self.failed
 
+    def refilter(self, backend: Backend) -> WindowChange | None:
+        """The change from the workers' FBP filter to the operator's, or None (no change)."""
+        if self.window is None or self.window == self.settings["filter"]:
+            return None
+        return WindowChange(self.buffers.sinogram.shape[-1], backend, self.settings["filter"], self.window)
+
+    def needs_fbp(self) -> bool:
+        """True when volumes must be re-back-projected: another centre or filter than the workers'."""
+        return self.centre.differs_from(self.center_px) or self.window not in (None, self.settings["filter"])
+
     def live_volume(self, backend: Backend) -> np.ndarray | None:
         """The current normalised sum of the partials (None before the first group).
 
@@ -214,17 +237,19 @@ class LiveScan:
         """
         self.published_groups = len(self.groups)
         self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id)
-        if self.groups and self.centre.differs_from(self.center_px):
+        if self.groups and self.needs_fbp():
             return recentred_volume(self.buffers.sinogram, self.groups, self.centre.binned_px,
-                                    self.buffers.volume.shape[1:], backend, final=False)
+                                    self.buffers.volume.shape[1:], backend, final=False,
+                                    refilter=self.refilter(backend))
         return live_volume(self.buffers.volume, self.buffers.weights)
 
     def final_volume(self, backend: Backend) -> np.ndarray:
         """The one-shot FBP of the groups that arrived (see :func:`final_volume`)."""
         self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id)
-        if self.centre.differs_from(self.center_px):
+        if self.needs_fbp():
             return recentred_volume(self.buffers.sinogram, self.groups, self.centre.binned_px,
-                                    self.buffers.volume.shape[1:], backend, final=True)
+                                    self.buffers.volume.shape[1:], backend, final=True,
+                                    refilter=self.refilter(backend))
         groups = np.array(sorted(self.groups))
         angles = np.array([self.groups[g][0] for g in groups])
         used = np.array([self.groups[g][1] for g in groups])
@@ -240,6 +265,7 @@ class LiveScan:
         # the volume is wider than the binned detector only for a 360° offset-axis scan
         header["half_acquisition"] = volume.shape[-1] != int(self.scan["shape"][1]) // int(
             self.settings["binning"])
+        header.update(retuned_fields(self.settings["filter"], self.window))
         why = (self.complete or {}).get("incomplete")
         if final and why:  # a stalled scan: the volume of what arrived, saying so
             header.update(incomplete=True, incomplete_reason=why)

@@ -252,7 +252,7 @@ async function retune(params) {
   view.retune = { params, reply };
   note.className = reply.ok ? "note good" : "note bad";
   note.textContent = reply.ok
-    ? `cor_px ${fmt(reply.cor_px, 5)} for ${reply.scan_id}: ${reply.cor_applies || reply.applies || "accepted"}`
+    ? `cor_px ${fmt(reply.cor_px, 5)} for ${reply.scan_id}: ${reply.retune_applies || reply.applies || "accepted"}`
     : `refused: ${reply.error}`;
 }
 $("retune").onsubmit = (event) => {
