@@ -39,8 +39,9 @@ def start_retuner() -> Retuner:
     backend = get_backend("cpu", threads=len(os.sched_getaffinity(0)))
 
     def warm() -> None:  # loads the compiled kernel (or compiles it) before the first request
-        fbp.backproject(np.zeros((2, 8, 8), np.float32), np.zeros((1, 2, 8), np.float32),
-                        [0.0], [1.0], 0.0, backend)
+        # 32 angles onto 32 × 128²: just large enough for the compiled kernel (backprojection.py)
+        fbp.backproject(np.zeros((32, 128, 128), np.float32), np.zeros((32, 32, 128), np.float32),
+                        np.zeros(32), np.ones(32), 0.0, backend)
         WindowChange(8, backend, "ram-lak", "hann")(np.zeros((1, 8), np.float32))
 
     return Retuner(backend, warm)
