@@ -6,6 +6,8 @@ written to ``output_dir``.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -115,8 +117,11 @@ def test_status_answered_while_a_retune_runs_and_the_newest_wins(tmp_path, serve
 
         seen = serve.wait_for(running_or_published, 30, "a status during the re-tune")
         assert seen == "running", "the re-tuned volume arrived before any status showed its job running"
-        for cor_px in (1.0, 2.0, 3.0):  # while it runs: one waits, each newer one replaces it
+        for cor_px in (1.0, 2.0):  # while it runs: one waits, each newer one replaces it
             assert daemon.ask({"cmd": "set", "params": {"cor_px": cor_px}})["ok"]
+        cli = subprocess.run([sys.executable, "-m", "holostream.service.cli", "set", "cor_px=3.0",
+                              "--config", str(daemon.config)], capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 0 and "re-tuned scan busy: cor_px=3.0" in cli.stdout, cli
         headers = []
         while not headers or headers[-1]["cor_px"] != 3.0:
             headers.append(subscriber.volumes_until_final("busy", timeout_s=60)[-1][0])
