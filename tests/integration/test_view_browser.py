@@ -313,7 +313,21 @@ def test_operator_recentres_from_the_page(browser, viewer, daemon, small_scan_da
           f"about {before['cor_px']}: {corr_old:.4f}")
     assert corr_new >= 0.999 and corr_old < corr_new
 
-    # the viewer passes on the centre only: anything else is refused before the daemon sees it
+    # the completed scan re-filtered from the page: its final volume again, made with hann
+    from selenium.webdriver.support.ui import Select
+
+    final_header = volumes[-1][0]
+    Select(driver.find_element("id", "retune-filter")).select_by_value("hann")
+    driver.find_element("id", "refilter-apply").click()
+    serve.wait_for(lambda: page(driver, "window.holostreamView.image.meta.header.filter") == "hann", 30,
+                   "the page to show the re-filtered final volume", interval_s=0.1)
+    header = page(driver, "window.holostreamView.image.meta.header")
+    assert header["final"] and header["seq"] == final_header["seq"] + 1 and header["cor_px"] == new_cor_px
+    assert header["retuned"] == {"filter": {"from": "ram-lak", "to": "hann"}}
+    assert f"filter hann for {scan_id}" in driver.find_element("id", "retune-reply").text
+    assert '"to":"hann"' in driver.find_element("id", "parameters").text.replace(" ", "")
+
+    # the viewer passes on the centre and the filter only: anything else is refused before the daemon
     refused = urllib.request.Request(viewer.url + "api/set", data=json.dumps({"delta_beta": 1}).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
     with pytest.raises(urllib.error.HTTPError) as caught:

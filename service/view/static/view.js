@@ -192,7 +192,9 @@ function connect() {
         view.hello = message;
         const canRetune = (message.retune || []).includes("cor_px");
         $("retune-apply").disabled = !canRetune;
-        if (canRetune && !view.retune) $("retune-reply").textContent = "Applies from the scan's next volume.";
+        $("refilter-apply").disabled = !(message.retune || []).includes("filter");
+        if (canRetune && !view.retune) $("retune-reply").textContent =
+          "Applies to the scan being reconstructed from its next volume, else to the last scan's final volume.";
       }
       if (message.type === "status") {
         view.status = message.status; view.statusAge = message.age_s; view.statusAt = performance.now();
@@ -251,10 +253,15 @@ async function retune(params) {
   }
   view.retune = { params, reply };
   note.className = reply.ok ? "note good" : "note bad";
-  note.textContent = reply.ok
-    ? `cor_px ${fmt(reply.cor_px, 5)} for ${reply.scan_id}: ${reply.retune_applies || reply.applies || "accepted"}`
-    : `refused: ${reply.error}`;
+  const asked = "cor_px" in params ? `cor_px ${fmt(reply.cor_px, 5)}` : `filter ${params.filter}`;
+  note.textContent = !reply.ok ? `refused: ${reply.error}`
+    : reply.filter_not_retuned ? `filter ${params.filter} from the next scan only: ${reply.filter_not_retuned}`
+    : `${asked} for ${reply.scan_id}: ${reply.retune_applies || reply.applies || "accepted"}`;
 }
+$("refilter").onsubmit = (event) => {
+  event.preventDefault();
+  retune({ filter: $("retune-filter").value });
+};
 $("retune").onsubmit = (event) => {
   event.preventDefault();
   const value = $("retune-cor").value.trim();
