@@ -152,10 +152,10 @@ def measure(args: argparse.Namespace, ingest: str, publish: str, control: str) -
             sent = time.time()
             reply = request(control, {"cmd": "set", "params": {key: value}}, 60.0)
             replies.append(time.time() - sent)
-            if reply.get("ok") and not reply.get("filter_not_retuned"):
+            if reply.get("ok") and not reply.get("not_retuned"):
                 pending = (key, value, sent)
                 break
-            refused.append(reply.get("error") or reply.get("filter_not_retuned"))
+            refused.append(reply.get("error") or reply.get("not_retuned"))
             if len(refused) > 3:
                 raise RuntimeError(f"the daemon refuses re-tunes: {refused}")
     sub.close()

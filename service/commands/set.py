@@ -58,10 +58,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"settings ({reply.get('applies', 'from the next scan')}): "
               + ", ".join(f"{k}={v}" for k, v in settings.items()))
         if reply.get("retune_applies"):
-            changed = [f"cor_px={reply['cor_px']}"] if "cor_px" in reply else []
-            if "filter" in params and "filter_not_retuned" not in reply:
-                changed.append(f"filter={params['filter']}")
+            changed = [f"{k}={reply['cor_px'] if k == 'cor_px' else params[k]}" for k in reply.get("retuned", [])]
             print(f"re-tuned scan {reply.get('scan_id')}: {', '.join(changed)} ({reply['retune_applies']})")
-        if reply.get("filter_not_retuned"):
-            print(f"filter not re-tuned for scan {reply.get('scan_id')}: {reply['filter_not_retuned']}")
+        for key, why in (reply.get("not_retuned") or {}).items():
+            print(f"{key} not re-tuned for scan {reply.get('scan_id')}: {why}")
     return 0

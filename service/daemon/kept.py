@@ -1,11 +1,13 @@
 """The last completed scan, kept so that the operator can still re-centre and re-filter it.
 
 A scan's shared memory is released with its final volume (ingest reuses the space). What a
-re-centred final volume needs is only the ramp-filtered sinogram of the groups that arrived,
-their angles and weights, and the final header: :class:`KeptScan` copies these out of the
-shared memory before it is released, if they fit in ``[publish] keep_last_scan_mb``. A new
-FBP filter is applied to these filtered projections (``workers/refilter.py``), so nothing
-more is kept for it. The volumes themselves are made by the daemon's re-tune thread
+re-centred or re-filtered final volume needs is only the ramp-filtered sinogram of the groups
+that arrived, their angles and weights, and the final header: :class:`KeptScan` copies these
+out of the shared memory before it is released, if they fit in ``[publish]
+keep_last_scan_mb``; a new FBP filter is applied to these filtered projections
+(``workers/refilter.py``). A new δ/β or phase chain needs the binned transmissions too
+(split mode has them): copied as well when both fit in the limit, else the scan can be
+re-centred and re-filtered only. The volumes are made by the daemon's re-tune thread
 (``retune.py``): :meth:`KeptScan.compute_job` reads only this object's private copies.
 """
 
@@ -19,10 +21,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from holostream.service.daemon.centre import LiveCentre, recentred_volume
-from holostream.service.daemon.volumes import LiveScan, retuned_fields
+from holostream.service.daemon import aims
+from holostream.service.daemon.centre import LiveCentre
+from holostream.service.daemon.volumes import LiveScan
 from holostream.workers.backend import Backend
-from holostream.workers.refilter import WindowChange
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +38,22 @@ class KeptScan:
     header : dict
         The header of the newest final volume published of this scan.
     sinogram : ndarray, float32, shape (n_arrived, rows_b, cols_b)
-        Ramp-filtered projections of the arrived groups, in group order.
+        Ramp-filtered projections of the arrived groups, in group order (the scan's filter).
     groups : dict
         ``index into sinogram -> (angle_rad, weight, n_projections)``.
     centre : LiveCentre
         The axis of the newest final volume.
     shape : tuple of int
         ``(nz, n, n)`` of the volume.
+    scan, settings : dict
+        The scan's ``scan_start`` and settings (what ``sinogram`` was made with).
+    binned : ndarray or None
+        float32 like ``sinogram``: the binned transmissions (split mode, when they fit).
+    reference : ndarray or None
+        float32 ``(2, rows, cols)``: dark and flat, with ``binned``.
+    aim : dict
+        What the next re-tune uses: ``cor_px`` (None: the newest final volume's), and the
+        operator's ``filter``, ``delta_beta``, ``phase`` (see ``aims.py``).
     """
 
     header: dict[str, Any]
@@ -50,78 +61,85 @@ class KeptScan:
     groups: dict[int, tuple[float, float, int]]
     centre: LiveCentre
     shape: tuple[int, ...]
-    target: dict[str, Any] = field(default_factory=dict)  # the next re-tune's cor_px, window
-
-    def __post_init__(self):
-        self.target = {"cor_px": None, "window": self.header["filter"], **self.target}
+    scan: dict[str, Any]
+    settings: dict[str, Any]
+    binned: np.ndarray | None = None
+    reference: np.ndarray | None = None
+    aim: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def of(cls, state: LiveScan, header: dict[str, Any], limit_mb: float) -> "KeptScan | None":
-        """A copy of ``state``'s arrived sinogram rows, or None when off or over ``limit_mb``."""
+        """Copies of ``state``'s arrived rows (and transmissions), or None when off or over ``limit_mb``."""
         keys = sorted(state.groups)
-        nbytes = len(keys) * int(np.prod(state.buffers.sinogram.shape[1:])) * state.buffers.sinogram.itemsize
+        sinogram = state.buffers.sinogram
+        nbytes = len(keys) * int(np.prod(sinogram.shape[1:])) * sinogram.itemsize
         if limit_mb <= 0 or not keys:
             return None
         if nbytes > limit_mb * 1e6:
             log.info("scan %s: its sinogram (%.1f MB) is over keep_last_scan_mb = %g: not kept, "
-                     "it cannot be re-centred after its end", state.scan_id, nbytes / 1e6, limit_mb)
+                     "it cannot be re-tuned after its end", state.scan_id, nbytes / 1e6, limit_mb)
             return None
-        sinogram = np.array(state.buffers.sinogram[keys])  # a private copy: the shm goes away
-        groups = {i: state.groups[g] for i, g in enumerate(keys)}
-        return cls(dict(header), sinogram, groups, copy.copy(state.centre),
-                   tuple(state.buffers.volume.shape[1:]))
+        binned = state.buffers.arrays.get("binned")
+        binned_copy = reference = None
+        if binned is not None and 2 * nbytes + state.buffers.reference.nbytes <= limit_mb * 1e6:
+            binned_copy, reference = np.array(binned[keys]), np.array(state.buffers.reference)
+        elif binned is not None:
+            log.info("scan %s: its transmissions do not fit in keep_last_scan_mb = %g beside its sinogram: "
+                     "after its end it can be re-centred and re-filtered, not re-phased", state.scan_id, limit_mb)
+        return cls(dict(header), np.array(sinogram[keys]), {i: state.groups[g] for i, g in enumerate(keys)},
+                   copy.copy(state.centre), tuple(state.buffers.volume.shape[1:]), dict(state.scan),
+                   dict(state.settings), binned_copy, reference, dict(state.aim))
 
     @property
     def scan_id(self) -> str:
         return self.header["scan_id"]
 
     @property
-    def base_window(self) -> str:
-        """The FBP window the kept projections were filtered with (the scan's setting)."""
-        return (self.header.get("retuned") or {}).get("filter", {}).get("from") or self.header["filter"]
+    def nbytes(self) -> int:
+        """The private memory this scan holds (sinogram, and transmissions when kept)."""
+        return int(self.sinogram.nbytes + sum(a.nbytes for a in (self.binned, self.reference) if a is not None))
 
-    def aim(self, cor_px: float | None, window: str | None, backend: Backend) -> None:
-        """Set what the next re-tuned volume uses (None: as aimed before); ValueError says why not.
+    def aim_at(self, params: dict[str, Any], backend: Backend) -> None:
+        """Set what the next re-tuned volume uses; ValueError says why it cannot be made.
 
         Aims accumulate: a centre asked, then a filter before the first volume was made, gives
         one volume with both (the newest request's job replaces the waiting one).
         """
-        target = dict(self.target)
-        if cor_px is not None:
-            copy.copy(self.centre).set_by_operator(cor_px)  # raises for a bad value
-            target["cor_px"] = float(cor_px)
-        if window is not None:
-            WindowChange(self.sinogram.shape[-1], backend, self.base_window, window)  # raises if refused
-            target["window"] = window
-        self.target = target
+        aim = {**self.aim, **{k: v for k, v in params.items() if v is not None}}
+        if params.get("cor_px") is not None:
+            copy.copy(self.centre).set_by_operator(params["cor_px"])  # raises for a bad value
+            aim["cor_px"] = float(params["cor_px"])
+        self._job(aim, backend)  # raises for what cannot be made
+        self.aim = aim
 
     def compute_job(self, backend: Backend) -> Callable[[], np.ndarray]:
         """The volume of the current aim, for the re-tune thread (reads only this object's copies)."""
+        return self._job(self.aim, backend)
+
+    def _job(self, aim: dict[str, Any], backend: Backend) -> Callable[[], np.ndarray]:
         centre = copy.copy(self.centre)
-        if self.target["cor_px"] is not None:
-            centre.set_by_operator(self.target["cor_px"])
-        refilter = (None if self.target["window"] == self.base_window else
-                    WindowChange(self.sinogram.shape[-1], backend, self.base_window, self.target["window"]))
-        sinogram, groups, shape, center_px = self.sinogram, self.groups, self.shape, centre.binned_px
-        return lambda: recentred_volume(sinogram, groups, center_px, shape, backend, final=True,
-                                        refilter=refilter)
+        if aim.get("cor_px") is not None:
+            centre.set_by_operator(aim["cor_px"])
+        return aims.volume_job(self.sinogram, self.binned, self.reference, self.groups, self.scan,
+                               self.settings, aim, centre.binned_px, self.shape, backend, final=True)
 
     def published(self, made_with: dict[str, Any], volume: np.ndarray) -> dict[str, Any]:
         """The header of a re-tuned volume made with ``made_with`` (an aim); it becomes the kept one.
 
         The previous final header with the next ``seq``; a new centre gives ``cor_source:
-        "operator"`` and ``recentred`` (from which centre it changed); the filter gives
-        ``filter`` and ``retuned`` (changes from the scan's settings).
+        "operator"`` and ``recentred`` (from which centre it changed); the filter, δ/β and chain
+        used, and ``retuned`` (what differs from the scan's own, ``aims.retuned_fields``).
         """
         header = {k: v for k, v in self.header.items() if k not in ("republished", "retuned")}
-        cor_px = made_with["cor_px"]
+        cor_px = made_with.get("cor_px")
         if cor_px is not None and (cor_px != self.centre.cor_px or self.centre.source != "operator"):
             before = self.centre.fields()
             self.centre.set_by_operator(cor_px)
             header.pop("cor_confidence", None)
             header.update(self.centre.fields(), recentred={"from_cor_px": before["cor_px"],
                                                            "from_cor_source": before["cor_source"]})
-        header.update(retuned_fields(self.base_window, made_with["window"]),
+        header.update(aims.retuned_fields(aims.base_of(self.scan, self.settings), made_with,
+                                          int(self.settings["iterations"])),
                       seq=int(self.header["seq"]) + 1, timestamp=time.time())
         self.header = header
         return header

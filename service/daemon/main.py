@@ -283,7 +283,7 @@ class Daemon(ControlRequests, Retuning):
                 if volume is not None:
                     self._send(state, volume, final=False)
             return
-        if self.retuner.busy(state.seq):  # its live volume reads the sinogram: let it end
+        if state.final_job or self.retuner.busy(state.seq):  # a job reads its memory: let it end
             return
         aborted = bool(state.complete.get("aborted"))
         record_unreported(state, now)  # split mode: groups whose report died with the reconstructor
@@ -301,8 +301,16 @@ class Daemon(ControlRequests, Retuning):
         if missing:
             log.warning("scan %s: %d group(s) never came back; finishing without them",
                         state.scan_id, len(missing))
+        state.centre.refine(state.buffers.sinogram, state.groups, state.scan_id)
+        if state.needs_fbp():  # re-centred or re-tuned: made off this loop, then _finish
+            self._submit_final(state)
+            return
         with self.metrics.stage_seconds.labels("final_volume").time():
             volume = state.final_volume(self.backend)
+        self._finish(state, volume)
+
+    def _finish(self, state: LiveScan, volume: np.ndarray) -> None:
+        """Publish (and write) a scan's final volume, keep the scan for re-tuning, drop it."""
         header = self._send(state, volume, final=True)
         if state.complete.get("last_frame_time"):
             self.metrics.final_latency.observe(max(0.0, time.time() - state.complete["last_frame_time"]))

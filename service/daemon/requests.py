@@ -31,9 +31,10 @@ class ControlRequests:
     def _set(self, request: dict[str, Any]) -> dict[str, Any]:
         params = dict(request["params"])
         cor_px = params.pop("cor_px", None)  # a scan's, not a setting
+        delta_beta = params.pop("delta_beta", None)  # a scan's (scan_start), not a setting
         settings = self.settings.merged(params) if params else self.settings  # SettingsError: refused
-        # cor_px, filter: the current scan from its next volume on, else the last one (retuning.py)
-        reply = self._set_retune(cor_px, params.get("filter"))  # ControlError: refused
+        # cor_px, filter, delta_beta, phase: the current scan from its next volume on, else the last one
+        reply = self._set_retune(cor_px, {**params, "delta_beta": delta_beta})  # ControlError: refused
         if params:
             self.settings = settings
             self.channels.commands.put({"type": "settings", "settings": self.settings.to_dict()})

@@ -1,9 +1,9 @@
 """The operator's re-tuning of the current or the last scan, made off the main loop.
 
 A part of :class:`~holostream.service.daemon.main.Daemon` (a mixin, like ``requests.py``):
-``set {"cor_px": x}`` and ``set {"filter": w}`` change the current scan (from its next
-volume on) or, with none open, the last completed one (its final volume again, from the
-kept sinogram). The volume is computed by :class:`~holostream.service.daemon.retune.Retuner`
+``set`` with ``cor_px``, ``filter``, ``delta_beta`` or ``phase`` changes the current scan
+(from its next volume on) or, with none open, the last completed one (its final volume
+again, from what is kept of it; ``aims.py`` says how each is made). The volume is computed by :class:`~holostream.service.daemon.retune.Retuner`
 in a background thread, started at once (not at the next publication tick); the loop only
 publishes it (:meth:`Retuning._collect_retuned`). Control replies therefore never wait for
 a back-projection, and a burst of requests costs one volume (the newest wins).
@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from holostream.service.daemon import aims
 from holostream.service.daemon.control import ControlError
 from holostream.service.daemon.retune import Job, Result, Retuner
-from holostream.service.daemon.volumes import LiveScan, retuned_fields
+from holostream.service.daemon.volumes import LiveScan
 from holostream.service.files.volume import save_new_volume_h5
-from holostream.shared.settings import FILTERS
 from holostream.workers import fbp
 from holostream.workers.backend import get_backend
 from holostream.workers.refilter import WindowChange
@@ -52,99 +52,118 @@ class Retuning:
 
     retuner: Retuner
 
-    def _set_retune(self, cor_px: Any, window: str | None) -> dict[str, Any]:
-        """Apply ``cor_px`` and ``filter`` of a ``set`` (None: not asked) to the current or last scan.
+    def _set_retune(self, cor_px: Any, asked: dict[str, Any]) -> dict[str, Any]:
+        """Re-tune the current or the last scan; the reply's fields (ControlError: refused).
 
-        The filter also applies from the next scan on (a setting, applied by the caller). A
-        filter the scan's projections cannot be re-filtered to is said in the reply
-        (``filter_not_retuned``), not refused. Returns the reply's fields; ControlError refuses.
+        Parameters
+        ----------
+        cor_px : float or None
+            The centre asked for (None: not asked).
+        asked : dict
+            ``filter``, ``phase`` (also settings from the next scan on, applied by the
+            caller) and ``delta_beta`` (a scan's only) as asked. A filter or chain the scan
+            cannot be re-tuned to is said in the reply's ``not_retuned`` (key → reason), not
+            refused; a δ/β that cannot be used is refused.
         """
-        if cor_px is None and window is None:
+        asked = {k: asked[k] for k in aims.RETUNABLE if asked.get(k) is not None}
+        if cor_px is None and not asked:
             return {}
-        if window is not None and window not in FILTERS:
-            raise ControlError(f"filter must be one of {list(FILTERS)}, got {window!r}")
         open_scans = [s for s in self.scans.values() if s.complete is None]
-        if open_scans:
-            return self._retune_live(open_scans[-1], cor_px, window)
-        if self.kept is None:
-            if cor_px is None:
-                return {}  # a filter with no scan to re-tune: only from the next scan
-            raise ControlError("cor_px applies to the scan being reconstructed, and there is none "
-                               "(nor a completed one kept: [publish] keep_last_scan_mb)")
-        reply: dict[str, Any] = {"scan_id": self.kept.scan_id}
+        state = open_scans[-1] if open_scans else None
+        if state is None and self.kept is None:
+            if cor_px is None and "delta_beta" not in asked:
+                return {}  # settings with no scan to re-tune: only from the next scan
+            raise ControlError(f"{'cor_px' if cor_px is not None else 'delta_beta'} applies to the scan being "
+                               "reconstructed, and there is none (nor a completed one kept: "
+                               "[publish] keep_last_scan_mb)")
         backend = self.retuner.backend
+        if state is not None:
+            current, check = state.aim, lambda aim: aims.volume_job(
+                state.buffers.sinogram, state.buffers.arrays.get("binned"), state.buffers.reference, {},
+                state.scan, state.settings, aim, 0.0, (1, 1, 1), backend, final=True)
+        else:
+            current, check = self.kept.aim, lambda aim: self.kept._job(aim, backend)
+        accepted, not_retuned = {}, {}
+        for key, value in asked.items():  # each on its own: one that cannot be made spoils no other
+            try:
+                check({**current, **accepted, key: value})
+                accepted[key] = value
+            except ValueError as err:
+                not_retuned[key] = str(err)
+        if "delta_beta" in not_retuned:  # not a setting: it has nowhere else to apply
+            raise ControlError(not_retuned["delta_beta"])
         try:
-            self.kept.aim(cor_px, None, backend)
+            if cor_px is not None:
+                if state is not None:
+                    state.centre.set_by_operator(cor_px)
+                else:
+                    self.kept.aim_at({"cor_px": cor_px}, backend)
         except ValueError as err:
             raise ControlError(str(err)) from None
-        if window is not None:
-            try:
-                self.kept.aim(None, window, backend)
-            except ValueError as err:
-                reply["filter_not_retuned"] = str(err)
-                if cor_px is None:
-                    return reply
-        self.retuner.submit(Job(KEPT, self.kept.compute_job(backend), dict(self.kept.target)))
-        if cor_px is not None:
-            reply["cor_px"] = float(cor_px)
-        return {**reply, "retune_applies": "republishes the completed scan's final volume, re-tuned"}
-
-    def _retune_live(self, state: LiveScan, cor_px: Any, window: str | None) -> dict[str, Any]:
-        """The current scan's centre and/or filter from its next volume on, that volume at once."""
-        reply: dict[str, Any] = {"scan_id": state.scan_id}
-        if cor_px is not None:
-            try:
-                state.centre.set_by_operator(cor_px)
-            except ValueError as err:
-                raise ControlError(str(err)) from None
-            reply["cor_px"] = state.centre.cor_px
-        if window is not None:
-            try:  # refused here, with the reason, rather than in the thread
-                WindowChange(state.buffers.sinogram.shape[-1], self.retuner.backend,
-                             state.settings["filter"], window)
-                state.window = window
-            except ValueError as err:
-                reply["filter_not_retuned"] = str(err)
-        if "cor_px" not in reply and "filter_not_retuned" in reply:
+        reply: dict[str, Any] = {"scan_id": state.scan_id if state is not None else self.kept.scan_id}
+        if not_retuned:
+            reply["not_retuned"] = not_retuned
+        if cor_px is None and not accepted:
             return reply
-        log.info("scan %s re-tuned by the operator: cor_px %s, filter %s", state.scan_id,
-                 reply.get("cor_px", "unchanged"), state.window or state.settings["filter"])
-        if state.groups:
-            self._submit_live(state)
-        return {**reply, "retune_applies": "from the current scan's next volume (made now)"}
+        if cor_px is not None:
+            reply["cor_px"] = float(state.centre.cor_px if state is not None else cor_px)
+        reply["retuned"] = sorted(accepted) + (["cor_px"] if cor_px is not None else [])
+        if state is not None:
+            state.aim = {**state.aim, **accepted}
+            log.info("scan %s re-tuned by the operator: %s", state.scan_id,
+                     {**accepted, **({"cor_px": reply["cor_px"]} if cor_px is not None else {})})
+            if state.groups:
+                self._submit_live(state)
+            return {**reply, "retune_applies": "from the current scan's next volume (made now)"}
+        self.kept.aim = {**self.kept.aim, **accepted}
+        self.retuner.submit(Job(KEPT, self.kept.compute_job(backend), dict(self.kept.aim)))
+        return {**reply, "retune_applies": "republishes the completed scan's final volume, re-tuned"}
 
     def retune_status(self) -> dict[str, Any]:
         """``status["retune"]``: the re-tune thread, and the last scan kept (and its bytes)."""
         kept = self.kept
         return {**(self.retuner.status() if hasattr(self, "retuner") else {}),
                 "kept_scan_id": kept.scan_id if kept is not None else None,
-                "kept_bytes": int(kept.sinogram.nbytes) if kept is not None else 0,
+                "kept_bytes": kept.nbytes if kept is not None else 0,
+                "kept_transmissions": kept is not None and kept.binned is not None,
                 "keep_last_scan_mb": float(self.config.publish.keep_last_scan_mb)}
 
-    def _submit_live(self, state: LiveScan) -> None:
-        """A live volume of ``state`` with its centre and filter, made in the background."""
-        groups = dict(state.groups)  # a snapshot: the loop adds groups meanwhile
-        centre_px, refilter = state.centre.binned_px, state.refilter(self.retuner.backend)
-        shape, sinogram, backend = state.buffers.volume.shape[1:], state.buffers.sinogram, self.retuner.backend
-        from holostream.service.daemon.centre import recentred_volume
+    def _submit_live(self, state: LiveScan, final: bool = False) -> None:
+        """A volume of ``state`` with its centre and aim, made in the background."""
+        compute = state.volume_job(self.retuner.backend, final)
+        state.published_groups = len(state.groups)
+        self.retuner.submit(Job(state.seq, compute, {
+            "n_used": state.n_used, "centre": state.centre.fields(), "aim": dict(state.aim), "final": final}))
 
-        state.published_groups = len(groups)
-        self.retuner.submit(Job(state.seq, lambda: recentred_volume(
-            sinogram, groups, centre_px, shape, backend, final=False, refilter=refilter),
-            {"n_used": sum(n for _, _, n in groups.values()), "centre": state.centre.fields(),
-             "window": state.window}))
+    def _submit_final(self, state: LiveScan) -> None:
+        """The final volume of a re-centred or re-tuned scan, made in the background (then _finish)."""
+        state.final_job = True
+        try:
+            self._submit_live(state, final=True)
+        except ValueError as err:  # checked at the request; a scan changed since cannot do it
+            self._final_failed(state, str(err))
+
+    def _final_failed(self, state: LiveScan, why: str) -> None:
+        self.last_error = f"scan {state.scan_id}: no final volume ({why})"
+        log.error(self.last_error)
+        self.counters["scans_failed"] += 1
+        self._drop(state)
 
     def _collect_retuned(self) -> None:
         """Publish the volumes the background thread finished (called by the loop)."""
         for result in self.retuner.finished():
             self.metrics.stage_seconds.labels("retune").observe(result.compute_s)
+            state = self.scans.get(result.job.key)
             if result.error is not None:
                 self.last_error = f"re-tune of {result.job.key}: {result.error}"
-                continue
-            if result.job.key == KEPT:
+                if state is not None and result.job.info.get("final"):
+                    self._final_failed(state, result.error)
+            elif result.job.key == KEPT:
                 self._publish_kept(result)
-            elif result.job.key in self.scans:
-                self._publish_live(self.scans[result.job.key], result)
+            elif state is not None and result.job.info["final"]:
+                self._finish(state, result.volume)
+            elif state is not None:
+                self._publish_live(state, result)
 
     def _publish_live(self, state: LiveScan, result: Result) -> None:
         info = result.job.info
@@ -153,7 +172,8 @@ class Retuning:
         for key in ("cor_confidence", "retuned"):
             header.pop(key, None)
         header.update(info["centre"], n_projections_used=info["n_used"],
-                      **retuned_fields(state.settings["filter"], info["window"]))
+                      **aims.retuned_fields(aims.base_of(state.scan, state.settings), info["aim"],
+                                            int(state.settings["iterations"])))
         header["retune_s"] = round(time.monotonic() - result.job.submitted, 3)
         self.publisher.publish_volume(header, result.volume)
         self.publisher.publish_preview(header, result.volume)
@@ -167,8 +187,9 @@ class Retuning:
         self.counters["volumes_published"] += 1
         self.last_final = (header, result.volume)
         self._write_retuned(header, result.volume)
-        log.info("scan %s: final volume republished, re-tuned (cor_px %+.2f, filter %s) in %.2f s",
-                 header["scan_id"], header["cor_px"], header["filter"], header["retune_s"])
+        log.info("scan %s: final volume republished, re-tuned (cor_px %+.2f, filter %s, delta_beta %g, "
+                 "phase %s) in %.2f s", header["scan_id"], header["cor_px"], header["filter"],
+                 header["delta_beta"], header["phase"], header["retune_s"])
 
     def _write_retuned(self, header: dict[str, Any], volume: np.ndarray) -> None:
         """A re-tuned final volume to ``output_dir`` too (when the daemon writes volumes)."""

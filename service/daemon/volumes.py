@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from holostream.service.daemon.centre import LiveCentre, recentred_volume
+from holostream.service.daemon import aims
+from holostream.service.daemon.centre import LiveCentre
 from holostream.shared.scanbuffers import ScanBuffers
 from holostream.workers import fbp, phasing
 from holostream.workers.backend import Backend
-from holostream.workers.refilter import WindowChange
 
 #: Weight changes below this (radians; weights are >= π/100 000) are float noise, not gaps.
 _WEIGHT_TOLERANCE_RAD = 1e-9
@@ -76,17 +76,6 @@ def _effective_geometry(scan: dict[str, Any]) -> dict[str, float]:
     info = ScanInfo.from_dict(scan)
     return {"distance_m": info.distance_m, "pixel_size_m": info.pixel_size_m,
             "magnification": info.magnification}
-
-
-def retuned_fields(scan_filter: str, window: str | None) -> dict[str, Any]:
-    """Header fields of a volume made with the operator's FBP ``window`` (None: the scan's own).
-
-    ``filter`` is the window used; ``retuned`` lists what differs from the scan's settings
-    (PROTOCOL.md extensions, docs/protocol.md): ``{"filter": {"from": ..., "to": ...}}``.
-    """
-    if window is None or window == scan_filter:
-        return {"filter": scan_filter}
-    return {"filter": window, "retuned": {"filter": {"from": scan_filter, "to": window}}}
 
 
 def live_volume(partials: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
@@ -173,7 +162,8 @@ class LiveScan:
     complete: dict[str, Any] | None = None
     last_result: float = field(default_factory=time.monotonic)
     centre: LiveCentre | None = None  # the axis the volumes use (given, estimated, operator)
-    window: str | None = None  # the FBP filter the operator set for this scan (None: the scan's)
+    aim: dict[str, Any] = field(default_factory=dict)  # the operator's filter, delta_beta, phase (aims.py)
+    final_job: bool = False  # its final volume is being made by the re-tune thread
 
     def __post_init__(self):
         if self.centre is None:
@@ -219,15 +209,20 @@ class LiveScan:
         arrived = set((self.complete or {}).get("groups_arrived", []))
         return arrived - set(self.groups) - self.failed
 
-    def refilter(self, backend: Backend) -> WindowChange | None:
-        """The change from the workers' FBP filter to the operator's, or None (no change)."""
-        if self.window is None or self.window == self.settings["filter"]:
-            return None
-        return WindowChange(self.buffers.sinogram.shape[-1], backend, self.settings["filter"], self.window)
-
     def needs_fbp(self) -> bool:
-        """True when volumes must be re-back-projected: another centre or filter than the workers'."""
-        return self.centre.differs_from(self.center_px) or self.window not in (None, self.settings["filter"])
+        """True when volumes must be made anew: another centre than the workers', or an aim."""
+        return self.centre.differs_from(self.center_px) or aims.differs(aims.base_of(self.scan, self.settings),
+                                                                         self.aim)
+
+    def volume_job(self, backend: Backend, final: bool):
+        """The computation of this scan's volume with its centre and aim (``aims.volume_job``).
+
+        The groups are a snapshot (the loop adds more meanwhile); ValueError for an aim that
+        cannot be made (e.g. δ/β in pool mode, without transmissions).
+        """
+        return aims.volume_job(self.buffers.sinogram, self.buffers.arrays.get("binned"), self.buffers.reference,
+                               dict(self.groups), self.scan, self.settings, dict(self.aim),
+                               self.centre.binned_px, tuple(self.buffers.volume.shape[1:]), backend, final)
 
     def live_volume(self, backend: Backend) -> np.ndarray | None:
         """The current normalised sum of the partials (None before the first group).
@@ -238,18 +233,14 @@ class LiveScan:
         self.published_groups = len(self.groups)
         self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id)
         if self.groups and self.needs_fbp():
-            return recentred_volume(self.buffers.sinogram, self.groups, self.centre.binned_px,
-                                    self.buffers.volume.shape[1:], backend, final=False,
-                                    refilter=self.refilter(backend))
+            return self.volume_job(backend, final=False)()
         return live_volume(self.buffers.volume, self.buffers.weights)
 
     def final_volume(self, backend: Backend) -> np.ndarray:
         """The one-shot FBP of the groups that arrived (see :func:`final_volume`)."""
         self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id)
         if self.needs_fbp():
-            return recentred_volume(self.buffers.sinogram, self.groups, self.centre.binned_px,
-                                    self.buffers.volume.shape[1:], backend, final=True,
-                                    refilter=self.refilter(backend))
+            return self.volume_job(backend, final=True)()
         groups = np.array(sorted(self.groups))
         angles = np.array([self.groups[g][0] for g in groups])
         used = np.array([self.groups[g][1] for g in groups])
@@ -265,7 +256,8 @@ class LiveScan:
         # the volume is wider than the binned detector only for a 360° offset-axis scan
         header["half_acquisition"] = volume.shape[-1] != int(self.scan["shape"][1]) // int(
             self.settings["binning"])
-        header.update(retuned_fields(self.settings["filter"], self.window))
+        header.update(aims.retuned_fields(aims.base_of(self.scan, self.settings), self.aim,
+                                          int(self.settings["iterations"])))
         why = (self.complete or {}).get("incomplete")
         if final and why:  # a stalled scan: the volume of what arrived, saying so
             header.update(incomplete=True, incomplete_reason=why)

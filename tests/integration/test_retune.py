@@ -84,7 +84,7 @@ def test_filter_retuned_on_the_current_and_on_the_last_scan(daemon, subscriber, 
     thread.join(30)
     assert not errors
     no = daemon.ask({"cmd": "set", "params": {"filter": "ram-lak"}})
-    assert no["ok"] and "cannot be recovered" in no["filter_not_retuned"], no
+    assert no["ok"] and "cannot be recovered" in no["not_retuned"]["filter"], no
     assert no["settings"]["filter"] == "ram-lak"
     bad = daemon.ask({"cmd": "set", "params": {"filter": "gauss"}})
     assert not bad["ok"] and "filter" in bad["error"], bad

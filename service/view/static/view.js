@@ -255,7 +255,8 @@ async function retune(params) {
   note.className = reply.ok ? "note good" : "note bad";
   const asked = "cor_px" in params ? `cor_px ${fmt(reply.cor_px, 5)}` : `filter ${params.filter}`;
   note.textContent = !reply.ok ? `refused: ${reply.error}`
-    : reply.filter_not_retuned ? `filter ${params.filter} from the next scan only: ${reply.filter_not_retuned}`
+    : reply.not_retuned && reply.not_retuned.filter
+      ? `filter ${params.filter} from the next scan only: ${reply.not_retuned.filter}`
     : `${asked} for ${reply.scan_id}: ${reply.retune_applies || reply.applies || "accepted"}`;
 }
 $("refilter").onsubmit = (event) => {
