@@ -88,6 +88,56 @@ def test_filter_retuned_on_the_current_and_on_the_last_scan(daemon, subscriber, 
     assert no["settings"]["filter"] == "ram-lak"
     bad = daemon.ask({"cmd": "set", "params": {"filter": "gauss"}})
     assert not bad["ok"] and "filter" in bad["error"], bad
+    # pool mode keeps no transmissions: a δ/β has nowhere to apply
+    no = daemon.ask({"cmd": "set", "params": {"delta_beta": 400.0}})
+    assert not no["ok"] and "split mode" in no["error"], no
+
+
+def test_delta_beta_retuned_on_the_current_and_on_the_last_scan_in_split_mode(tmp_path, serve, small_scan_data):
+    from holostream.service.offline import reconstruct_scan
+    from holostream.shared.settings import ReconstructionSettings
+    from holostream.workers.backend import get_backend
+
+    def offline(delta_beta):
+        volume, _ = reconstruct_scan(small_scan_data, ReconstructionSettings(), delta_beta, 0.0,
+                                     get_backend("cpu", threads=1))
+        return volume
+
+    daemon = serve.Daemon(tmp_path, workers_keys={"mode": "split", "batch": 4})
+    subscriber = None
+    try:
+        daemon.wait_ready()
+        serve.wait_for(lambda: daemon.status()["reconstructor"]["alive"], 30, "the reconstructor to start")
+        subscriber = serve.Subscriber(daemon.publish)
+        subscriber.wait_connected()
+        thread, errors = _stream(daemon.ingest, small_scan_data, "db_a", 30.0)
+        serve.wait_for(lambda: (daemon.status().get("n_projections_used") or 0) > 0, 30,
+                       "the scan to start reconstructing")
+        reply = daemon.ask({"cmd": "set", "params": {"delta_beta": 400.0}})
+        assert reply["ok"] and reply["retuned"] == ["delta_beta"] and "current" in reply["retune_applies"], reply
+        header, live_final = subscriber.volumes_until_final("db_a", timeout_s=60)[-1]
+        thread.join(30)
+        assert not errors
+        assert header["delta_beta"] == 400.0 and header["retuned"] == {"delta_beta": {"from": serve.DELTA_BETA,
+                                                                                      "to": 400.0}}
+        scale = float(np.abs(live_final).max())
+        want_400 = offline(400.0)
+        np.testing.assert_allclose(live_final, want_400, rtol=0, atol=2e-5 * scale)
+
+        # after its end: from the kept transmissions, δ/β 100 (and the scan's own chain text)
+        reply = daemon.ask({"cmd": "set", "params": {"delta_beta": 100.0}})
+        assert reply["ok"] and "completed" in reply["retune_applies"], reply
+        [(header, kept_100)] = subscriber.volumes_until_final("db_a", timeout_s=60)
+        assert header["delta_beta"] == 100.0 and header["retuned"]["delta_beta"]["to"] == 100.0
+        want_100 = offline(100.0)
+        np.testing.assert_allclose(kept_100, want_100, rtol=0, atol=2e-5 * scale)
+        assert np.abs(want_100 - want_400).max() > 50 * 2e-5 * scale  # δ/β did change the volume
+        status = daemon.status()["retune"]
+        assert status["kept_transmissions"] and status["kept_bytes"] >= 2 * 90 * 64 * 64 * 4
+    finally:
+        if subscriber is not None:
+            subscriber.close()
+        daemon.close()
 
 
 def test_status_answered_while_a_retune_runs_and_the_newest_wins(tmp_path, serve):
