@@ -327,9 +327,16 @@ def test_operator_recentres_from_the_page(browser, viewer, daemon, small_scan_da
     assert f"filter hann for {scan_id}" in driver.find_element("id", "retune-reply").text
     assert '"to":"hann"' in driver.find_element("id", "parameters").text.replace(" ", "")
 
-    # the viewer passes on the centre and the filter only: anything else is refused before the daemon
-    refused = urllib.request.Request(viewer.url + "api/set", data=json.dumps({"delta_beta": 1}).encode(),
+    # δ/β from the page: this daemon (pool mode) keeps no transmissions, and the page says so
+    driver.find_element("id", "retune-delta-beta").send_keys("400")
+    driver.find_element("id", "rephase-apply").click()
+    serve.wait_for(lambda: "split mode" in driver.find_element("id", "retune-reply").text, 20,
+                   "the daemon's refusal of delta_beta on the page")
+    assert driver.find_element("id", "retune-reply").text.startswith("refused:")
+
+    # the viewer passes on the re-tunable keys only: anything else is refused before the daemon
+    refused = urllib.request.Request(viewer.url + "api/set", data=json.dumps({"binning": 1}).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(refused, timeout=5)
-    assert caught.value.code == 400 and "delta_beta" in json.loads(caught.value.read())["error"]
+    assert caught.value.code == 400 and "binning" in json.loads(caught.value.read())["error"]
