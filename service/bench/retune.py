@@ -35,6 +35,8 @@ import zmq
 CENTRES_PX = (3.0, -3.0, 1.5, -1.5, 4.5, -4.5, 2.0, -2.0, 0.5, -0.5, 3.5, -3.5)
 #: Filters asked in turn, between the centres (the scan's own is ram-lak: all re-tunable).
 FILTERS_IN_TURN = ("hann", "shepp-logan", "cosine", "ram-lak")
+#: δ/β asked in turn in split mode (phase retrieval again from the transmissions).
+DELTA_BETAS = (100.0, 400.0, 150.0, 300.0)
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,6 +48,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fps", type=float, default=20.0, help="projections per second (default 20)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--publish-interval-s", type=float, default=1.0, help="live volume period (default 1)")
+    parser.add_argument("--mode", choices=("pool", "split"), default="pool",
+                        help="[workers] mode of the daemon (split keeps transmissions: δ/β is timed too)")
     parser.add_argument("--kept-retunes", type=int, default=8,
                         help="re-tunes of the completed scan's final volume (default 8)")
     parser.add_argument("--json", metavar="FILE", help="write the figures here")
@@ -70,12 +74,17 @@ def _free_address() -> str:
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
-def _asks():
-    """``(key, value)`` pairs asked in turn: a centre, then a filter, ...; each one a change."""
+def _asks(split: bool):
+    """``(key, value)`` pairs asked in turn: a centre, a filter (and a δ/β in split mode), ...
+
+    Consecutive values of each key differ, also where the lists start again: each is a change.
+    """
     i = 0
-    while True:  # consecutive values of each key differ, also where the lists start again
+    while True:
         yield "cor_px", CENTRES_PX[i % len(CENTRES_PX)]
         yield "filter", FILTERS_IN_TURN[i % len(FILTERS_IN_TURN)]
+        if split:
+            yield "delta_beta", DELTA_BETAS[i % len(DELTA_BETAS)]
         i += 1
 
 
@@ -83,14 +92,16 @@ def _made_with(header: dict, key: str, value) -> bool:
     """True when a volume header says it was made with ``key = value`` by the operator."""
     if key == "cor_px":
         return header.get("cor_source") == "operator" and header["cor_px"] == value
-    return header.get("filter") == value
+    return header.get(key) == value
 
 
 def _summary(samples: list[tuple[str, float, float, int]]) -> dict:
     """Latencies per re-tuned key: all of them, median and max (seconds)."""
     out = {}
-    for key in ("cor_px", "filter"):
+    for key in ("cor_px", "filter", "delta_beta"):
         total = np.array([t for k, t, _, _ in samples if k == key])
+        if key == "delta_beta" and not total.size:
+            continue
         out[key] = {"latency_s": [round(float(t), 3) for t in total],
                     "request_to_published_s": [round(p, 3) for k, _, p, _ in samples if k == key],
                     "projections": [n for k, _, _, n in samples if k == key],
@@ -123,7 +134,7 @@ def measure(args: argparse.Namespace, ingest: str, publish: str, control: str) -
                                 kwargs={"reconstruction": overrides}, daemon=True)
     streamer.start()
     live, kept, replies, refused = [], [], [], []
-    pending, asks = None, _asks()
+    pending, asks = None, _asks(args.mode == "split")
     deadline = time.monotonic() + args.projections / args.fps + 120
     shape, final_seq = None, None
     while time.monotonic() < deadline:
@@ -189,9 +200,11 @@ def main(argv: list[str] | None = None) -> int:
 
     ingest, publish, control = _free_address(), _free_address(), _free_address()
     log = tempfile.NamedTemporaryFile("w", prefix="holostream-retune-", suffix=".log", delete=False)
+    config = Path(log.name).with_suffix(".toml")
+    config.write_text(f'[workers]\nmode = "{args.mode}"\ndevice = "cpu"\n')
     daemon = subprocess.Popen(
-        [sys.executable, "-m", "holostream.service.cli", "serve", "--ingest", ingest, "--publish", publish,
-         "--control", control, "--workers", str(args.workers)],
+        [sys.executable, "-m", "holostream.service.cli", "serve", "--config", str(config), "--ingest", ingest,
+         "--publish", publish, "--control", control, "--workers", str(args.workers)],
         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     try:
         deadline = time.monotonic() + 60
@@ -212,9 +225,9 @@ def main(argv: list[str] | None = None) -> int:
             daemon.kill()
             daemon.wait()
         log.close()
-    result = {"benchmark": "re-tune centre of rotation / FBP filter → re-tuned volume on a subscriber",
+    result = {"benchmark": "re-tune centre of rotation / FBP filter / δ/β → re-tuned volume on a subscriber",
               "workload": {"size": args.size, "n_projections": args.projections, "binning": args.binning,
-                           "phase": args.phase, "fps": args.fps, "workers": args.workers,
+                           "phase": args.phase, "fps": args.fps, "workers": args.workers, "mode": args.mode,
                            "publish_interval_s": args.publish_interval_s},
               "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(),
                           "python": platform.python_version(), "numpy": np.__version__},

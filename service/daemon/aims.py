@@ -77,7 +77,8 @@ def differs(base: dict[str, Any], aim: dict[str, Any]) -> bool:
 def volume_job(sinogram: np.ndarray, binned: np.ndarray | None, reference: np.ndarray | None,
                groups: dict[int, tuple[float, float, int]], scan: dict[str, Any], settings: dict[str, Any],
                aim: dict[str, Any], center_px: float, shape: tuple[int, ...], backend: Backend,
-               final: bool) -> Callable[[], np.ndarray]:
+               final: bool, sinogram_with: dict[str, Any] | None = None,
+               filtered_out: np.ndarray | None = None) -> tuple[Callable[[], np.ndarray], bool]:
     """The computation of a re-tuned volume, checked now; run it later (re-tune thread).
 
     Parameters
@@ -99,24 +100,39 @@ def volume_job(sinogram: np.ndarray, binned: np.ndarray | None, reference: np.nd
     backend : Backend
     final : bool
         Weights of exactly the arrived angles (True) or the scan's (False).
+    sinogram_with : dict or None
+        What ``sinogram`` was made with (``filter``, ``delta_beta``, ``phase``; None: the
+        base). A kept scan re-phased once holds the new projections (see ``filtered_out``).
+    filtered_out : ndarray or None
+        When phase retrieval runs again: receives the new filtered projections (``rephase.py``).
 
     Returns
     -------
-    callable
+    compute : callable
         ``() -> ndarray float32 shape``: δ per voxel.
+    rephased : bool
+        True when ``compute`` retrieves the phase again (and fills ``filtered_out``).
     """
     base = base_of(scan, settings)
     used = applied(base, aim)
+    have = sinogram_with or base
     check_aim(aim, int(settings["iterations"]))
-    if any(used[k] != base[k] for k in PHASE_KEYS):
+    refilter = None
+    if all(used[k] == have[k] for k in PHASE_KEYS) and used["filter"] != have["filter"]:
+        try:
+            refilter = WindowChange(sinogram.shape[-1], backend, have["filter"], used["filter"])
+        except ValueError:
+            if binned is None or reference is None:
+                raise
+            # frequencies the filter removed come back from the transmissions: phase retrieval again
+            have = {**have, "delta_beta": None}
+    if any(used[k] != have[k] for k in PHASE_KEYS):
         if binned is None or reference is None:
             raise ValueError("delta_beta and phase need the scan's binned transmissions, which the daemon "
                              "keeps in split mode only ([workers] mode = \"split\"): they apply from the "
                              "next scan")
         scan_used = {**scan, "delta_beta": used["delta_beta"]}
         settings_used = {**settings, "phase": used["phase"], "filter": used["filter"]}
-        return lambda: rephased_volume(binned, reference, groups, scan_used, settings_used, center_px,
-                                       shape, backend, final)
-    refilter = (None if used["filter"] == base["filter"] else
-                WindowChange(sinogram.shape[-1], backend, base["filter"], used["filter"]))
-    return lambda: recentred_volume(sinogram, groups, center_px, shape, backend, final, refilter)
+        return (lambda: rephased_volume(binned, reference, groups, scan_used, settings_used, center_px,
+                                        shape, backend, final, filtered_out)), True
+    return (lambda: recentred_volume(sinogram, groups, center_px, shape, backend, final, refilter)), False

@@ -66,6 +66,7 @@ class KeptScan:
     binned: np.ndarray | None = None
     reference: np.ndarray | None = None
     aim: dict[str, Any] = field(default_factory=dict)
+    sinogram_with: dict[str, Any] | None = None  # filter, delta_beta, phase of sinogram (None: the scan's)
 
     @classmethod
     def of(cls, state: LiveScan, header: dict[str, Any], limit_mb: float) -> "KeptScan | None":
@@ -112,16 +113,23 @@ class KeptScan:
         self._job(aim, backend)  # raises for what cannot be made
         self.aim = aim
 
-    def compute_job(self, backend: Backend) -> Callable[[], np.ndarray]:
-        """The volume of the current aim, for the re-tune thread (reads only this object's copies)."""
-        return self._job(self.aim, backend)
+    def compute_job(self, backend: Backend) -> tuple[Callable[[], np.ndarray], dict[str, Any]]:
+        """The volume of the current aim, for the re-tune thread (reads only this object's copies).
 
-    def _job(self, aim: dict[str, Any], backend: Backend) -> Callable[[], np.ndarray]:
+        Returns the computation and the job's ``info`` for :meth:`published`: the aim, and
+        when phase retrieval runs again the array it fills with the new filtered projections.
+        """
+        filtered = np.empty_like(self.sinogram) if self.binned is not None else None  # touched if used
+        compute, rephased = self._job(self.aim, backend, filtered)
+        return compute, {**self.aim, "filtered": filtered if rephased else None}
+
+    def _job(self, aim: dict[str, Any], backend: Backend, filtered_out: np.ndarray | None = None):
         centre = copy.copy(self.centre)
         if aim.get("cor_px") is not None:
             centre.set_by_operator(aim["cor_px"])
         return aims.volume_job(self.sinogram, self.binned, self.reference, self.groups, self.scan,
-                               self.settings, aim, centre.binned_px, self.shape, backend, final=True)
+                               self.settings, aim, centre.binned_px, self.shape, backend, final=True,
+                               sinogram_with=self.sinogram_with, filtered_out=filtered_out)
 
     def published(self, made_with: dict[str, Any], volume: np.ndarray) -> dict[str, Any]:
         """The header of a re-tuned volume made with ``made_with`` (an aim); it becomes the kept one.
@@ -130,6 +138,9 @@ class KeptScan:
         "operator"`` and ``recentred`` (from which centre it changed); the filter, δ/β and chain
         used, and ``retuned`` (what differs from the scan's own, ``aims.retuned_fields``).
         """
+        if made_with.get("filtered") is not None:  # re-phased: later re-tunes start from these
+            self.sinogram = made_with["filtered"]
+            self.sinogram_with = aims.applied(aims.base_of(self.scan, self.settings), made_with)
         header = {k: v for k, v in self.header.items() if k not in ("republished", "retuned")}
         cor_px = made_with.get("cor_px")
         if cor_px is not None and (cor_px != self.centre.cor_px or self.centre.source != "operator"):

@@ -320,6 +320,7 @@ class Daemon(ControlRequests, Retuning):
         self.last_final = (header, volume)
         self.counters["scans_completed"] += 1
         self.kept = KeptScan.of(state, header, self.config.publish.keep_last_scan_mb)
+        self._retune_after_final()  # asked between the scan's end and this volume
         log.info("scan %s final volume %s from %d/%d projections", state.scan_id,
                  header["shape"], header["n_projections_used"], header["n_projections_expected"])
         self._drop(state)

@@ -35,7 +35,8 @@ PHASE_KEYS = ("delta_beta", "phase")
 
 def rephased_volume(binned: np.ndarray, reference: np.ndarray, groups: dict[int, tuple[float, float, int]],
                     scan: dict[str, Any], settings: dict[str, Any], center_px: float,
-                    shape: tuple[int, ...], backend: Backend, final: bool) -> np.ndarray:
+                    shape: tuple[int, ...], backend: Backend, final: bool,
+                    filtered_out: np.ndarray | None = None) -> np.ndarray:
     """One-shot FBP of the arrived groups, phase-retrieved again from their transmissions.
 
     Parameters
@@ -59,6 +60,9 @@ def rephased_volume(binned: np.ndarray, reference: np.ndarray, groups: dict[int,
     final : bool
         As :func:`holostream.service.daemon.centre.recentred_volume`: True, weights of exactly
         the arrived angles; False, the scan's weights normalised as if every angle had arrived.
+    filtered_out : ndarray or None
+        float32 like ``binned``: receives the new ramp-filtered projections (in ``groups``
+        order), so that later re-centring or re-filtering need not phase-retrieve again.
 
     Returns
     -------
@@ -75,5 +79,7 @@ def rephased_volume(binned: np.ndarray, reference: np.ndarray, groups: dict[int,
     for start in range(0, keys.size, _BATCH_GROUPS):
         part = slice(start, start + _BATCH_GROUPS)
         filtered = pipeline.filtered_from_transmission(backend.asarray(binned[keys[part]]))
+        if filtered_out is not None:
+            filtered_out[start : start + len(keys[part])] = backend.to_host(filtered)
         fbp.backproject(volume, filtered, angles[part], weights[part], center_px, backend)
     return backend.to_host(volume) * np.float32(np.pi / weights.sum())

@@ -70,6 +70,15 @@ class Retuning:
             return {}
         open_scans = [s for s in self.scans.values() if s.complete is None]
         state = open_scans[-1] if open_scans else None
+        if state is None and self.scans:  # complete, final volume still to come: re-tuned right after
+            finishing = max(self.scans.values(), key=lambda s: s.seq)
+            before = getattr(self, "_after_final", None)
+            if before is None or before[0] != finishing.scan_id:
+                before = (finishing.scan_id, None, {})
+            self._after_final = (finishing.scan_id, cor_px if cor_px is not None else before[1],
+                                 {**before[2], **asked})
+            return {"scan_id": finishing.scan_id, "retune_applies": "the scan is complete: its final "
+                    "volume comes first, then it is republished re-tuned"}
         if state is None and self.kept is None:
             if cor_px is None and "delta_beta" not in asked:
                 return {}  # settings with no scan to re-tune: only from the next scan
@@ -78,7 +87,7 @@ class Retuning:
                                "[publish] keep_last_scan_mb)")
         backend = self.retuner.backend
         if state is not None:
-            current, check = state.aim, lambda aim: aims.volume_job(
+            current, check = state.aim, lambda aim: aims.volume_job(  # raises for what cannot be made
                 state.buffers.sinogram, state.buffers.arrays.get("binned"), state.buffers.reference, {},
                 state.scan, state.settings, aim, 0.0, (1, 1, 1), backend, final=True)
         else:
@@ -116,8 +125,19 @@ class Retuning:
                 self._submit_live(state)
             return {**reply, "retune_applies": "from the current scan's next volume (made now)"}
         self.kept.aim = {**self.kept.aim, **accepted}
-        self.retuner.submit(Job(KEPT, self.kept.compute_job(backend), dict(self.kept.aim)))
+        self.retuner.submit(Job(KEPT, *self.kept.compute_job(backend)))
         return {**reply, "retune_applies": "republishes the completed scan's final volume, re-tuned"}
+
+    def _retune_after_final(self) -> None:
+        """What was asked while the last scan's final volume was on its way: applied to it now."""
+        pending, self._after_final = getattr(self, "_after_final", None), None
+        if pending is None or self.kept is None or self.kept.scan_id != pending[0]:
+            return  # nothing asked, or that scan ended without a final volume (or was not kept)
+        try:
+            self._set_retune(*pending[1:])
+        except ControlError as err:
+            self.last_error = f"re-tune of {self.kept.scan_id} after its final volume: {err}"
+            log.error(self.last_error)
 
     def retune_status(self) -> dict[str, Any]:
         """``status["retune"]``: the re-tune thread, and the last scan kept (and its bytes)."""

@@ -222,7 +222,7 @@ class LiveScan:
         """
         return aims.volume_job(self.buffers.sinogram, self.buffers.arrays.get("binned"), self.buffers.reference,
                                dict(self.groups), self.scan, self.settings, dict(self.aim),
-                               self.centre.binned_px, tuple(self.buffers.volume.shape[1:]), backend, final)
+                               self.centre.binned_px, tuple(self.buffers.volume.shape[1:]), backend, final)[0]
 
     def live_volume(self, backend: Backend) -> np.ndarray | None:
         """The current normalised sum of the partials (None before the first group).

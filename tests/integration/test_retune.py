@@ -98,8 +98,8 @@ def test_delta_beta_retuned_on_the_current_and_on_the_last_scan_in_split_mode(tm
     from holostream.shared.settings import ReconstructionSettings
     from holostream.workers.backend import get_backend
 
-    def offline(delta_beta):
-        volume, _ = reconstruct_scan(small_scan_data, ReconstructionSettings(), delta_beta, 0.0,
+    def offline(delta_beta, **settings):
+        volume, _ = reconstruct_scan(small_scan_data, ReconstructionSettings(**settings), delta_beta, 0.0,
                                      get_backend("cpu", threads=1))
         return volume
 
@@ -132,6 +132,14 @@ def test_delta_beta_retuned_on_the_current_and_on_the_last_scan_in_split_mode(tm
         want_100 = offline(100.0)
         np.testing.assert_allclose(kept_100, want_100, rtol=0, atol=2e-5 * scale)
         assert np.abs(want_100 - want_400).max() > 50 * 2e-5 * scale  # δ/β did change the volume
+        # then the filter: from the re-phased projections, so δ/β stays 100
+        reply = daemon.ask({"cmd": "set", "params": {"filter": "hann"}})
+        assert reply["ok"] and reply["retuned"] == ["filter"], reply
+        [(header, kept_hann)] = subscriber.volumes_until_final("db_a", timeout_s=60)
+        assert header["retuned"] == {"filter": {"from": "ram-lak", "to": "hann"},
+                                     "delta_beta": {"from": serve.DELTA_BETA, "to": 100.0}}
+        inside = _inside(kept_hann)  # re-filtered: the field of view within 2e-4 (workers/refilter.py)
+        assert np.abs(kept_hann - offline(100.0, filter="hann"))[:, inside].max() < 2e-4 * scale
         status = daemon.status()["retune"]
         assert status["kept_transmissions"] and status["kept_bytes"] >= 2 * 90 * 64 * 64 * 4
     finally:
