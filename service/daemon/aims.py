@@ -31,6 +31,9 @@ from holostream.workers.refilter import WindowChange
 RETUNABLE = ("filter", "delta_beta", "phase")
 #: Of these, what needs the transmissions (phase retrieval again).
 PHASE_KEYS = ("delta_beta", "phase")
+#: The window of the projections a re-phasing keeps: the ramp alone, from which every other
+#: window is one exact rescaling of the spectrum (``workers/refilter.py``).
+KEPT_WINDOW = "ram-lak"
 
 
 def base_of(scan: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
@@ -69,6 +72,11 @@ def retuned_fields(base: dict[str, Any], aim: dict[str, Any], iterations: int) -
     return out
 
 
+def rephased_with(base: dict[str, Any], aim: dict[str, Any]) -> dict[str, Any]:
+    """What projections re-phased for ``aim`` are made with (``filtered_out`` of :func:`volume_job`)."""
+    return {**applied(base, aim), "filter": KEPT_WINDOW}
+
+
 def differs(base: dict[str, Any], aim: dict[str, Any]) -> bool:
     """True when ``aim`` changes anything of ``base``."""
     return applied(base, aim) != base
@@ -104,7 +112,9 @@ def volume_job(sinogram: np.ndarray, binned: np.ndarray | None, reference: np.nd
         What ``sinogram`` was made with (``filter``, ``delta_beta``, ``phase``; None: the
         base). A kept scan re-phased once holds the new projections (see ``filtered_out``).
     filtered_out : ndarray or None
-        When phase retrieval runs again: receives the new filtered projections (``rephase.py``).
+        When phase retrieval runs again: receives the new projections, filtered with
+        :data:`KEPT_WINDOW` (``rephase.py``); what they were made with is
+        :func:`rephased_with` of the aim.
 
     Returns
     -------
@@ -132,7 +142,9 @@ def volume_job(sinogram: np.ndarray, binned: np.ndarray | None, reference: np.nd
                              "keeps in split mode only ([workers] mode = \"split\"): they apply from the "
                              "next scan")
         scan_used = {**scan, "delta_beta": used["delta_beta"]}
-        settings_used = {**settings, "phase": used["phase"], "filter": used["filter"]}
+        settings_used = {**settings, "phase": used["phase"], "filter": KEPT_WINDOW}
+        after = (None if used["filter"] == KEPT_WINDOW else
+                 WindowChange(sinogram.shape[-1], backend, KEPT_WINDOW, used["filter"]))
         return (lambda: rephased_volume(binned, reference, groups, scan_used, settings_used, center_px,
-                                        shape, backend, final, filtered_out)), True
+                                        shape, backend, final, filtered_out, after)), True
     return (lambda: recentred_volume(sinogram, groups, center_px, shape, backend, final, refilter)), False

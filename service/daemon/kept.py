@@ -87,9 +87,13 @@ class KeptScan:
         elif binned is not None:
             log.info("scan %s: its transmissions do not fit in keep_last_scan_mb = %g beside its sinogram: "
                      "after its end it can be re-centred and re-filtered, not re-phased", state.scan_id, limit_mb)
-        return cls(dict(header), np.array(sinogram[keys]), {i: state.groups[g] for i, g in enumerate(keys)},
-                   copy.copy(state.centre), tuple(state.buffers.volume.shape[1:]), dict(state.scan),
-                   dict(state.settings), binned_copy, reference, dict(state.aim))
+        rephased, made_with = None, None
+        if state.rephased is not None and state.rephased[2] == keys:  # the final volume's projections
+            rephased, made_with = state.rephased[0], state.rephased[1]
+        return cls(dict(header), rephased if rephased is not None else np.array(sinogram[keys]),
+                   {i: state.groups[g] for i, g in enumerate(keys)}, copy.copy(state.centre),
+                   tuple(state.buffers.volume.shape[1:]), dict(state.scan), dict(state.settings),
+                   binned_copy, reference, dict(state.aim), made_with)
 
     @property
     def scan_id(self) -> str:
@@ -140,7 +144,7 @@ class KeptScan:
         """
         if made_with.get("filtered") is not None:  # re-phased: later re-tunes start from these
             self.sinogram = made_with["filtered"]
-            self.sinogram_with = aims.applied(aims.base_of(self.scan, self.settings), made_with)
+            self.sinogram_with = aims.rephased_with(aims.base_of(self.scan, self.settings), made_with)
         header = {k: v for k, v in self.header.items() if k not in ("republished", "retuned")}
         cor_px = made_with.get("cor_px")
         if cor_px is not None and (cor_px != self.centre.cor_px or self.centre.source != "operator"):

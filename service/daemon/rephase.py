@@ -36,7 +36,7 @@ PHASE_KEYS = ("delta_beta", "phase")
 def rephased_volume(binned: np.ndarray, reference: np.ndarray, groups: dict[int, tuple[float, float, int]],
                     scan: dict[str, Any], settings: dict[str, Any], center_px: float,
                     shape: tuple[int, ...], backend: Backend, final: bool,
-                    filtered_out: np.ndarray | None = None) -> np.ndarray:
+                    filtered_out: np.ndarray | None = None, refilter=None) -> np.ndarray:
     """One-shot FBP of the arrived groups, phase-retrieved again from their transmissions.
 
     Parameters
@@ -63,6 +63,9 @@ def rephased_volume(binned: np.ndarray, reference: np.ndarray, groups: dict[int,
     filtered_out : ndarray or None
         float32 like ``binned``: receives the new ramp-filtered projections (in ``groups``
         order), so that later re-centring or re-filtering need not phase-retrieve again.
+    refilter : callable or None
+        Applied to the filtered projections after ``filtered_out`` took them, before the
+        back-projection (the service stores ``ram-lak`` ones and re-filters: ``aims.py``).
 
     Returns
     -------
@@ -81,5 +84,7 @@ def rephased_volume(binned: np.ndarray, reference: np.ndarray, groups: dict[int,
         filtered = pipeline.filtered_from_transmission(backend.asarray(binned[keys[part]]))
         if filtered_out is not None:
             filtered_out[start : start + len(keys[part])] = backend.to_host(filtered)
+        if refilter is not None:
+            filtered = refilter(filtered)
         fbp.backproject(volume, filtered, angles[part], weights[part], center_px, backend)
     return backend.to_host(volume) * np.float32(np.pi / weights.sum())

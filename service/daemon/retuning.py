@@ -146,14 +146,22 @@ class Retuning:
                 "kept_scan_id": kept.scan_id if kept is not None else None,
                 "kept_bytes": kept.nbytes if kept is not None else 0,
                 "kept_transmissions": kept is not None and kept.binned is not None,
+                # what the kept filtered projections are made with (None: as the scan was)
+                "kept_projections_with": kept.sinogram_with if kept is not None else None,
                 "keep_last_scan_mb": float(self.config.publish.keep_last_scan_mb)}
 
     def _submit_live(self, state: LiveScan, final: bool = False) -> None:
         """A volume of ``state`` with its centre and aim, made in the background."""
-        compute = state.volume_job(self.retuner.backend, final)
+        keys = sorted(state.groups)
+        # a re-phased final volume's projections become the kept scan's (no phase retrieval again)
+        filtered = (np.empty((len(keys), *state.buffers.sinogram.shape[1:]), np.float32)
+                    if final and "binned" in state.buffers.arrays else None)
+        compute, rephased = state.volume_job(self.retuner.backend, final, filtered)
         state.published_groups = len(state.groups)
         self.retuner.submit(Job(state.seq, compute, {
-            "n_used": state.n_used, "centre": state.centre.fields(), "aim": dict(state.aim), "final": final}))
+            "n_used": state.n_used, "centre": state.centre.fields(), "aim": dict(state.aim), "final": final,
+            "rephased": (filtered, aims.rephased_with(aims.base_of(state.scan, state.settings), state.aim), keys)
+            if rephased else None}))
 
     def _submit_final(self, state: LiveScan) -> None:
         """The final volume of a re-centred or re-tuned scan, made in the background (then _finish)."""
@@ -181,6 +189,7 @@ class Retuning:
             elif result.job.key == KEPT:
                 self._publish_kept(result)
             elif state is not None and result.job.info["final"]:
+                state.rephased = result.job.info["rephased"]
                 self._finish(state, result.volume)
             elif state is not None:
                 self._publish_live(state, result)

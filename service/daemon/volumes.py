@@ -164,6 +164,7 @@ class LiveScan:
     centre: LiveCentre | None = None  # the axis the volumes use (given, estimated, operator)
     aim: dict[str, Any] = field(default_factory=dict)  # the operator's filter, delta_beta, phase (aims.py)
     final_job: bool = False  # its final volume is being made by the re-tune thread
+    rephased: tuple | None = None  # (filtered, made with, group keys) of a re-phased final volume
 
     def __post_init__(self):
         if self.centre is None:
@@ -214,15 +215,18 @@ class LiveScan:
         return self.centre.differs_from(self.center_px) or aims.differs(aims.base_of(self.scan, self.settings),
                                                                          self.aim)
 
-    def volume_job(self, backend: Backend, final: bool):
+    def volume_job(self, backend: Backend, final: bool, filtered_out: np.ndarray | None = None):
         """The computation of this scan's volume with its centre and aim (``aims.volume_job``).
 
         The groups are a snapshot (the loop adds more meanwhile); ValueError for an aim that
-        cannot be made (e.g. δ/β in pool mode, without transmissions).
+        cannot be made (e.g. δ/β in pool mode, without transmissions). Returns the
+        computation and whether it retrieves the phase again (then it fills ``filtered_out``,
+        ``(len(groups), rows_b, cols_b)`` float32, in sorted group order).
         """
         return aims.volume_job(self.buffers.sinogram, self.buffers.arrays.get("binned"), self.buffers.reference,
                                dict(self.groups), self.scan, self.settings, dict(self.aim),
-                               self.centre.binned_px, tuple(self.buffers.volume.shape[1:]), backend, final)[0]
+                               self.centre.binned_px, tuple(self.buffers.volume.shape[1:]), backend, final,
+                               filtered_out=filtered_out)
 
     def live_volume(self, backend: Backend) -> np.ndarray | None:
         """The current normalised sum of the partials (None before the first group).
@@ -233,14 +237,14 @@ class LiveScan:
         self.published_groups = len(self.groups)
         self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id)
         if self.groups and self.needs_fbp():
-            return self.volume_job(backend, final=False)()
+            return self.volume_job(backend, final=False)[0]()
         return live_volume(self.buffers.volume, self.buffers.weights)
 
     def final_volume(self, backend: Backend) -> np.ndarray:
         """The one-shot FBP of the groups that arrived (see :func:`final_volume`)."""
         self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id)
         if self.needs_fbp():
-            return self.volume_job(backend, final=True)()
+            return self.volume_job(backend, final=True)[0]()
         groups = np.array(sorted(self.groups))
         angles = np.array([self.groups[g][0] for g in groups])
         used = np.array([self.groups[g][1] for g in groups])

@@ -123,6 +123,9 @@ def test_delta_beta_retuned_on_the_current_and_on_the_last_scan_in_split_mode(tm
         scale = float(np.abs(live_final).max())
         want_400 = offline(400.0)
         np.testing.assert_allclose(live_final, want_400, rtol=0, atol=2e-5 * scale)
+        # the final volume's re-phased projections are what is kept of the scan
+        assert daemon.status()["retune"]["kept_projections_with"] == {
+            "filter": "ram-lak", "delta_beta": 400.0, "phase": header["phase"]}
 
         # after its end: from the kept transmissions, δ/β 100 (and the scan's own chain text)
         reply = daemon.ask({"cmd": "set", "params": {"delta_beta": 100.0}})
