@@ -29,9 +29,6 @@ from holostream.workers.backend import Backend
 #: Groups phase-retrieved and back-projected per batch (bounds the memory of the copies).
 _BATCH_GROUPS = 32
 
-#: Keys whose change needs the transmissions (the others only the filtered projections).
-PHASE_KEYS = ("delta_beta", "phase")
-
 
 def rephased_volume(binned: np.ndarray, reference: np.ndarray, groups: dict[int, tuple[float, float, int]],
                     scan: dict[str, Any], settings: dict[str, Any], center_px: float,
