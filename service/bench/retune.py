@@ -11,7 +11,8 @@ the daemon's re-tune thread (``service/daemon/retune.py``: the back-projection o
 arrived projection, re-filtered when the filter changed) and the transfer. The control
 replies are timed too: they must not wait for a back-projection.
 
-Run: ``python -m holostream.service.bench.retune --json benchmarks/cpu-retune.json``.
+Run: ``python -m holostream.service.bench.retune --json benchmarks/cpu-retune.json`` (or
+``holostream bench --retune [pool|split] --json FILE``).
 """
 
 from __future__ import annotations
