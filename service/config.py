@@ -143,8 +143,9 @@ class PublishConfig:
     compression: str = _opt("none", _choice("none", "gzip", "lz4", "zstd"),
                             "compression of the volumes written: none, gzip, or lz4/zstd (need hdf5plugin)")
     keep_last_scan_mb: float = _opt(512.0, _number(0.0, 1 << 20, "MB"),
-                                    "keep the last completed scan's filtered sinogram (a private copy, at most "
-                                    "this many MB; 0: off) so that set cor_px re-centres its final volume")
+                                    "keep the last completed scan's filtered sinogram, and in split mode its "
+                                    "transmissions when both fit (private copies, at most this many MB; 0: off) so "
+                                    "that set cor_px/filter (/delta_beta/phase) re-tunes its final volume")
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,10 @@ def add_arguments(parser) -> None:
                              "correlation with the truth")
     parser.add_argument("--md-size", type=int, default=128, help="--multidistance frame size (128)")
     parser.add_argument("--md-angles", type=int, default=180, help="--multidistance angles (180)")
+    parser.add_argument("--retune", choices=("pool", "split"), nargs="?", const="pool", default=None,
+                        metavar="MODE", help="only the re-tuning latency of a real daemon (pool or split "
+                        "mode) at demo size: centre, filter (and δ/β in split) of a live and a completed "
+                        "scan (service/bench/retune.py)")
     parser.add_argument("--pool", type=int, nargs="?", const=0, default=None, metavar="N",
                         help="also measure dark/flat + 3x3 + 3-angle binning of 2048² uint16 frames on N "
                              "processes at once (default N: all cores), in GB/s of raw frames")
@@ -71,6 +75,10 @@ def run(args) -> int:
               "batch": batch, "iterations": iterations}
     if args.device == "gpu":
         report["machine"]["gpu"] = backend.xp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    if args.retune:  # a daemon of its own for minutes: not a section of the stage report
+        from holostream.service.bench.retune import main as retune_main
+
+        return retune_main(["--mode", args.retune] + (["--json", args.json] if args.json else []))
     if args.fbp_only:
         report["peers"] = {"fbp_vs_astra": _fbp_vs_astra(preset, args)}
         return _emit(report, args.json)

@@ -1,7 +1,9 @@
 """``holostream set KEY=VALUE ...``: change the daemon's reconstruction settings.
 
-They apply from the next scan (PROTOCOL.md, control command ``set``); ``cor_px`` applies to
-the scan being reconstructed where the daemon supports it. Values are read as JSON when they
+They apply from the next scan (PROTOCOL.md, control command ``set``). ``cor_px`` and
+``filter`` also re-tune the scan being reconstructed (from its next volume on, made at once)
+or, with none, the last completed one (its final volume again): ``holostream set
+cor_px=3.5 filter=hann`` (docs/protocol.md, "Re-tuning"). Values are read as JSON when they
 parse (``2``, ``0.5``, ``true``), else taken as text (``phase=ap``, ``filter=hann``).
 """
 
@@ -33,7 +35,8 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``holostream set``."""
     parser.add_argument("assignments", nargs="+", metavar="KEY=VALUE",
-                        help="settings to change, e.g. binning=2 phase=ap filter=hann publish_interval_s=1")
+                        help="settings to change, e.g. binning=2 phase=ap filter=hann publish_interval_s=1; "
+                             "cor_px and filter also re-tune the current (or the last) scan")
     add_control_options(parser)
     parser.add_argument("--json", action="store_true", help="print the daemon's JSON reply")
 
@@ -54,4 +57,9 @@ def run(args: argparse.Namespace) -> int:
         settings = reply.get("settings") or {}
         print(f"settings ({reply.get('applies', 'from the next scan')}): "
               + ", ".join(f"{k}={v}" for k, v in settings.items()))
+        if reply.get("retune_applies"):
+            changed = [f"{k}={reply['cor_px'] if k == 'cor_px' else params[k]}" for k in reply.get("retuned", [])]
+            print(f"re-tuned scan {reply.get('scan_id')}: {', '.join(changed)} ({reply['retune_applies']})")
+        for key, why in (reply.get("not_retuned") or {}).items():
+            print(f"{key} not re-tuned for scan {reply.get('scan_id')}: {why}")
     return 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -125,7 +125,7 @@ class LiveCentre:
 
 def recentred_volume(sinogram: np.ndarray, groups: dict[int, tuple[float, float, int]],
                      center_px: float, shape: tuple[int, ...], backend: Backend,
-                     final: bool) -> np.ndarray:
+                     final: bool, refilter: Callable[[Any], Any] | None = None) -> np.ndarray:
     """One-shot FBP of the arrived groups from the sinogram with another axis offset.
 
     Parameters
@@ -142,6 +142,9 @@ def recentred_volume(sinogram: np.ndarray, groups: dict[int, tuple[float, float,
     final : bool
         True: the weights are recomputed for exactly the arrived angles (the final volume);
         False: the scan's weights, normalised as if every angle had arrived (a live volume).
+    refilter : callable or None
+        Applied to each batch of filtered projections before the back-projection: another
+        FBP window (:class:`holostream.workers.refilter.WindowChange`); None: as they are.
 
     Returns
     -------
@@ -153,7 +156,8 @@ def recentred_volume(sinogram: np.ndarray, groups: dict[int, tuple[float, float,
     volume = backend.xp.zeros(tuple(shape), dtype=np.float32)
     for start in range(0, keys.size, 32):
         part = slice(start, start + 32)
-        fbp.backproject(volume, backend.asarray(sinogram[keys[part]]), angles[part], weights[part],
-                        center_px, backend)
+        batch = backend.asarray(sinogram[keys[part]])
+        fbp.backproject(volume, batch if refilter is None else refilter(batch), angles[part],
+                        weights[part], center_px, backend)
     return backend.to_host(volume) * np.float32(math.pi / weights.sum())
 

@@ -34,6 +34,7 @@ from holostream.service.daemon.ingest import EXIT_ADDRESS_IN_USE
 from holostream.service.daemon.notify import Notifier, status_line
 from holostream.service.daemon.publisher import Publisher
 from holostream.service.daemon.requests import ControlRequests
+from holostream.service.daemon.retuning import Retuning, start_retuner
 from holostream.service.daemon.reconstructor import record_unreported
 from holostream.service.daemon.volumes import LiveScan
 from holostream.service.files.volume import save_new_volume_h5
@@ -50,7 +51,7 @@ _CRASH_WINDOW_S = 30.0    # this many child deaths within this window: the daemo
 _CRASH_LIMIT = 5
 
 
-class Daemon(ControlRequests):
+class Daemon(ControlRequests, Retuning):
     """The main process: owns the sockets, the scan states and the children."""
 
     def __init__(self, config: Config):
@@ -86,8 +87,7 @@ class Daemon(ControlRequests):
                          "scans_incomplete": 0}
         self.last_error: str | None = None
         self.last_final: tuple[dict, np.ndarray] | None = None
-        self.kept: KeptScan | None = None  # the last completed scan, to re-centre after its end
-        self.recentre_kept: float | None = None  # a centre asked for it, applied by the loop
+        self.kept: KeptScan | None = None  # the last completed scan, to re-tune after its end
         self.last_volume_file: str | None = None  # the newest volume written to output_dir
         self.started = time.time()
         self.stop_requested = False
@@ -120,6 +120,7 @@ class Daemon(ControlRequests):
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         try:
+            self.retuner = start_retuner()  # re-tuned volumes off this loop, kernel warmed now
             self.pool.start()
             if self.reconstructor is not None:
                 self.reconstructor.start()
@@ -145,6 +146,8 @@ class Daemon(ControlRequests):
 
     def _shutdown(self) -> None:
         self.channels.stop.set()
+        if hasattr(self, "retuner"):  # before any shared memory goes: its running job reads it
+            self.retuner.close()
         queues = [self.channels.events]
         if self.reconstructor is not None:  # workers flush their binned groups to it on exit
             queues.append(self.reconstructor.reconstruct)
@@ -191,8 +194,7 @@ class Daemon(ControlRequests):
             now = time.monotonic()
             for state in list(self.scans.values()):
                 self._advance(state, now)
-            if self.recentre_kept is not None:  # after the reply: a back-projection takes seconds
-                self._republish_recentred()
+            self._collect_retuned()  # volumes the re-tune thread finished
             if now >= next_supervise:
                 next_supervise = now + _SUPERVISE_EVERY_S
                 self._supervise()
@@ -271,11 +273,17 @@ class Daemon(ControlRequests):
     def _advance(self, state: LiveScan, now: float) -> None:
         """Publish a live volume when due, or the final one once every result is in."""
         if state.complete is None:
-            if state.live_due(now):
+            if state.live_due(now) and not self.retuner.busy(state.seq):
+                state.centre.refine(state.buffers.sinogram, state.groups, state.scan_id)
+                if state.groups and state.needs_fbp():  # a full back-projection: off the loop
+                    self._submit_live(state)
+                    return
                 with self.metrics.stage_seconds.labels("live_volume").time():
                     volume = state.live_volume(self.backend)
                 if volume is not None:
                     self._send(state, volume, final=False)
+            return
+        if state.final_job or self.retuner.busy(state.seq):  # a job reads its memory: let it end
             return
         aborted = bool(state.complete.get("aborted"))
         record_unreported(state, now)  # split mode: groups whose report died with the reconstructor
@@ -293,8 +301,16 @@ class Daemon(ControlRequests):
         if missing:
             log.warning("scan %s: %d group(s) never came back; finishing without them",
                         state.scan_id, len(missing))
+        state.centre.refine(state.buffers.sinogram, state.groups, state.scan_id)
+        if state.needs_fbp():  # re-centred or re-tuned: made off this loop, then _finish
+            self._submit_final(state)
+            return
         with self.metrics.stage_seconds.labels("final_volume").time():
             volume = state.final_volume(self.backend)
+        self._finish(state, volume)
+
+    def _finish(self, state: LiveScan, volume: np.ndarray) -> None:
+        """Publish (and write) a scan's final volume, keep the scan for re-tuning, drop it."""
         header = self._send(state, volume, final=True)
         if state.complete.get("last_frame_time"):
             self.metrics.final_latency.observe(max(0.0, time.time() - state.complete["last_frame_time"]))
@@ -304,6 +320,7 @@ class Daemon(ControlRequests):
         self.last_final = (header, volume)
         self.counters["scans_completed"] += 1
         self.kept = KeptScan.of(state, header, self.config.publish.keep_last_scan_mb)
+        self._retune_after_final()  # asked between the scan's end and this volume
         log.info("scan %s final volume %s from %d/%d projections", state.scan_id,
                  header["shape"], header["n_projections_used"], header["n_projections_expected"])
         self._drop(state)
@@ -328,6 +345,8 @@ class Daemon(ControlRequests):
 
     def _drop(self, state: LiveScan) -> None:
         """Forget a scan: tell ingest, unmap and unlink its shared memory."""
+        if hasattr(self, "retuner"):
+            self.retuner.forget(state.seq)  # no re-tune job may read the memory unmapped below
         self.scans.pop(state.seq, None)
         self.channels.commands.put({"type": "release", "scan_seq": state.seq})
         state.close()

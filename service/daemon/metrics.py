@@ -61,7 +61,8 @@ class Metrics:
             "holostream_stage_seconds",
             "seconds per stage: flatfield_binning, phase_filter, backprojection (per angle group, pool "
             "mode), group (a worker's whole group), reconstructor_batch (split mode), live_volume, "
-            "final_volume (assembly in the daemon), publish",
+            "final_volume (assembly in the daemon), retune (a re-tuned or re-centred volume, made by "
+            "the daemon's re-tune thread), publish",
             ["stage"], buckets=_STAGE_BUCKETS, registry=self.registry)
         self.final_latency = Histogram(
             "holostream_final_volume_latency_seconds",

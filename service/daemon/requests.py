@@ -30,47 +30,17 @@ class ControlRequests:
 
     def _set(self, request: dict[str, Any]) -> dict[str, Any]:
         params = dict(request["params"])
-        reply: dict[str, Any] = {}
-        if "cor_px" in params:  # the current scan's axis from its next volume on, else the last scan's
-            reply.update(self._set_centre(params.pop("cor_px")))
+        cor_px = params.pop("cor_px", None)  # a scan's, not a setting
+        delta_beta = params.pop("delta_beta", None)  # a scan's (scan_start), not a setting
+        settings = self.settings.merged(params) if params else self.settings  # SettingsError: refused
+        # cor_px, filter, delta_beta, phase: the current scan from its next volume on, else the last one
+        reply = self._set_retune(cor_px, {**params, "delta_beta": delta_beta})  # ControlError: refused
         if params:
-            self.settings = self.settings.merged(params)  # SettingsError is a refusal
+            self.settings = settings
             self.channels.commands.put({"type": "settings", "settings": self.settings.to_dict()})
             log.info("settings changed from the next scan on: %s", params)
             reply.update(applies="from the next scan")
         return {"settings": self.settings.to_dict(), **reply}
-
-    def _set_centre(self, cor_px: Any) -> dict[str, Any]:
-        open_scans = [s for s in self.scans.values() if s.complete is None]
-        if not open_scans and self.kept is None:
-            raise ControlError("cor_px applies to the scan being reconstructed, and there is none "
-                               "(nor a completed one kept: [publish] keep_last_scan_mb)")
-        try:
-            if open_scans:
-                open_scans[-1].centre.set_by_operator(cor_px)
-            else:
-                self.kept.check(cor_px)
-        except ValueError as err:
-            raise ControlError(str(err)) from None
-        if not open_scans:  # re-back-projected by the loop, after this reply
-            self.recentre_kept = float(cor_px)
-            return {"scan_id": self.kept.scan_id, "cor_px": float(cor_px),
-                    "cor_applies": "republishes the completed scan's final volume, re-centred"}
-        log.info("scan %s: centre of rotation set by the operator to %+.2f px",
-                 open_scans[-1].scan_id, open_scans[-1].centre.cor_px)
-        return {"scan_id": open_scans[-1].scan_id, "cor_px": open_scans[-1].centre.cor_px,
-                "cor_applies": "from the current scan's next volume"}
-
-    def _republish_recentred(self) -> None:
-        """The kept scan's final volume about the operator's axis, published and kept as last."""
-        cor_px, self.recentre_kept = self.recentre_kept, None
-        with self.metrics.stage_seconds.labels("final_volume").time():
-            header, volume = self.kept.recentre(cor_px, self.backend)
-        self.publisher.publish_volume(header, volume)
-        self.publisher.publish_preview(header, volume)
-        self.counters["volumes_published"] += 1
-        self.last_final = (header, volume)
-        log.info("scan %s: final volume republished about cor_px %+.2f", header["scan_id"], cor_px)
 
     def _abort(self, request: dict[str, Any]) -> dict[str, Any]:
         open_ids = [s.scan["scan_id"] for s in self.scans.values() if s.complete is None]
@@ -117,6 +87,7 @@ class ControlRequests:
             "ingest_restarts": self.ingest.restarts, "ingest_pid": self.ingest.pid,
             "settings": self.settings.to_dict(), "last_error": self.last_error,
             "last_volume_file": self.last_volume_file,
+            "retune": self.retune_status(),
             "curve": ("on" if self.curve is not None else
                       "off (plaintext on a network address)" if self.config.plaintext_remote() else "off (loopback)"),
             "pid": os.getpid(), "uptime_s": round(time.time() - self.started, 3),

@@ -79,8 +79,9 @@ class LiveRings:
     applied : str
         The filter applied to the last volume computed (``"none"`` while it was not).
     last_stripes : ndarray or None
-        The stripes subtracted from that volume (host, float32): a kept scan re-centred after
-        its end subtracts them again.
+        The stripes of that volume, as the scan's own filter, δ/β and chain make them (host,
+        float32; a re-tuned volume subtracts :func:`stripes_for` of them): a kept scan
+        re-tuned after its end derives its stripes from them again.
     last_change : ndarray or None
         The same before detector weights and ramp filter (:func:`delta_change`, host).
     """
@@ -155,7 +156,7 @@ class LiveRings:
         self._pipeline = None
 
     def subtract(self, volume: np.ndarray, stripes, groups: dict[int, tuple[float, float, int]],
-                 center_px: float, final: bool, backend: Backend) -> np.ndarray:
+                 center_px: float, final: bool, backend: Backend, base=None) -> np.ndarray:
         """``volume`` less the back-projection of ``stripes`` at the arrived groups' angles.
 
         Parameters
@@ -171,13 +172,51 @@ class LiveRings:
         final : bool
             The weights of exactly the arrived angles (the final volume's), else the scan's.
         backend : Backend
+        base : array, optional
+            The scan's own stripes ``stripes`` were derived from (a re-tuned volume's,
+            :func:`stripes_for`); default ``stripes``. Kept as :attr:`last_stripes`.
         """
         if stripes is None or not groups:
             self.applied = "none"
             return volume
-        keys = sorted(groups)
-        angles = np.array([groups[g][0] for g in keys])
-        weights = angle_weights(angles) if final else np.array([groups[g][1] for g in keys])
-        rings = ring_volume(stripes, angles, weights, center_px, volume.shape, backend)
-        self.applied, self.last_stripes = self.method, np.asarray(backend.to_host(stripes))
-        return volume - backend.to_host(rings)
+        self.applied = self.method
+        self.last_stripes = np.asarray(backend.to_host(stripes if base is None else base))
+        return subtract_stripes(volume, stripes, groups, center_px, final, backend)
+
+
+def subtract_stripes(volume: np.ndarray, stripes, groups: dict[int, tuple[float, float, int]],
+                     center_px: float, final: bool, backend: Backend) -> np.ndarray:
+    """``volume`` less the back-projection of ``stripes`` at ``groups``' angles (see LiveRings.subtract)."""
+    keys = sorted(groups)
+    angles = np.array([groups[g][0] for g in keys])
+    weights = angle_weights(angles) if final else np.array([groups[g][1] for g in keys])
+    rings = ring_volume(backend.asarray(stripes), angles, weights, center_px, volume.shape, backend)
+    return volume - backend.to_host(rings)
+
+
+def stripes_for(stripes, base: dict[str, Any], used: dict[str, Any], backend: Backend):
+    """A scan's own filtered stripes as a re-tuned volume needs them (None: not known).
+
+    Parameters
+    ----------
+    stripes : array of shape (rows_b, cols_b) or None
+        Stripes made with ``base`` (the scan's ``filter``, ``delta_beta``, ``phase``).
+    base, used : dict
+        ``service/daemon/aims.py``'s base of the scan and the values the volume is made with.
+    backend : Backend
+
+    A new filter is one rescaling of the stripes' spectrum, as of the projections
+    (``workers/refilter.py``); a new δ/β or chain changes them in a way only the scan's
+    transmissions could tell, so such a volume gets no ring filter (its header says so).
+    """
+    if stripes is None or any(used[k] != base[k] for k in ("delta_beta", "phase")):
+        return None
+    if used["filter"] == base["filter"]:
+        return stripes
+    from holostream.workers.refilter import WindowChange
+
+    try:
+        change = WindowChange(stripes.shape[-1], backend, base["filter"], used["filter"])
+    except ValueError:  # frequencies the scan's filter removed: not recoverable from the stripes
+        return None
+    return change(backend.asarray(stripes))

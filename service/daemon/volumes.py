@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from holostream.service.daemon.centre import LiveCentre, recentred_volume
+from holostream.service.daemon import aims
+from holostream.service.daemon.centre import LiveCentre
 from holostream.service.daemon.halfscan import centre_deferred, deferred_columns, deferred_volume, ramp_of
-from holostream.service.daemon.rings import LiveRings
+from holostream.service.daemon.rings import LiveRings, stripes_for
 from holostream.shared.scanbuffers import ScanBuffers
 from holostream.workers import fbp, phasing
 from holostream.workers.backend import Backend
@@ -63,7 +64,7 @@ def volume_header(scan: dict[str, Any], settings: dict[str, Any], *, scan_seq: i
         "cor_px": float(scan.get("cor_px") or 0.0),
         "cor_source": "given" if scan.get("cor_px") is not None else "estimated",
         **({} if scan.get("cor_px") is not None else {"cor_confidence": 0.0}),  # not estimated yet
-        # LiveScan.header replaces it with what its volume had (a streaming filter, or none)
+        # sinogram ring filters need the whole scan: only `holostream reconstruct` applies them
         "ring_filter": "none",
         "delta_beta": float(scan["delta_beta"]), "energy_kev": float(scan["energy_kev"]),
         **_effective_geometry(scan),
@@ -140,6 +141,11 @@ def final_volume(partials: np.ndarray, weights: np.ndarray, sinogram: np.ndarray
     return fbp.combine_partials(backend.to_host(data)[None], [total])
 
 
+#: Why a deferred-centre scan refuses a new filter, δ/β or chain.
+DEFERRED_RETUNE = ("a 360° scan whose axis is found from the data (no cor_px) can be re-tuned in its centre "
+                   "only: its filter, delta_beta and phase apply from the next scan")
+
+
 @dataclass
 class LiveScan:
     """One scan as the daemon follows it, from ``scan_open`` to its final volume.
@@ -163,6 +169,9 @@ class LiveScan:
     complete: dict[str, Any] | None = None
     last_result: float = field(default_factory=time.monotonic)
     centre: LiveCentre | None = None  # the axis the volumes use (given, estimated, operator)
+    aim: dict[str, Any] = field(default_factory=dict)  # the operator's filter, delta_beta, phase (aims.py)
+    final_job: bool = False  # its final volume is being made by the re-tune thread
+    rephased: tuple | None = None  # (filtered, made with, group keys) of a re-phased final volume
     rings: LiveRings | None = None  # the streaming ring filter (service/daemon/rings.py)
     deferred: bool | None = None  # a 360° scan without cor_px: sinogram holds δ (daemon/halfscan.py)
 
@@ -216,21 +225,59 @@ class LiveScan:
         arrived = set((self.complete or {}).get("groups_arrived", []))
         return arrived - set(self.groups) - self.failed
 
+    def needs_fbp(self) -> bool:
+        """True when volumes must be made anew: another centre than the workers', or an aim.
+
+        A deferred-centre scan's volumes are always made anew (its workers back-project nothing).
+        """
+        return bool(self.deferred) or self.centre.differs_from(self.center_px) or aims.differs(
+            aims.base_of(self.scan, self.settings), self.aim)
+
+    def check_aim(self, aim: dict[str, Any], backend: Backend) -> None:
+        """Raise ValueError (with the reason) for an aim this scan's volumes cannot be made with."""
+        if self.deferred and aims.differs(aims.base_of(self.scan, self.settings), aim):
+            raise ValueError(DEFERRED_RETUNE)
+        aims.volume_job(self.buffers.sinogram, self.buffers.arrays.get("binned"), self.buffers.reference, {},
+                        self.scan, self.settings, aim, 0.0, (1, 1, 1), backend, final=True)
+
+    def volume_job(self, backend: Backend, final: bool, filtered_out: np.ndarray | None = None):
+        """The computation of this scan's volume with its centre and aim (``aims.volume_job``).
+
+        The groups are a snapshot (the loop adds more meanwhile); ValueError for an aim that
+        cannot be made (e.g. δ/β in pool mode, without transmissions). Returns the
+        computation and whether it retrieves the phase again (then it fills ``filtered_out``,
+        ``(len(groups), rows_b, cols_b)`` float32, in sorted group order). The computation
+        subtracts the streaming ring filter's stripes (``rings.py``) where they are known.
+        """
+        groups, centre = dict(self.groups), self.centre.binned_px
+        if self.deferred:
+            self.check_aim(self.aim, backend)
+            return (lambda: self._deferred_volume(backend, final, groups, centre)), False
+        base = aims.base_of(self.scan, self.settings)
+        used = aims.applied(base, self.aim)
+        compute, rephased = aims.volume_job(self.buffers.sinogram, self.buffers.arrays.get("binned"),
+                                            self.buffers.reference, groups, self.scan, self.settings,
+                                            dict(self.aim), centre, tuple(self.buffers.volume.shape[1:]),
+                                            backend, final, filtered_out=filtered_out)
+
+        def with_rings() -> np.ndarray:
+            own = self.stripes(backend)  # before the volume: its weights are never behind it
+            volume = compute()
+            return self.rings.subtract(volume, stripes_for(own, base, used, backend), groups, centre, final,
+                                       backend, base=own)
+        return with_rings, rephased
+
     def live_volume(self, backend: Backend) -> np.ndarray | None:
         """The current normalised sum of the partials (None before the first group).
 
-        With a centre other than the workers' (estimated or set by the operator), the
-        one-shot FBP of the arrived groups from the sinogram with that centre instead.
+        With a centre other than the workers' (estimated or set by the operator), an aim, or
+        a deferred centre, the one-shot FBP of the arrived groups from the sinogram instead.
         """
         self.published_groups = len(self.groups)
         self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id)
-        if self.deferred:
-            return self._deferred_volume(backend, final=False) if self.groups else None
+        if self.groups and self.needs_fbp():
+            return self.volume_job(backend, final=False)[0]()
         stripes = self.stripes(backend)  # before the volume: its weights are never behind it
-        if self.groups and self.centre.differs_from(self.center_px):
-            volume = recentred_volume(self.buffers.sinogram, self.groups, self.centre.binned_px,
-                                      self.buffers.volume.shape[1:], backend, final=False)
-            return self.rings.subtract(volume, stripes, self.groups, self.centre.binned_px, False, backend)
         volume = live_volume(self.buffers.volume, self.buffers.weights)
         if volume is None:
             return None
@@ -239,13 +286,9 @@ class LiveScan:
     def final_volume(self, backend: Backend) -> np.ndarray:
         """The one-shot FBP of the groups that arrived (see :func:`final_volume`)."""
         self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id)
-        if self.deferred:
-            return self._deferred_volume(backend, final=True)
+        if self.needs_fbp():
+            return self.volume_job(backend, final=True)[0]()
         stripes = self.stripes(backend)
-        if self.centre.differs_from(self.center_px):
-            volume = recentred_volume(self.buffers.sinogram, self.groups, self.centre.binned_px,
-                                      self.buffers.volume.shape[1:], backend, final=True)
-            return self.rings.subtract(volume, stripes, self.groups, self.centre.binned_px, True, backend)
         groups = np.array(sorted(self.groups))
         angles = np.array([self.groups[g][0] for g in groups])
         used = np.array([self.groups[g][1] for g in groups])
@@ -253,14 +296,14 @@ class LiveScan:
                               groups, angles, used, self.center_px, backend)
         return self.rings.subtract(volume, stripes, self.groups, self.center_px, True, backend)
 
-    def _deferred_volume(self, backend: Backend, final: bool) -> np.ndarray:
-        """A deferred-centre scan's volume about its current centre (daemon/halfscan.py)."""
-        centre = self.centre.binned_px
+    def _deferred_volume(self, backend: Backend, final: bool, groups: dict[int, tuple[float, float, int]],
+                         centre: float) -> np.ndarray:
+        """A deferred-centre scan's volume of ``groups`` about ``centre`` (daemon/halfscan.py)."""
         columns = deferred_columns(self.buffers.sinogram.shape[2], centre)
         stripes = self.rings.stripes(self.buffers, columns is not None, backend, columns)
-        volume = deferred_volume(self.buffers.sinogram, self.groups, centre,
+        volume = deferred_volume(self.buffers.sinogram, groups, centre,
                                  ramp_of(self.scan, self.settings, backend), backend, final)
-        return self.rings.subtract(volume, stripes, self.groups, centre, final, backend)
+        return self.rings.subtract(volume, stripes, groups, centre, final, backend)
 
     def stripes(self, backend: Backend):
         """The streaming ring filter's ramp-filtered stripes so far (None: none to subtract)."""
@@ -276,6 +319,8 @@ class LiveScan:
         # the volume is wider than the binned detector only for a 360° offset-axis scan
         header["half_acquisition"] = volume.shape[-1] != int(self.scan["shape"][1]) // int(
             self.settings["binning"])
+        header.update(aims.retuned_fields(aims.base_of(self.scan, self.settings), self.aim,
+                                          int(self.settings["iterations"])))
         why = (self.complete or {}).get("incomplete")
         if final and why:  # a stalled scan: the volume of what arrived, saying so
             header.update(incomplete=True, incomplete_reason=why)

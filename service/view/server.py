@@ -11,7 +11,8 @@ WebSocket messages to the page: JSON text ``{"type": "hello" | "status", ...}`` 
 slice. From the page: ``{"type": "slice", "axis": "z", "index": 12}`` or
 ``{"type": "slice", "axis": null}`` (no extra slice).
 
-Re-tuning (``POST /api/set`` with ``{"cor_px": 6.5}``): the viewer, started with the daemon's
+Re-tuning (``POST /api/set`` with ``{"cor_px": 6.5}``, ``{"filter": "hann"}``, ``{"delta_beta": 400}``
+or ``{"phase": "paganin, ap**8"}``): the viewer, started with the daemon's
 control address, forwards the request as ``{"cmd": "set", "params": ...}`` and answers with
 the daemon's reply. Only the keys of :data:`RETUNE_KEYS` pass: the page is an operator's
 view, not a second control socket.
@@ -40,6 +41,7 @@ from holostream.service.clients.control import request as control_request
 from holostream.service.clients.subscriber import MessageError, decode
 from holostream.service.view.state import AXES, ViewState, cut, scan_key
 from holostream.service.view.wire import dumps, pack
+from holostream.shared.settings import FILTERS
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,11 @@ STATIC = Path(__file__).parent / "static"
 
 #: Messages the SUB socket queues: few, since only the newest one is shown.
 RCVHWM = 4
-#: What the page may re-tune through ``/api/set`` (the centre, in unbinned detector pixels).
-RETUNE_KEYS = ("cor_px",)
+#: What the page may re-tune through ``/api/set``: the centre (unbinned detector pixels), the FBP
+#: filter, δ/β and the phase chain (text, checked by the daemon).
+RETUNE_KEYS = ("cor_px", "filter", "delta_beta", "phase")
+#: Longest chain text passed on (a page is not a way to send the daemon megabytes).
+_MAX_CHAIN_CHARS = 200
 #: Seconds the viewer waits for the daemon's answer to a re-tuning request.
 CONTROL_TIMEOUT_S = 5.0
 
@@ -215,24 +220,36 @@ class Viewer:
         return web.Response(text=dumps(body), content_type="application/json")
 
 
-def retune_params(body: Any) -> dict[str, float]:
-    """The parameters of a ``/api/set`` body: finite numbers of :data:`RETUNE_KEYS` only.
+def retune_params(body: Any) -> dict[str, Any]:
+    """The parameters of a ``/api/set`` body: :data:`RETUNE_KEYS` only, each checked.
 
     Raises
     ------
     ValueError
-        Not a JSON object, an unknown key, or a value that is not a finite number.
+        Not a JSON object, an unknown key, a ``cor_px`` or ``delta_beta`` that is not a finite
+        number, a ``filter`` that is not one of :data:`holostream.shared.settings.FILTERS`, a
+        ``phase`` that is not a short text (the daemon parses it).
     """
     if not isinstance(body, dict) or not body:
         raise ValueError(f"expected a JSON object with one of {', '.join(RETUNE_KEYS)}")
     unknown = sorted(set(body) - set(RETUNE_KEYS))
     if unknown:
         raise ValueError(f"cannot re-tune {', '.join(unknown)} from the viewer (only {', '.join(RETUNE_KEYS)})")
-    params = {}
-    for key, value in body.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{key} must be a finite number, not {value!r}")
-        params[key] = float(value)
+    params: dict[str, Any] = {}
+    if "filter" in body:
+        if body["filter"] not in FILTERS:
+            raise ValueError(f"filter must be one of {', '.join(FILTERS)}, not {body['filter']!r}")
+        params["filter"] = body["filter"]
+    for key in ("cor_px", "delta_beta"):
+        if key in body:
+            value = body[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{key} must be a finite number, not {value!r}")
+            params[key] = float(value)
+    if "phase" in body:
+        if not isinstance(body["phase"], str) or not 0 < len(body["phase"]) <= _MAX_CHAIN_CHARS:
+            raise ValueError(f"phase must be a chain text of 1 to {_MAX_CHAIN_CHARS} characters")
+        params["phase"] = body["phase"]
     return params
 
 

@@ -91,7 +91,7 @@ def test_operator_sets_the_centre_of_the_current_scan(daemon, subscriber, offset
     # after the scan's end: its final volume again, re-centred from the kept sinogram
     final_header, final = volumes[-1]
     again = daemon.ask({"cmd": "set", "params": {"cor_px": OFFSET_PX}})
-    assert again["ok"] and again["scan_id"] == "centre_op" and "completed" in again["cor_applies"], again
+    assert again["ok"] and again["scan_id"] == "centre_op" and "completed" in again["retune_applies"], again
     [(header, recentred)] = subscriber.volumes_until_final("centre_op", timeout_s=60)
     assert header["final"] and header["seq"] == final_header["seq"] + 1
     assert header["cor_source"] == "operator" and header["cor_px"] == OFFSET_PX

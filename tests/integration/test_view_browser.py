@@ -313,9 +313,30 @@ def test_operator_recentres_from_the_page(browser, viewer, daemon, small_scan_da
           f"about {before['cor_px']}: {corr_old:.4f}")
     assert corr_new >= 0.999 and corr_old < corr_new
 
-    # the viewer passes on the centre only: anything else is refused before the daemon sees it
-    refused = urllib.request.Request(viewer.url + "api/set", data=json.dumps({"delta_beta": 1}).encode(),
+    # the completed scan re-filtered from the page: its final volume again, made with hann
+    from selenium.webdriver.support.ui import Select
+
+    final_header = volumes[-1][0]
+    Select(driver.find_element("id", "retune-filter")).select_by_value("hann")
+    driver.find_element("id", "refilter-apply").click()
+    serve.wait_for(lambda: page(driver, "window.holostreamView.image.meta.header.filter") == "hann", 30,
+                   "the page to show the re-filtered final volume", interval_s=0.1)
+    header = page(driver, "window.holostreamView.image.meta.header")
+    assert header["final"] and header["seq"] == final_header["seq"] + 1 and header["cor_px"] == new_cor_px
+    assert header["retuned"] == {"filter": {"from": "ram-lak", "to": "hann"}}
+    assert f"filter hann for {scan_id}" in driver.find_element("id", "retune-reply").text
+    assert '"to":"hann"' in driver.find_element("id", "parameters").text.replace(" ", "")
+
+    # δ/β from the page: this daemon (pool mode) keeps no transmissions, and the page says so
+    driver.find_element("id", "retune-delta-beta").send_keys("400")
+    driver.find_element("id", "rephase-apply").click()
+    serve.wait_for(lambda: "split mode" in driver.find_element("id", "retune-reply").text, 20,
+                   "the daemon's refusal of delta_beta on the page")
+    assert driver.find_element("id", "retune-reply").text.startswith("refused:")
+
+    # the viewer passes on the re-tunable keys only: anything else is refused before the daemon
+    refused = urllib.request.Request(viewer.url + "api/set", data=json.dumps({"binning": 1}).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(refused, timeout=5)
-    assert caught.value.code == 400 and "delta_beta" in json.loads(caught.value.read())["error"]
+    assert caught.value.code == 400 and "binning" in json.loads(caught.value.read())["error"]

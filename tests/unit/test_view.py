@@ -152,12 +152,18 @@ def test_listen_and_connect_addresses():
     assert connect_address("tcp://10.0.0.2:5560") == "tcp://10.0.0.2:5560"
 
 
-def test_retune_takes_a_finite_centre_only():
+def test_retune_takes_the_retunable_keys_checked():
     from holostream.service.view.server import retune_params
 
     assert retune_params({"cor_px": 4}) == {"cor_px": 4.0}
-    for body, reason in (({"delta_beta": 1.0}, "delta_beta"), ({}, "JSON object"), ([1], "JSON object"),
+    assert retune_params({"filter": "hann", "cor_px": -1}) == {"filter": "hann", "cor_px": -1.0}
+    assert retune_params({"delta_beta": 400, "phase": "paganin, ap**8"}) == {"delta_beta": 400.0,
+                                                                             "phase": "paganin, ap**8"}
+    for body, reason in (({"binning": 1}, "binning"), ({}, "JSON object"), ([1], "JSON object"),
+                         ({"delta_beta": "x"}, "finite"), ({"phase": 3}, "chain text"),
+                         ({"phase": "ap" * 200}, "chain text"),
                          ({"cor_px": float("nan")}, "finite"), ({"cor_px": "3"}, "finite"),
-                         ({"cor_px": True}, "finite")):
+                         ({"cor_px": True}, "finite"), ({"filter": "gauss"}, "filter must be one of"),
+                         ({"filter": 1}, "filter must be one of")):
         with pytest.raises(ValueError, match=reason):
             retune_params(body)

@@ -192,7 +192,10 @@ function connect() {
         view.hello = message;
         const canRetune = (message.retune || []).includes("cor_px");
         $("retune-apply").disabled = !canRetune;
-        if (canRetune && !view.retune) $("retune-reply").textContent = "Applies from the scan's next volume.";
+        $("refilter-apply").disabled = !(message.retune || []).includes("filter");
+        $("rephase-apply").disabled = !(message.retune || []).includes("delta_beta");
+        if (canRetune && !view.retune) $("retune-reply").textContent =
+          "Applies to the scan being reconstructed from its next volume, else to the last scan's final volume.";
       }
       if (message.type === "status") {
         view.status = message.status; view.statusAge = message.age_s; view.statusAt = performance.now();
@@ -251,10 +254,28 @@ async function retune(params) {
   }
   view.retune = { params, reply };
   note.className = reply.ok ? "note good" : "note bad";
-  note.textContent = reply.ok
-    ? `cor_px ${fmt(reply.cor_px, 5)} for ${reply.scan_id}: ${reply.cor_applies || reply.applies || "accepted"}`
-    : `refused: ${reply.error}`;
+  const asked = Object.entries(params).map(([k, v]) => `${k} ${k === "cor_px" ? fmt(reply.cor_px, 5) : v}`);
+  const notRetuned = Object.entries(reply.not_retuned || {}).map(([k, why]) => `${k} from the next scan only: ${why}`);
+  note.textContent = !reply.ok ? `refused: ${reply.error}`
+    : notRetuned.length && !reply.retune_applies ? notRetuned.join("; ")
+    : [`${asked.join(", ")} for ${reply.scan_id}: ${reply.retune_applies || reply.applies || "accepted"}`,
+       ...notRetuned].join("; ");
 }
+$("rephase").onsubmit = (event) => {
+  event.preventDefault();
+  const params = {}, deltaBeta = $("retune-delta-beta").value.trim(), chain = $("retune-phase").value.trim();
+  if (deltaBeta !== "") params.delta_beta = Number(deltaBeta);
+  if (chain !== "") params.phase = chain;
+  if (!Object.keys(params).length || (deltaBeta !== "" && !(Number(deltaBeta) > 0))) {
+    $("retune-reply").textContent = "type δ/β (a number > 0) and/or a phase chain (e.g. paganin, ap**8)";
+    return;
+  }
+  retune(params);
+};
+$("refilter").onsubmit = (event) => {
+  event.preventDefault();
+  retune({ filter: $("retune-filter").value });
+};
 $("retune").onsubmit = (event) => {
   event.preventDefault();
   const value = $("retune-cor").value.trim();
