@@ -112,3 +112,21 @@ def test_column_stripes_errors(cpu_backend):
         remove_stripes("column-mean", np.ones((4, 2, 8)), cpu_backend)
     with pytest.raises(ValueError, match="angles and weights"):
         ring_volume(np.ones((2, 8)), [0.0, 1.0], [0.5], 0.0, (2, 8, 8), cpu_backend)
+
+
+def test_retuned_volumes_keep_the_stripes_only_where_they_are_known(cpu_backend):
+    """A new filter rescales the stripes like the projections; a new δ/β or chain drops them."""
+    from holostream.service.daemon.rings import stripes_for
+    from holostream.workers.refilter import WindowChange
+
+    stripes = np.random.default_rng(1).normal(size=(4, 64)).astype(np.float32)
+    base = {"filter": "ram-lak", "delta_beta": 200.0, "phase": "paganin"}
+    assert stripes_for(stripes, base, dict(base), cpu_backend) is stripes
+    assert stripes_for(None, base, dict(base), cpu_backend) is None
+    hann = stripes_for(stripes, base, {**base, "filter": "hann"}, cpu_backend)
+    np.testing.assert_allclose(hann, WindowChange(64, cpu_backend, "ram-lak", "hann")(stripes), atol=1e-6)
+    assert not np.allclose(hann, stripes)
+    assert stripes_for(stripes, base, {**base, "delta_beta": 400.0}, cpu_backend) is None
+    assert stripes_for(stripes, base, {**base, "phase": "ctf"}, cpu_backend) is None
+    sharper = {**base, "filter": "hann"}  # frequencies hann removed cannot come back
+    assert stripes_for(stripes, sharper, {**sharper, "filter": "ram-lak"}, cpu_backend) is None
