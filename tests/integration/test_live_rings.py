@@ -61,9 +61,9 @@ def _rms(volume):
     return float(np.sqrt(np.mean(_inside(volume) ** 2)))
 
 
-def _stream(serve, daemon, scan_data, scan_id, settings, recentre_px=None):
-    """Every volume of the scan up to its final one (and, with ``recentre_px``, the kept
-    scan's final volume re-centred there by the operator after the end)."""
+def _stream(serve, daemon, scan_data, scan_id, settings, retunes=()):
+    """Every volume of the scan up to its final one, then the kept scan's final volume
+    re-tuned by the operator after the end with each of ``retunes`` (``set`` params) in turn."""
     sub = serve.Subscriber(daemon.publish)
     try:
         sub.wait_connected()
@@ -81,8 +81,8 @@ def _stream(serve, daemon, scan_data, scan_id, settings, recentre_px=None):
         volumes = sub.volumes_until_final(scan_id, timeout_s=90)
         sender.join(30)
         assert not errors
-        if recentre_px is not None:
-            reply = daemon.ask({"cmd": "set", "params": {"cor_px": recentre_px}})
+        for params in retunes:
+            reply = daemon.ask({"cmd": "set", "params": params})
             assert reply.get("ok", True) and "republishes" in str(reply), reply
             volumes += sub.volumes_until_final(scan_id, timeout_s=60)
         return volumes
@@ -100,9 +100,16 @@ def test_live_ring_filter_equals_offline_and_removes_the_rings(tmp_path, serve, 
         if mode == "split":
             serve.wait_for(lambda: daemon.status()["reconstructor"]["alive"], 30, "the reconstructor")
         volumes = _stream(serve, daemon, bad, f"rings_{mode}_{phase}", settings,
-                          1.5 if mode == "pool" else None)
+                          [{"cor_px": 1.5}] if mode == "pool" else [{"filter": "hann"}, {"delta_beta": 400.0}])
     finally:
         daemon.close()
+    if mode == "split":  # re-tuned after its end: a new filter keeps the ring filter, a new δ/β cannot
+        (rephased_header, _), (hann_header, hann) = volumes.pop(), volumes.pop()
+        assert hann_header["retuned"]["filter"]["to"] == "hann" and hann_header["ring_filter"] == "column-mean"
+        assert "delta_beta" in rephased_header["retuned"] and rephased_header["ring_filter"] == "none"
+        volume, _ = _offline(bad, **{**settings, "filter": "hann"})
+        scale = float(np.abs(volume).max())
+        assert float(np.abs(_inside(hann - volume)).max()) < 1e-3 * scale
     if mode == "pool":  # the kept scan re-centred after its end keeps its ring filter
         header, recentred = volumes.pop()
         assert header["recentred"] and header["ring_filter"] == "column-mean"
