@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 
+from holostream.service.clients.control import add_curve_options, curve_of
 from holostream.service.clients.subscriber import DEFAULT_PUBLISH
 
 DEFAULT_LISTEN = "127.0.0.1:5580"
@@ -43,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--previews-only", action="store_true",
                         help="subscribe to previews instead of whole volumes (less traffic; "
                              "no slice of the user's choice)")
+    add_curve_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(str(exc)) from None
             publish = publish or connect_address(config.publish.address)
             control = control or connect_address(config.control.address)
+        curve = curve_of(args)
+        if curve is not None:  # checked now: the SUB task would only log it
+            for path in curve:
+                if not Path(path).is_file():
+                    raise ValueError(f"no key file {path}")
     except ValueError as exc:
         print(f"holostream view: {exc}", file=sys.stderr)
         return 2
@@ -68,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             raise
         print("holostream view: needs aiohttp: pip install 'holostream[view]'", file=sys.stderr)
         return 2
-    viewer = Viewer(publish or DEFAULT_PUBLISH, volumes=not args.previews_only, control=control)
+    viewer = Viewer(publish or DEFAULT_PUBLISH, volumes=not args.previews_only, control=control, curve=curve)
     try:
         asyncio.run(serve(viewer, host, port))
     except OSError as exc:

@@ -28,6 +28,7 @@ import math
 import signal
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from holostream import __version__
 from holostream.service.clients.control import NoAnswer
 from holostream.service.clients.control import request as control_request
 from holostream.service.clients.subscriber import MessageError, decode
+from holostream.service.daemon.curve import connect_as_client
 from holostream.service.view.state import AXES, ViewState, cut, scan_key
 from holostream.service.view.wire import dumps, pack
 from holostream.shared.settings import FILTERS
@@ -73,9 +75,11 @@ class Client:
 class Viewer:
     """The SUB socket task and the browsers' WebSockets around one :class:`ViewState`."""
 
-    def __init__(self, publish: str, volumes: bool = True, control: str | None = None):
+    def __init__(self, publish: str, volumes: bool = True, control: str | None = None,
+                 curve: tuple[str, str] | None = None):
         self.publish = publish
         self.control = control
+        self.curve = curve  # (client secret key file, server public key file) for a daemon with CURVE
         self.volumes = volumes
         self.state = ViewState()
         self.status_version = 0
@@ -90,6 +94,8 @@ class Viewer:
         sock.setsockopt(zmq.RCVHWM, RCVHWM)
         for topic in (b"status", b"volume" if self.volumes else b"preview"):
             sock.setsockopt(zmq.SUBSCRIBE, topic)
+        if self.curve is not None:
+            connect_as_client(sock, *self.curve)
         sock.connect(self.publish)
         try:
             while True:
@@ -203,7 +209,7 @@ class Viewer:
         message = {"cmd": "set", "params": params}
         loop = asyncio.get_running_loop()
         try:  # a blocking REQ round trip, off the event loop: the pictures keep flowing
-            reply = await loop.run_in_executor(None, control_request, self.control, message, CONTROL_TIMEOUT_S)
+            reply = await loop.run_in_executor(None, partial(control_request, self.control, message, CONTROL_TIMEOUT_S, curve=self.curve))
         except NoAnswer as exc:
             return _json({"ok": False, "error": str(exc)}, 503)
         log.info("re-tuning %s: %s", params, "ok" if reply.get("ok") else reply.get("error"))

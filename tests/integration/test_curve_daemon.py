@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 import zmq
@@ -65,6 +67,23 @@ def test_only_listed_keys_connect_and_only_admin_keys_set(tmp_path, serve, small
                 connect_as_client(sock, *curve)
             sock.connect(daemon.publish)
             return sock
+        port = serve.free_port()  # `holostream view` with the viewer's key: its page gets the status
+        page = subprocess.Popen([sys.executable, "-m", "holostream.service.cli", "view", "--publish",
+                                 daemon.publish, "--control", daemon.control, "--listen", f"127.0.0.1:{port}",
+                                 "--curve-key", as_["viewer"][0], "--server-key", server_public],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            def page_state():
+                assert page.poll() is None, page.stderr.read()
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state", timeout=2) as reply:
+                        return json.loads(reply.read())["status"]
+                except OSError:
+                    return None
+            assert serve.wait_for(page_state, 60, "the keyed viewer to show the daemon's status")
+        finally:
+            page.terminate()
+            page.wait(10)
         listed, plain = subscriber(as_["viewer"]), subscriber(None)
         assert listed.poll(10_000), "a listed key receives status"
         assert decode(listed.recv_multipart())[0] == "status"
