@@ -30,6 +30,7 @@ from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, Scan
 log = logging.getLogger(__name__)
 
 _MIN_WAIT_S, _MAX_WAIT_S = 0.001, 0.02  # idle polling, as in the reconstructor
+_BUSY_WAIT_S = 0.002     # longest poll while actors hold work: their answers are not waited on
 _INFLIGHT = 2            # batches sent to one actor before its first returns (hides the round trip)
 _IDLE_COLLECT_S = 0.1    # an actor with nothing to do is collected after this long without new groups
 _REPORT_EVERY_S = 1.0    # the actors' status goes to the daemon at least this often when it changed
@@ -419,7 +420,8 @@ def run_dispatcher(cluster: Any, device: str, channels: Channels, reconstruct: A
     # Dask logs every connection at INFO; what matters here (an actor lost, redone) we log
     logging.getLogger("distributed").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
     tls = TLSFiles.from_dir(cluster.tls) if cluster.tls else None
-    client = connect(cluster.address or None, workers=cluster.actors, tls=tls, timeout_s=60.0)
+    client = connect(cluster.address or None, workers=cluster.actors, tls=tls, timeout_s=60.0,
+                     direct_to_workers=True)
     pool = ActorPool(client, channels, cluster.actors, batch, device, cluster.threads, cluster.collect_interval_s)
     log.info("dispatcher ready: %d actor(s) on %s, batches of %d", cluster.actors,
              cluster.address or "a local cluster", batch)
@@ -441,7 +443,7 @@ def run_dispatcher(cluster: Any, device: str, channels: Channels, reconstruct: A
                 continue
             pool.release_idle()
             time.sleep(wait)  # polling: never block inside Queue.get (see run_worker)
-            wait = min(2 * wait, _MAX_WAIT_S)
+            wait = min(2 * wait, _BUSY_WAIT_S if pool.busy() else _MAX_WAIT_S)
             if os.getppid() != parent:
                 log.error("dispatcher: daemon (pid %d) is gone; exiting", parent)
                 break
