@@ -173,9 +173,9 @@ class WorkersConfig:
                                    "frame; 0: no check")
 
 
-def _cluster_address(value: Any) -> str:
-    if value == "":
-        return value
+def _cluster_address(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
     if not isinstance(value, str) or not re.match(r"^(tls|tcp)://[^\s/]+:\d{1,5}$", value):
         raise ValueError(f'expected a Dask scheduler address like tls://host:8786, or "" for a local '
                          f"cluster, got {value!r}")
@@ -189,7 +189,7 @@ class ClusterConfig:
     actors: int = _opt(0, _integer(0, 1024),
                        "reconstructor actors, one per Dask worker (one per GPU); 0: off (the daemon's own "
                        "processes reconstruct); > 0 implies [workers] mode = split (the workers bin)")
-    address: str = _opt("", _cluster_address,
+    address: str | None = _opt(None, _cluster_address,
                         'Dask scheduler, tls://host:8786 (mutual TLS, see deploy/slurm/); "": a local '
                         "cluster of `actors` worker processes started by the daemon")
     tls: str | None = _opt(None, _optional_dir,
@@ -315,11 +315,11 @@ def config_from_dict(tables: dict[str, Any]) -> Config:
     security = config.security
     if security.server_key and not security.client_keys:
         raise ConfigError("security.client_keys", "needed with server_key: the directory of allowed client keys")
-    cluster = config.cluster
-    if cluster.address.startswith("tls://") and not cluster.tls:
-        raise ConfigError("cluster.tls", f"needed with {cluster.address}: the folder of ca.pem, cert.pem, key.pem")
-    if cluster.address.startswith("tcp://") and not is_loopback(cluster.address):
-        raise ConfigError("cluster.address", f"{cluster.address} is not encrypted: use tls:// with "
+    address = config.cluster.address or ""
+    if address.startswith("tls://") and not config.cluster.tls:
+        raise ConfigError("cluster.tls", f"needed with {address}: the folder of ca.pem, cert.pem, key.pem")
+    if address.startswith("tcp://") and not is_loopback(address):
+        raise ConfigError("cluster.address", f"{address} is not encrypted: use tls:// with "
                           "[cluster] tls (deploy/slurm/README.md)")
     remote = config.plaintext_remote()
     if remote and not security.allow_plaintext_remote:

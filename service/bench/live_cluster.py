@@ -6,7 +6,8 @@ phasing and back-projection, the actors' part, dominate) in three set-ups, one a
 other: split mode's one reconstructor process (the one-process baseline), ``[cluster]
 actors = 1`` and ``actors = 2`` on a local cluster the daemon starts. The scan is streamed
 as fast as ingest takes it; the figure is the time from its first frame to its final volume
-on a subscriber. From the daemon's status after each cluster run: the bytes the dispatcher
+on a subscriber, with the CPU seconds each role of the daemon's processes spent meanwhile.
+From the daemon's status after each cluster run: the bytes the dispatcher
 moved (binned groups out, filtered projections back, partial volumes collected, dark/flat
 set-up), per volume, and the engine's overhead per batch (round trip minus the actor's
 compute, batches sent to an idle actor: measured on a second scan streamed at ``--paced-fps``,
@@ -96,6 +97,26 @@ def _final(sub: Any, scan_id: str, timeout_s: float) -> tuple[dict[str, Any], An
     raise RuntimeError(f"no final volume of {scan_id} within {timeout_s} s")
 
 
+def _cpu_seconds(daemon_pid: int, status: dict[str, Any]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of the daemon's processes, by role."""
+    import psutil
+
+    roles = {daemon_pid: "daemon", status["ingest_pid"]: "ingest", status["reconstructor"]["pid"]: "reconstructor"}
+    roles.update({w["pid"]: "workers" for w in status["workers"]})
+    cluster = status["reconstructor"]["cluster"] or {}
+    roles.update({a["pid"]: "actors" for a in cluster.get("actors", [])})
+    out: dict[str, float] = {}
+    root = psutil.Process(daemon_pid)
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:  # exited meanwhile
+            continue
+        role = roles.get(proc.pid, "other")
+        out[role] = out.get(role, 0.0) + times.user + times.system
+    return out
+
+
 def run_once(args: argparse.Namespace, scan: Any, paced: Any, actors: int, folder: Path) -> dict[str, Any]:
     """One daemon, two scans: seconds to the first's final volume, that volume, the status after
     each (the second, paced, for the overhead per batch)."""
@@ -128,6 +149,7 @@ def run_once(args: argparse.Namespace, scan: Any, paced: Any, actors: int, folde
         time.sleep(0.5)  # a SUB socket misses what is published before it has joined
         scan_id = f"bench_{actors}"
         overrides = {"phase": "ap", "iterations": args.iterations, "binning": 1}
+        cpu_before = _cpu_seconds(daemon.pid, _status(addresses["control"]))
         start = time.perf_counter()
         streamer = threading.Thread(target=stream_scan, args=(addresses["ingest"], scan, scan_id),
                                     kwargs={"reconstruction": overrides, "timeout_s": 60.0}, daemon=True)
@@ -143,6 +165,8 @@ def run_once(args: argparse.Namespace, scan: Any, paced: Any, actors: int, folde
                 return status if not actors or (cluster and cluster["groups_done"] >= groups) else None
             return check
         status = _wait(settled(args.projections), 30, "the dispatcher's report")
+        cpu = {role: round(seconds - cpu_before.get(role, 0.0), 2)
+               for role, seconds in _cpu_seconds(daemon.pid, status).items()}
         overhead = None
         if actors:
             stream_scan(addresses["ingest"], paced, f"paced_{actors}", args.paced_fps,
@@ -161,7 +185,39 @@ def run_once(args: argparse.Namespace, scan: Any, paced: Any, actors: int, folde
             daemon.wait()
     return {"actors": actors, "seconds": seconds, "volumes_published": volumes,
             "n_projections_used": header["n_projections_used"], "volume": volume,
-            "cluster": status["reconstructor"]["cluster"], "engine_overhead": overhead}
+            "cluster": status["reconstructor"]["cluster"], "engine_overhead": overhead,
+            "cpu_seconds_by_role": cpu}
+
+
+def angle_split_bytes(n_groups: int, rows_b: int, cols_b: int, actors: int, collects: float,
+                      raw_side: int) -> dict[str, int]:
+    """Bytes the dispatcher moves for one scan in angle split, as built (``service/daemon/actors.py``).
+
+    Every binned group goes to one actor and comes back filtered (the daemon keeps the
+    sinogram: final re-weighting, live re-centring); each actor sends its partial volume
+    ``collects`` times (once per collect: ``[cluster] collect_interval_s`` while busy, and at
+    the end); each actor gets the dark and flat means (float32 ``raw_side``²) once per scan.
+    The bench checks this against what the dispatcher counted.
+    """
+    projections = n_groups * rows_b * cols_b * 4
+    partials = int(round(collects * actors)) * rows_b * cols_b * cols_b * 4
+    return {"binned": projections, "filtered": projections, "partials": partials,
+            "setup": actors * 2 * raw_side * raw_side * 4}
+
+
+def reference_estimate(remote_actors: int = 2, collects: int = 1, n_groups: int = 833, side: int = 682,
+                       raw_side: int = 2048) -> dict[str, Any]:
+    """Node-link bytes per volume of the reference workload, 4 GPUs on 2 nodes (2 remote actors).
+
+    Only the remote actors' share crosses the link: half of the groups out and back, their
+    two partial volumes per collect. ``collects = 1``: live volumes only from the ingest
+    node's actors, or a final volume only. Links: at one volume per 3 s and per 0.25 s.
+    """
+    share = angle_split_bytes(n_groups * remote_actors // 4, side, side, remote_actors, collects, raw_side)
+    total = sum(share.values())
+    return {"remote_actors": remote_actors, "collects_per_volume": collects, "bytes": share,
+            "total_bytes": total, "gbit_s_at_3s_per_volume": total * 8 / 3 / 1e9,
+            "gbit_s_at_0.25s_per_volume": total * 8 / 0.25 / 1e9}
 
 
 def _summary(run: dict[str, Any], reference: np.ndarray) -> dict[str, Any]:
@@ -173,6 +229,11 @@ def _summary(run: dict[str, Any], reference: np.ndarray) -> dict[str, Any]:
         moved = sum(cluster["bytes"].values())
         out["bytes_per_volume"] = {**cluster["bytes"], "total": moved}
         out["volume_bytes"] = int(run["volume"].nbytes)
+        rows, cols = run["volume"].shape[:2]
+        collects = cluster["bytes"]["partials"] / run["volume"].nbytes / run["actors"]
+        out["collects_per_actor"] = collects
+        out["model_bytes"] = angle_split_bytes(run["n_projections_used"], rows, cols, run["actors"], collects,
+                                               raw_side=cols)
     return out
 
 
@@ -197,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
               "workload": {"size": args.size, "projections": args.projections, "phase": "ap",
                            "iterations": args.iterations, "batch": args.batch, "workers": 2},
               "runs": {str(a): _summary(r, reference) for a, r in runs.items()}}
+    result["reference_4_gpus_2_nodes"] = [reference_estimate(collects=c) for c in (1, 3)]
     if 1 in runs and 2 in runs:
         result["speed_up_1_to_2"] = runs[1]["seconds"] / runs[2]["seconds"]
         result["efficiency_1_to_2"] = result["speed_up_1_to_2"] / 2

@@ -68,6 +68,7 @@ class _Actor:
     early: set[tuple[str, int]] = field(default_factory=set)  # collected before their batch returned
     groups_done: int = 0
     batches: int = 0
+    compute_s: float = 0.0           # the actor's own seconds on the batches it returned
 
     def ready(self) -> bool:
         return self.handle is not None and bool(self.info)
@@ -277,6 +278,7 @@ class ActorPool:
         scan = self.scans.get(batch.key)
         filtered = result["filtered"]
         self.bytes["filtered"] += filtered.nbytes
+        actor.compute_s += float(result["seconds"])
         if batch.alone:
             self.overheads_s.append(time.perf_counter() - batch.sent - float(result["seconds"]))
         held = actor.held.setdefault(batch.key, {})
@@ -371,7 +373,8 @@ class ActorPool:
                 "groups_done": self.groups_done,
                 "bytes": dict(self.bytes), "overhead_ms": overhead, "overhead_batches": len(self.overheads_s),
                 "actors": [{"worker": a.address, "pid": a.info.get("pid"), "host": a.info.get("host"),
-                            "ready": a.ready(), "groups_done": a.groups_done, "batches": a.batches}
+                            "ready": a.ready(), "groups_done": a.groups_done, "batches": a.batches,
+                            "compute_s": round(a.compute_s, 3)}
                            for a in self.actors]}
 
     def report(self, force: bool = False) -> None:
@@ -419,6 +422,17 @@ def run_dispatcher(cluster: Any, device: str, channels: Channels, reconstruct: A
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
     # Dask logs every connection at INFO; what matters here (an actor lost, redone) we log
     logging.getLogger("distributed").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
+    import dask
+    import distributed  # noqa: F401 - loads its configuration defaults, changed below
+
+    # A local cluster's workers inherit these. Dask's statistical profiler samples each
+    # worker's stacks every 10 ms, with the GIL, beside the actor's computation; and its
+    # MALLOC_TRIM_THRESHOLD_ (set in every worker's environment) turns off glibc's dynamic
+    # mmap threshold, so that each of the FFT's large temporaries is mapped and faulted in
+    # afresh (measured: a third more CPU time for the same FFTs, BENCHMARKS.md)
+    dask.config.set({"distributed.worker.profile.enabled": False})
+    dask.config.config.get("distributed", {}).get("nanny", {}).get("pre-spawn-environ", {}).pop(
+        "MALLOC_TRIM_THRESHOLD_", None)
     tls = TLSFiles.from_dir(cluster.tls) if cluster.tls else None
     client = connect(cluster.address or None, workers=cluster.actors, tls=tls, timeout_s=60.0,
                      direct_to_workers=True)
