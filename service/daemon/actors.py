@@ -423,16 +423,14 @@ def run_dispatcher(cluster: Any, device: str, channels: Channels, reconstruct: A
     # Dask logs every connection at INFO; what matters here (an actor lost, redone) we log
     logging.getLogger("distributed").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
     import dask
-    import distributed  # noqa: F401 - loads its configuration defaults, changed below
 
     # A local cluster's workers inherit these. Dask's statistical profiler samples each
     # worker's stacks every 10 ms, with the GIL, beside the actor's computation; and its
-    # MALLOC_TRIM_THRESHOLD_ (set in every worker's environment) turns off glibc's dynamic
-    # mmap threshold, so that each of the FFT's large temporaries is mapped and faulted in
-    # afresh (measured: a third more CPU time for the same FFTs, BENCHMARKS.md)
-    dask.config.set({"distributed.worker.profile.enabled": False})
-    dask.config.config.get("distributed", {}).get("nanny", {}).get("pre-spawn-environ", {}).pop(
-        "MALLOC_TRIM_THRESHOLD_", None)
+    # MALLOC_TRIM_THRESHOLD_ (put into every worker's environment; None unsets it) turns off
+    # glibc's dynamic mmap threshold, so that each of the FFT's large temporaries is mapped
+    # and faulted in afresh (measured: a third more CPU time for the same FFTs, BENCHMARKS.md)
+    dask.config.set({"distributed.worker.profile.enabled": False,
+                     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
     tls = TLSFiles.from_dir(cluster.tls) if cluster.tls else None
     client = connect(cluster.address or None, workers=cluster.actors, tls=tls, timeout_s=60.0,
                      direct_to_workers=True)

@@ -8,8 +8,11 @@ and an actor whose worker process is killed with SIGKILL mid-scan must cost no a
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -27,10 +30,14 @@ DELTA_BETA = 200.0  # of the phantom of the conftest's small_scan
 SLOW = {"phase": "ap", "iterations": 6}  # batches that take a while: the kill lands mid-scan
 
 
+SLURM = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                     "deploy", "slurm")
+
+
 def start(serve, folder, **cluster):
     """A daemon whose groups go to ``actors`` actors on a local cluster (batches of 4)."""
     keys = {"actors": 2, "collect_interval_s": 0.5, **cluster}
-    toml = "[cluster]\n" + "\n".join(f"{k} = {v}" for k, v in keys.items())
+    toml = "[cluster]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in keys.items())
     return serve.Daemon(folder, workers=2, workers_keys={"batch": 4}, extra_toml=toml)
 
 
@@ -145,3 +152,41 @@ def test_an_actor_killed_mid_scan_costs_no_angle(tmp_path, serve, small_scan_dat
     log = daemon.log.read_text()
     assert f"(pid {victim}) lost" in log and "sent again to the other actors" in log
     assert_same_volume(final, offline(small_scan_data, **SLOW))
+
+
+def test_actors_on_a_remote_scheduler_with_mutual_tls(tmp_path, serve, small_scan_data):
+    """``[cluster] address = "tls://..."``: a scheduler and two workers started apart from the
+    daemon (as deploy/slurm/ does on a cluster) with the facility CA's certificates."""
+    tls = tmp_path / "tls"
+    subprocess.run(["bash", os.path.join(SLURM, "make-certs.sh"), str(tls)], check=True, capture_output=True,
+                   timeout=60)
+    args = ["--tls-ca-file", tls / "ca.pem", "--tls-cert", tls / "cert.pem", "--tls-key", tls / "key.pem"]
+    address = f"tls://127.0.0.1:{serve.free_port()}"
+    with open(tmp_path / "cluster.log", "w") as log:
+        cluster = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                     "--port", address.rsplit(":", 1)[1], "--no-dashboard", *map(str, args)],
+                                    stdout=log, stderr=subprocess.STDOUT)]
+        cluster += [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                                      "--no-dashboard", "--death-timeout", "60", *map(str, args)],
+                                     stdout=log, stderr=subprocess.STDOUT) for _ in range(2)]
+    daemon = None
+    try:
+        daemon = start(serve, tmp_path / "daemon", address=address, tls=str(tls))
+        wait_actors(serve, daemon)
+        header, final = stream_until_final(serve, daemon, small_scan_data, "remote", fps=60.0)[-1]
+        status = settled(serve, daemon)
+        assert daemon.terminate()[0] == 0
+    finally:
+        if daemon is not None:
+            daemon.close()
+        for proc in reversed(cluster):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert header["n_projections_used"] == 90
+    assert min(a["groups_done"] for a in status["reconstructor"]["cluster"]["actors"]) > 0
+    assert f"dispatcher ready: 2 actor(s) on {address}" in daemon.log.read_text()
+    assert_same_volume(final, offline(small_scan_data))
