@@ -191,7 +191,7 @@ def run_once(args: argparse.Namespace, scan: Any, paced: Any, actors: int, folde
 
 def angle_split_bytes(n_groups: int, rows_b: int, cols_b: int, actors: int, collects: float,
                       raw_side: int) -> dict[str, int]:
-    """Bytes the dispatcher moves for one scan in angle split, as built (``service/daemon/actors.py``).
+    """Bytes the dispatcher moves for one scan in angle split, as built (``service/daemon/actors.py``, ``dispatcher.py``).
 
     Every binned group goes to one actor and comes back filtered (the daemon keeps the
     sinogram: final re-weighting, live re-centring); each actor sends its partial volume

@@ -2,7 +2,7 @@
 
 One :class:`LiveActor` lives on each Dask worker process that the daemon uses (one per GPU
 on a cluster; one per worker process of a local cluster). The daemon's dispatcher
-(``service/daemon/actors.py``) sends it batches of binned, flat-fielded, group-averaged
+(``service/daemon/actors.py``, ``dispatcher.py``) sends it batches of binned, flat-fielded, group-averaged
 transmissions (split mode's ``binned`` part); the actor phases and ramp-filters them
 (:meth:`~holostream.workers.pipeline.ProjectionPipeline.filtered_from_transmission`),
 back-projects them into its own partial volume of the scan (angle split: FBP is linear, the

@@ -1,22 +1,20 @@
-"""The dispatcher of cluster mode: one live scan's binned groups reconstructed by actors on Dask.
+"""Cluster mode's actor pool: one live scan's binned groups reconstructed by actors on Dask.
 
-With ``[cluster] actors > 0`` the daemon runs split mode, and this process takes the place
-of the reconstructor: it reads the same ``reconstruct`` queue, marks each group taken in the
-scan's ``handoff`` part, and sends batches of binned groups to :class:`LiveActor` s, one per
+With ``[cluster] actors > 0`` the daemon runs split mode, and the dispatcher process
+(``dispatcher.py``) takes the place of the reconstructor: it reads the same ``reconstruct``
+queue; this pool marks each group taken in the scan's ``handoff`` part, and sends batches of binned groups to :class:`LiveActor` s, one per
 Dask worker (one per GPU; on a local cluster, one per worker process, started here). Each
 actor keeps a partial volume of its angles (angle split); :class:`ActorPool` collects the
 partials, adds them to ``volume[0]`` and only then reports the groups ``group_done`` exactly
 as the reconstructor does, so the daemon's live and final volumes work unchanged. A group
 stays in ``binned`` on this node until its actor's partial is collected: an actor whose
 worker is lost (killed, its node gone) has every group it held sent again to the others.
-docs/architecture.md ("Live on several workers") has the design and its measured bytes.
+docs/architecture.md ("Live on several GPUs") has the design and its measured bytes.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,13 +22,11 @@ from typing import Any
 import numpy as np
 
 from holostream.service.daemon.channels import Channels
-from holostream.service.daemon.reconstructor import _result, by_scan, gather
+from holostream.service.daemon.reconstructor import _result, by_scan
 from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers
 
 log = logging.getLogger(__name__)
 
-_MIN_WAIT_S, _MAX_WAIT_S = 0.001, 0.02  # idle polling, as in the reconstructor
-_BUSY_WAIT_S = 0.002     # longest poll while actors hold work: their answers are not waited on
 _INFLIGHT = 2            # batches sent to one actor before its first returns (hides the round trip)
 _IDLE_COLLECT_S = 0.1    # an actor with nothing to do is collected after this long without new groups
 _REPORT_EVERY_S = 1.0    # the actors' status goes to the daemon at least this often when it changed
@@ -105,7 +101,7 @@ class _Scan:
 
 
 class ActorPool:
-    """The actors on the cluster and the groups each holds; driven by :func:`run_dispatcher`.
+    """The actors on the cluster and the groups each holds; driven by ``dispatcher.run_dispatcher``.
 
     Parameters
     ----------
@@ -285,8 +281,8 @@ class ActorPool:
         for m in batch.messages:
             if (batch.key, int(m["group"])) in actor.early:  # a collect overtook this answer
                 actor.early.discard((batch.key, int(m["group"])))
-            else:
-                held[int(m["group"])] = m
+            else:  # the batch's compute time goes with its groups' reports (stage-time metrics)
+                held[int(m["group"])] = dict(m, batch_seconds=float(result["seconds"]))
         if scan is not None:
             scan.buffers.sinogram[[int(m["group"]) for m in batch.messages]] = filtered
 
@@ -339,7 +335,7 @@ class ActorPool:
         self.groups_done += len(messages)
         self.changed = True
         for message in messages:
-            event, done = _result(message, None, 0.0, center_px)
+            event, done = _result(message, None, float(message.get("batch_seconds", 0.0)), center_px)
             self.channels.events.put(event)
             self.channels.done.put(done)
 
@@ -388,80 +384,3 @@ class ActorPool:
         for scan in self.scans.values():
             scan.close()
         self.scans.clear()
-
-
-def _finish(pool: ActorPool, timeout_s: float) -> None:
-    """At shutdown: what the actors hold goes into the volumes, within ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while pool.busy() and time.monotonic() < deadline:
-        pool.check_lost()
-        pool.dispatch()
-        pool.poll()
-        pool.collect_due(force=True)
-        time.sleep(_MIN_WAIT_S)
-
-
-def run_dispatcher(cluster: Any, device: str, channels: Channels, reconstruct: Any, batch: int) -> None:
-    """Entry point of the dispatcher process (cluster mode); returns when told to stop.
-
-    Parameters
-    ----------
-    cluster : ClusterConfig
-        ``[cluster]``: scheduler address ("" starts a local cluster of ``actors`` worker
-        processes here, which dies with this process), TLS folder, actors, threads.
-    device : {"cpu", "gpu", "auto"}
-        The actors' device (resolved on each worker).
-    channels : Channels
-    reconstruct : multiprocessing.Queue
-        Binned groups from the workers, or ``{"type": "stop"}``.
-    batch : int
-        Most groups per call of an actor.
-    """
-    from holostream.service.cluster.engine import TLSFiles, close, connect
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
-    # Dask logs every connection at INFO; what matters here (an actor lost, redone) we log
-    logging.getLogger("distributed").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
-    import dask
-
-    # A local cluster's workers inherit these. Dask's statistical profiler samples each
-    # worker's stacks every 10 ms, with the GIL, beside the actor's computation; and its
-    # MALLOC_TRIM_THRESHOLD_ (put into every worker's environment; None unsets it) turns off
-    # glibc's dynamic mmap threshold, so that each of the FFT's large temporaries is mapped
-    # and faulted in afresh (measured: a third more CPU time for the same FFTs, BENCHMARKS.md)
-    dask.config.set({"distributed.worker.profile.enabled": False,
-                     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None})
-    tls = TLSFiles.from_dir(cluster.tls) if cluster.tls else None
-    client = connect(cluster.address or None, workers=cluster.actors, tls=tls, timeout_s=60.0,
-                     direct_to_workers=True)
-    pool = ActorPool(client, channels, cluster.actors, batch, device, cluster.threads, cluster.collect_interval_s)
-    log.info("dispatcher ready: %d actor(s) on %s, batches of %d", cluster.actors,
-             cluster.address or "a local cluster", batch)
-    parent = os.getppid()
-    wait = _MIN_WAIT_S
-    try:
-        while not channels.stop.is_set():
-            messages = gather(reconstruct, batch, pool.take)
-            pool.maintain()
-            pool.check_lost()
-            pool.dispatch()
-            pool.poll()
-            pool.collect_due()
-            pool.report()
-            if any(m.get("type") == "stop" for m in messages):
-                break
-            if messages:
-                wait = _MIN_WAIT_S
-                continue
-            pool.release_idle()
-            time.sleep(wait)  # polling: never block inside Queue.get (see run_worker)
-            wait = min(2 * wait, _BUSY_WAIT_S if pool.busy() else _MAX_WAIT_S)
-            if os.getppid() != parent:
-                log.error("dispatcher: daemon (pid %d) is gone; exiting", parent)
-                break
-    finally:
-        _finish(pool, timeout_s=2.0)
-        pool.report(force=True)
-        pool.close()
-        close(client)
-        log.info("dispatcher stopped")

@@ -26,7 +26,7 @@ _PROBE_GPU, _PROBE_NO_GPU = 0, 3  # exit statuses of the GPU probe
 _WORKER = "holostream.service.daemon.worker:run_worker"
 _RECONSTRUCTOR = "holostream.service.daemon.reconstructor:run_reconstructor"
 _INGEST = "holostream.service.daemon.ingest:run_ingest"
-_DISPATCHER = "holostream.service.daemon.actors:run_dispatcher"  # [cluster] actors > 0
+_DISPATCHER = "holostream.service.daemon.dispatcher:run_dispatcher"  # [cluster] actors > 0
 
 
 def stop_processes(processes: list[BaseProcess], timeout_s: float,
@@ -192,7 +192,7 @@ class ReconstructorProcess:
         CPU threads of the child.
     cluster : ClusterConfig, optional
         ``[cluster]`` with ``actors > 0``: the child is the dispatcher to actors on a Dask
-        cluster (``service/daemon/actors.py``) instead of reconstructing itself.
+        cluster (``service/daemon/dispatcher.py``) instead of reconstructing itself.
     """
 
     def __init__(self, device: str, batch: int, channels: Channels, reconstruct: Any,
