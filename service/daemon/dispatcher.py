@@ -54,9 +54,11 @@ def run_dispatcher(cluster: Any, device: str, channels: Channels, reconstruct: A
     from holostream.service.cluster.engine import TLSFiles, close, connect
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon decides when we stop
+    import dask
+    import distributed  # noqa: F401 - its import sets its loggers' levels: ours must come after
+
     # Dask logs every connection at INFO; what matters here (an actor lost, redone) we log
     logging.getLogger("distributed").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
-    import dask
 
     # A local cluster's workers inherit these. Dask's statistical profiler samples each
     # worker's stacks every 10 ms, with the GIL, beside the actor's computation; and its

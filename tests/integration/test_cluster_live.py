@@ -8,6 +8,7 @@ and an actor whose worker process is killed with SIGKILL mid-scan must cost no a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ from holostream.service.clients.detector import stream_scan
 from holostream.service.offline import reconstruct_scan
 from holostream.shared.settings import ReconstructionSettings
 from holostream.workers.backend import get_backend
+from test_split_mode import lost_projections  # the groups a dead reconstructor took along, from the log
 
 pytest.importorskip("distributed")
 pytestmark = pytest.mark.integration
@@ -190,3 +192,39 @@ def test_actors_on_a_remote_scheduler_with_mutual_tls(tmp_path, serve, small_sca
     assert min(a["groups_done"] for a in status["reconstructor"]["cluster"]["actors"]) > 0
     assert f"dispatcher ready: 2 actor(s) on {address}" in daemon.log.read_text()
     assert_same_volume(final, offline(small_scan_data))
+
+
+def test_a_killed_dispatcher_takes_its_local_cluster_along_and_is_replaced(tmp_path, serve, small_scan_data):
+    """The dispatcher dying is split mode's reconstructor dying: replaced, the groups it held
+    lost (the final volume is that of the angles that arrived); its local cluster's worker
+    processes must not outlive it."""
+    daemon = start(serve, tmp_path)
+    try:
+        cluster = wait_actors(serve, daemon)
+        dispatcher = daemon.status()["reconstructor"]["pid"]
+        actors = [a["pid"] for a in cluster["actors"]]
+
+        def kill_when_under_way():
+            serve.wait_for(lambda: daemon.status()["reconstructor"]["cluster"]["groups_done"] >= 10, 60,
+                           "the actors to be under way")
+            os.kill(dispatcher, signal.SIGKILL)
+
+        header, final = stream_until_final(serve, daemon, small_scan_data, "kill_dispatcher", fps=30.0,
+                                           during=kill_when_under_way, **SLOW)[-1]
+        serve.wait_for(lambda: not any(serve.pid_alive(pid) for pid in actors), 30,
+                       "the dead dispatcher's actors to exit")
+        status = daemon.status()
+        assert status["reconstructor"]["restarts"] == 1 and status["reconstructor"]["pid"] != dispatcher
+        wait_actors(serve, daemon)  # the successor has a cluster of its own
+        assert daemon.terminate()[0] == 0 and serve.shm(daemon.proc.pid) == []
+    finally:
+        daemon.close()
+    log = daemon.log.read_text()
+    assert "reconstructor (pid" in log and "replacing it" in log
+    lost = lost_projections(log)
+    assert header["n_projections_used"] == 90 - len(lost) >= 10
+    kept = np.array(sorted(set(range(90)) - lost))
+    arrived = dataclasses.replace(small_scan_data, projections=small_scan_data.projections[kept],
+                                  angles_deg=small_scan_data.angles_deg[kept])
+    # the one-shot FBP of the angles that arrived: no half-collected partial, weights recomputed
+    assert_same_volume(final, offline(arrived, **SLOW))
