@@ -145,12 +145,16 @@ class ActorPool:
 
     def maintain(self) -> None:
         """Start actors on workers that have none; finish the start of those under way."""
-        for actor in self.actors:
+        for actor in list(self.actors):
             if actor.handle is None and actor.future.status == "finished":
                 actor.handle = actor.future.result()
-                actor.info_future = actor.handle.info()
+                actor.info_future = self._call(actor, "info")
             if actor.info_future is not None and actor.info_future.done():
-                actor.info = actor.info_future.result()
+                try:
+                    actor.info = actor.info_future.result()
+                except Exception as exc:  # noqa: BLE001 - only its worker's loss can fail info()
+                    self._drop(actor, f"{type(exc).__name__}: {exc}")
+                    continue
                 actor.info_future = None
                 self.changed = True
                 log.info("actor ready on %s (pid %s, %s)", actor.address, actor.info["pid"], actor.info["backend"])
@@ -164,6 +168,20 @@ class ActorPool:
             future = self.client.submit(LiveActor, self.device, self.threads, actor=True, workers=[address],
                                         allow_other_workers=False, pure=False)
             self.actors.append(_Actor(address, future))
+
+    def _call(self, actor: _Actor, method: str, *args: Any) -> Any:
+        """``actor.method(*args)`` (an ActorFuture), or None when the actor is found lost now.
+
+        Dask raises at the call itself once the scheduler has dropped the actor's worker,
+        which can happen between :meth:`check_lost` and this call (the client runs its own
+        thread); the actor is then dropped here, its groups go back to the backlog.
+        """
+        try:
+            return getattr(actor.handle, method)(*args)
+        except RuntimeError as exc:
+            if actor in self.actors:
+                self._drop(actor, str(exc))
+            return None
 
     def _lost(self, actor: _Actor) -> bool:
         return actor.future.status not in ("pending", "finished")
@@ -235,12 +253,16 @@ class ActorPool:
             groups = [int(m["group"]) for m in run]
             stack = np.ascontiguousarray(scan.buffers.binned[groups])
             setup = None if scan.key in actor.scans else scan.setup
+            future = self._call(actor, "run", scan.key, groups, stack,
+                                np.radians([float(m["angle_deg"]) for m in run]),
+                                np.array([float(m["weight"]) for m in run]), setup)
+            if future is None:  # lost just now: the batch waits for another actor
+                self.backlog[:0] = run
+                continue
             self.bytes["binned"] += stack.nbytes
             if setup is not None:
                 actor.scans.add(scan.key)
                 self.bytes["setup"] += setup.reference.nbytes
-            future = actor.handle.run(scan.key, groups, stack, np.radians([float(m["angle_deg"]) for m in run]),
-                                      np.array([float(m["weight"]) for m in run]), setup)
             actor.inflight.append(_Batch(scan.key, run, future, time.perf_counter(), not actor.inflight))
             actor.batches += 1
 
@@ -291,15 +313,17 @@ class ActorPool:
         """Ask actors for their partials: every ``collect_interval_s`` while busy, soon when idle."""
         now = time.monotonic()
         idle = not self.backlog and now - self.last_message >= _IDLE_COLLECT_S
-        for actor in self.actors:
+        for actor in list(self.actors):
             if actor.collecting is not None or not actor.holds() or not actor.ready():
                 continue
             spacing = now - actor.last_collect
             quiet = idle and not actor.inflight and spacing >= 4 * actor.collect_seconds
             if force or quiet or spacing >= self.collect_interval_s:
                 key = next(k for k, held in actor.held.items() if held)
-                actor.collecting = (key, actor.handle.collect(key))
-                actor.collect_started = time.monotonic()
+                future = self._call(actor, "collect", key)
+                if future is not None:
+                    actor.collecting = (key, future)
+                    actor.collect_started = time.monotonic()
 
     def _poll_collect(self, actor: _Actor) -> None:
         if actor.collecting is None or not actor.collecting[1].done():
@@ -354,9 +378,9 @@ class ActorPool:
             pending = pending or any(str(m["buffers"]["prefix"]) == key for m in self.backlog)
             if held or pending or (scan.last_used >= newest and now - scan.last_used < _IDLE_RELEASE_S):
                 continue
-            for actor in self.actors:
+            for actor in list(self.actors):
                 if key in actor.scans and actor.ready():
-                    actor.handle.forget(key)
+                    self._call(actor, "forget", key)
                     actor.scans.discard(key)
                     actor.held.pop(key, None)
             self.scans.pop(key).close()
