@@ -13,6 +13,7 @@ import pytest
 
 from holostream.service.cluster.live import LiveActor, ScanSetup
 from holostream.service.config import ConfigError, config_from_dict, load_config
+from holostream.workers.backend import gpu_available
 from test_reconstructor_batch import split_scan  # noqa: F401 - the fixture: binned groups, reference volume
 
 
@@ -28,10 +29,13 @@ def _run(actor: LiveActor, key: str, buffers, messages, setup=None) -> dict:
                      setup)
 
 
-def test_two_actors_partials_sum_to_the_one_process_volume(split_scan):  # noqa: F811
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not gpu_available(), reason="cupy finds no CUDA device")])])
+def test_two_actors_partials_sum_to_the_one_process_volume(split_scan, device):  # noqa: F811
+    """On the GPU against the CPU reference: the fixture's volume is numpy's per-group path."""
     buffers, messages, reference, filtered = split_scan
     setup = _setup(buffers, messages[0])
-    first, second = LiveActor("cpu", threads=1), LiveActor("cpu", threads=1)
+    first, second = LiveActor(device, threads=1), LiveActor(device, threads=1)
     with pytest.raises(KeyError, match="never set up"):
         _run(first, "scan", buffers, messages[:1])
     a = _run(first, "scan", buffers, [messages[0], messages[2]], setup)
@@ -54,7 +58,7 @@ def test_two_actors_partials_sum_to_the_one_process_volume(split_scan):  # noqa:
     assert first.collect("scan")["groups"] == [1]
     np.testing.assert_allclose(again["filtered"], b["filtered"], rtol=0, atol=1e-6 * scale)
     first.forget("scan")
-    assert first.collect("scan")["volume"] is None and first.info()["backend"] == "cpu"
+    assert first.collect("scan")["volume"] is None and first.info()["backend"] == device
 
 
 def test_cluster_section_defaults_and_checks(tmp_path):
