@@ -23,6 +23,7 @@ from holostream.service.clients.detector import stream_scan
 from holostream.service.offline import reconstruct_scan
 from holostream.shared.settings import ReconstructionSettings
 from holostream.workers.backend import get_backend
+from test_metrics import scrape, value  # GET /metrics
 from test_split_mode import lost_projections  # the groups a dead reconstructor took along, from the log
 
 pytest.importorskip("distributed")
@@ -36,11 +37,11 @@ SLURM = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abs
                      "deploy", "slurm")
 
 
-def start(serve, folder, **cluster):
+def start(serve, folder, metrics: str = "", **cluster):
     """A daemon whose groups go to ``actors`` actors on a local cluster (batches of 4)."""
     keys = {"actors": 2, "collect_interval_s": 0.5, **cluster}
     toml = "[cluster]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in keys.items())
-    return serve.Daemon(folder, workers=2, workers_keys={"batch": 4}, extra_toml=toml)
+    return serve.Daemon(folder, workers=2, workers_keys={"batch": 4}, extra_toml=toml, metrics=metrics)
 
 
 def wait_actors(serve, daemon, count: int = 2) -> dict:
@@ -126,7 +127,8 @@ def test_two_actors_give_the_one_process_volume(tmp_path, serve, small_scan_data
 
 
 def test_an_actor_killed_mid_scan_costs_no_angle(tmp_path, serve, small_scan_data):
-    daemon = start(serve, tmp_path)
+    metrics = f"127.0.0.1:{serve.free_port()}"
+    daemon = start(serve, tmp_path, metrics=metrics)
     try:
         cluster = wait_actors(serve, daemon)
         victim = cluster["actors"][0]["pid"]
@@ -142,6 +144,11 @@ def test_an_actor_killed_mid_scan_costs_no_angle(tmp_path, serve, small_scan_dat
         volumes = stream_until_final(serve, daemon, small_scan_data, "kill_actor", fps=30.0,
                                      during=kill_when_under_way, **SLOW)
         status = settled(serve, daemon)
+        # the loss and the redone groups are on the Prometheus endpoint too, once reported
+        samples = serve.wait_for(lambda: (found := scrape(metrics)) and value(
+            found, "holostream_actors_lost_total") and found, 20, "the loss on /metrics")
+        assert value(samples, "holostream_groups_redone_total") >= 1
+        assert value(samples, "holostream_cluster_bytes_total", what="binned") >= 90 * 64 * 64 * 4
         assert daemon.terminate()[0] == 0
     finally:
         daemon.close()
