@@ -265,6 +265,7 @@ class ActorPool:
                 self.bytes["setup"] += setup.reference.nbytes
             actor.inflight.append(_Batch(scan.key, run, future, time.perf_counter(), not actor.inflight))
             actor.batches += 1
+            self.changed = True  # reported at most every _REPORT_EVERY_S
 
     def poll(self) -> None:
         """Take in finished batches and collects; fail or redo what went wrong."""
