@@ -174,6 +174,34 @@ class WorkersConfig:
                                    "frame; 0: no check")
 
 
+def _cluster_address(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not re.match(r"^(tls|tcp)://[^\s/]+:\d{1,5}$", value):
+        raise ValueError(f'expected a Dask scheduler address like tls://host:8786, or "" for a local '
+                         f"cluster, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: live scans reconstructed by actors on a Dask cluster (docs/architecture.md)."""
+
+    actors: int = _opt(0, _integer(0, 1024),
+                       "reconstructor actors, one per Dask worker (one per GPU); 0: off (the daemon's own "
+                       "processes reconstruct); > 0 implies [workers] mode = split (the workers bin)")
+    address: str | None = _opt(None, _cluster_address,
+                        'Dask scheduler, tls://host:8786 (mutual TLS, see deploy/slurm/); "": a local '
+                        "cluster of `actors` worker processes started by the daemon")
+    tls: str | None = _opt(None, _optional_dir,
+                           "folder of ca.pem, cert.pem, key.pem (as `reconstruct --cluster-tls`); "
+                           "required for tls:// addresses")
+    threads: int = _opt(1, _integer(1, 256), "CPU threads of each actor (FFT, back-projection)")
+    collect_interval_s: float = _opt(1.0, _number(0.05, 3600.0, "seconds"),
+                                     "longest time between two collects of a busy actor's partial volume "
+                                     "(each moves one volume; idle actors are collected at once)")
+
+
 @dataclass(frozen=True)
 class MetricsConfig:
     """``[metrics]``: the Prometheus endpoint (``GET http://ADDRESS/metrics``)."""
@@ -210,6 +238,7 @@ _SECTIONS: dict[str, type] = {
     "publish": PublishConfig,
     "control": ControlConfig,
     "workers": WorkersConfig,
+    "cluster": ClusterConfig,
     "metrics": MetricsConfig,
     "service": ServiceConfig,
     "security": SecurityConfig,
@@ -224,6 +253,7 @@ class Config:
     publish: PublishConfig = field(default_factory=PublishConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     reconstruction: ReconstructionSettings = field(default_factory=ReconstructionSettings)
     service: ServiceConfig = field(default_factory=ServiceConfig)
@@ -286,6 +316,12 @@ def config_from_dict(tables: dict[str, Any]) -> Config:
     security = config.security
     if security.server_key and not security.client_keys:
         raise ConfigError("security.client_keys", "needed with server_key: the directory of allowed client keys")
+    address = config.cluster.address or ""
+    if address.startswith("tls://") and not config.cluster.tls:
+        raise ConfigError("cluster.tls", f"needed with {address}: the folder of ca.pem, cert.pem, key.pem")
+    if address.startswith("tcp://") and not is_loopback(address):
+        raise ConfigError("cluster.address", f"{address} is not encrypted: use tls:// with "
+                          "[cluster] tls (deploy/slurm/README.md)")
     remote = config.plaintext_remote()
     if remote and not security.allow_plaintext_remote:
         raise ConfigError("security.server_key", f"{', '.join(remote)} can be reached from the network: "

@@ -56,7 +56,7 @@ def _distributed():
 
 
 def connect(address: str | None, workers: int = 2, tls: TLSFiles | None = None,
-            timeout_s: float = 30.0) -> Any:
+            timeout_s: float = 30.0, direct_to_workers: bool = False) -> Any:
     """A ``distributed.Client`` for ``address``, or for a new local cluster.
 
     Parameters
@@ -70,6 +70,9 @@ def connect(address: str | None, workers: int = 2, tls: TLSFiles | None = None,
         Mutual TLS for a remote scheduler (required for ``tls://`` addresses).
     timeout_s : float
         How long to wait for the scheduler.
+    direct_to_workers : bool
+        Talk to the workers directly, not through the scheduler: required for actors (live
+        scans), whose calls would otherwise carry every array through the scheduler's node.
 
     Raises
     ------
@@ -81,11 +84,12 @@ def connect(address: str | None, workers: int = 2, tls: TLSFiles | None = None,
         cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                            host="127.0.0.1", dashboard_address=None,
                                            silence_logs=logging.WARNING)
-        return distributed.Client(cluster, timeout=timeout_s)
+        return distributed.Client(cluster, timeout=timeout_s, direct_to_workers=direct_to_workers)
     if address.startswith("tls://") and tls is None:
         raise ClusterError(f"{address}: a tls:// scheduler needs --cluster-tls DIR (ca.pem, cert.pem, key.pem)")
     try:
-        return distributed.Client(address, security=tls.security() if tls else None, timeout=timeout_s)
+        return distributed.Client(address, security=tls.security() if tls else None, timeout=timeout_s,
+                                  direct_to_workers=direct_to_workers)
     except (OSError, TimeoutError) as exc:
         raise ClusterError(f"cannot reach the scheduler at {address}: {exc}") from exc
 

@@ -26,6 +26,7 @@ _PROBE_GPU, _PROBE_NO_GPU = 0, 3  # exit statuses of the GPU probe
 _WORKER = "holostream.service.daemon.worker:run_worker"
 _RECONSTRUCTOR = "holostream.service.daemon.reconstructor:run_reconstructor"
 _INGEST = "holostream.service.daemon.ingest:run_ingest"
+_DISPATCHER = "holostream.service.daemon.dispatcher:run_dispatcher"  # [cluster] actors > 0
 
 
 def stop_processes(processes: list[BaseProcess], timeout_s: float,
@@ -189,11 +190,16 @@ class ReconstructorProcess:
         Logging level of the child.
     threads : int
         CPU threads of the child.
+    cluster : ClusterConfig, optional
+        ``[cluster]`` with ``actors > 0``: the child is the dispatcher to actors on a Dask
+        cluster (``service/daemon/dispatcher.py``) instead of reconstructing itself.
     """
 
     def __init__(self, device: str, batch: int, channels: Channels, reconstruct: Any,
-                 log_level: int, threads: int):
+                 log_level: int, threads: int, cluster: Any = None):
         self.device, self.batch, self.threads = device, batch, threads
+        self.cluster = cluster
+        self.actors: dict[str, Any] | None = None  # the dispatcher's last "actors" event
         self.channels = channels
         self.reconstruct = reconstruct
         self.log_level = log_level
@@ -203,10 +209,13 @@ class ReconstructorProcess:
 
     def start(self) -> None:
         """Start the process."""
-        self.process = spawn_context().Process(
-            target=child_main, name="holostream-reconstructor",
-            args=(self.log_level, _RECONSTRUCTOR, self.device, self.channels, self.reconstruct,
-                  self.batch, self.threads))
+        if self.cluster is not None:
+            args = (self.log_level, _DISPATCHER, self.cluster, self.device, self.channels, self.reconstruct,
+                    self.batch)
+        else:
+            args = (self.log_level, _RECONSTRUCTOR, self.device, self.channels, self.reconstruct,
+                    self.batch, self.threads)
+        self.process = spawn_context().Process(target=child_main, name="holostream-reconstructor", args=args)
         self.process.start()
 
     def dead(self) -> bool:
@@ -225,10 +234,11 @@ class ReconstructorProcess:
         self.start()
 
     def status(self) -> dict[str, Any]:
-        """``{"pid", "alive", "restarts", "groups_done", "batch"}``."""
+        """``{"pid", "alive", "restarts", "groups_done", "batch", "cluster"}`` (cluster: the actors, or None)."""
         return {"pid": self.process.pid if self.process else None,
                 "alive": bool(self.process and self.process.is_alive()),
-                "restarts": self.restarts, "groups_done": self.groups_done, "batch": self.batch}
+                "restarts": self.restarts, "groups_done": self.groups_done, "batch": self.batch,
+                "cluster": self.actors}
 
     def stop(self, timeout_s: float, drain: Callable[[], None] | None = None) -> None:
         """Ask it to stop (``stop`` event and a stop message) and join it."""

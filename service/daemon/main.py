@@ -64,14 +64,16 @@ class Daemon(ControlRequests, Retuning):
         self.channels: Channels = make_channels(spawn_context())
         self.log_level = logging.getLogger().getEffectiveLevel()
         workers = config.workers
-        self.mode = resolve_mode(workers.mode, workers.device)  # "pool" or "split"
+        cluster = config.cluster if config.cluster.actors > 0 else None
+        # actors on a cluster take the reconstructor's place: split mode, the workers bin
+        self.mode = "split" if cluster is not None else resolve_mode(workers.mode, workers.device)
         self.reconstructor: ReconstructorProcess | None = None
         if self.mode == "split":  # CPU workers bin, one process phases and back-projects
             reconstruct = spawn_context().Queue()
             self.pool = WorkerPool(workers.count, "cpu", self.channels, self.log_level, reconstruct)
             threads = max(1, len(os.sched_getaffinity(0)) // 2)
             self.reconstructor = ReconstructorProcess(workers.device, workers.batch, self.channels,
-                                                      reconstruct, self.log_level, threads)
+                                                      reconstruct, self.log_level, threads, cluster)
         else:
             self.pool = WorkerPool(workers.count, workers.device, self.channels, self.log_level)
         self.ingest = IngestProcess(config.ingest, self.channels, self.log_level, workers.count,
@@ -234,6 +236,8 @@ class Daemon(ControlRequests, Retuning):
             self.stats = {k: v for k, v in event.items() if k != "type"}
             self.counters["ingest_reports"] += 1
             self.ingest.heard()
+        elif kind == "actors" and self.reconstructor is not None:  # cluster mode's dispatcher
+            self.reconstructor.actors = {k: v for k, v in event.items() if k != "type"}
         elif kind == "rejected":
             self.counters["rejected"] += 1
             self.last_error = f"rejected: {event.get('reason')}"

@@ -133,6 +133,7 @@ class Metrics:
             family = GaugeMetricFamily("holostream_device_memory_bytes", "device memory the reconstructor holds")
             family.add_metric([], float(device))
             yield family
+        yield from _cluster_families((status.get("reconstructor") or {}).get("cluster"))
         info = GaugeMetricFamily("holostream_info", "the running holostream", labels=["version", "mode"])
         info.add_metric([__version__, str(status.get("mode", ""))], 1.0)
         yield info
@@ -162,3 +163,22 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def _cluster_families(cluster: dict | None):
+    """Cluster mode (``[cluster] actors``): actors ready, actors lost, groups redone, bytes moved."""
+    if not cluster:
+        return
+    family = GaugeMetricFamily("holostream_actors_ready", "reconstructor actors ready on the Dask cluster")
+    family.add_metric([], float(sum(1 for a in cluster.get("actors", []) if a.get("ready"))))
+    yield family
+    for name, key, text in (("holostream_actors_lost", "lost", "actors whose Dask worker was lost"),
+                            ("holostream_groups_redone", "redone", "angle groups sent again after an actor was lost")):
+        family = CounterMetricFamily(name, text)
+        family.add_metric([], float(cluster.get(key) or 0))
+        yield family
+    moved = CounterMetricFamily("holostream_cluster_bytes", "bytes the dispatcher moved to and from actors",
+                                labels=["what"])
+    for what, count in sorted((cluster.get("bytes") or {}).items()):
+        moved.add_metric([what], float(count))
+    yield moved
