@@ -51,6 +51,9 @@ class ScanSetup:
         second half (phase, filter) runs here.
     volume_shape : tuple of int
         ``(rows_b, cols_b, cols_b)`` of the partial volume.
+    centre_deferred : bool
+        A 360° scan without ``cor_px`` (``service/daemon/halfscan.py``): its axis is found by
+        the daemon, so the actor returns each group's projected δ and back-projects nothing.
     """
 
     scan: dict[str, Any]
@@ -58,6 +61,7 @@ class ScanSetup:
     half_acquisition: bool
     reference: np.ndarray
     volume_shape: tuple[int, int, int]
+    centre_deferred: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class _ActorScan:
         self.pipeline = build_pipeline(scan, settings, _Reference(np.asarray(setup.reference)), backend,
                                        setup.half_acquisition)
         self.center_px = self.pipeline.center_px(scan.cor_px or 0.0)
+        self.deferred = setup.centre_deferred
         self.partial = backend.xp.zeros(tuple(setup.volume_shape), dtype=np.float32)
         self.groups: list[int] = []  # back-projected into partial since the last collect
         self.weight = 0.0
@@ -128,7 +133,8 @@ class LiveActor:
         Returns
         -------
         dict
-            ``filtered``: float32 (n, rows_b, cols_b), the ramp-filtered δ projections;
+            ``filtered``: float32 (n, rows_b, cols_b), the ramp-filtered δ projections (a
+            deferred-centre scan's: the projected δ, neither weighted nor filtered);
             ``center_px``: the axis offset (binned px); ``seconds``: compute time here.
 
         Raises
@@ -142,9 +148,12 @@ class LiveActor:
                 raise KeyError(f"scan {key} was never set up on this actor")
             self.scans[key] = _ActorScan(setup, self.backend)
         work = self.scans[key]
-        filtered = work.pipeline.filtered_from_transmission(self.backend.asarray(stack))
-        fbp.backproject(work.partial, filtered, np.asarray(angles_rad, dtype=np.float64),
-                        np.asarray(weights, dtype=np.float64), work.center_px, self.backend)
+        if work.deferred:  # axis unknown: δ for the daemon, which filters it (daemon/halfscan.py)
+            filtered = work.pipeline.delta_from_transmission(self.backend.asarray(stack))
+        else:
+            filtered = work.pipeline.filtered_from_transmission(self.backend.asarray(stack))
+            fbp.backproject(work.partial, filtered, np.asarray(angles_rad, dtype=np.float64),
+                            np.asarray(weights, dtype=np.float64), work.center_px, self.backend)
         work.groups += [int(g) for g in groups]
         work.weight += float(np.sum(weights))
         return {"filtered": np.ascontiguousarray(self.backend.to_host(filtered), dtype=np.float32),

@@ -23,7 +23,9 @@ import numpy as np
 
 from holostream.service.daemon.channels import Channels
 from holostream.service.daemon.reconstructor import _result, by_scan
+from holostream.service.daemon.rings import AbsorptionSum
 from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers
+from holostream.workers.backend import get_backend
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +86,21 @@ class _Scan:
         self.setup = ScanSetup(scan=message["scan"], settings=message["settings"],
                                half_acquisition=bool(message.get("half_acquisition")),
                                reference=np.array(self.buffers.reference),
-                               volume_shape=tuple(self.buffers.volume.shape[1:]))
+                               volume_shape=tuple(self.buffers.volume.shape[1:]),
+                               centre_deferred=bool(message.get("centre_deferred")))
+        # the streaming ring filter's sums come from the binned groups held here (daemon/rings.py)
+        self.stripes = AbsorptionSum(str(message["settings"].get("ring_filter", "none")),
+                                     tuple(self.buffers.binned.shape[1:]), get_backend("cpu"))
         self.last_used = time.monotonic()
 
     def commit(self, volume: np.ndarray, messages: list[dict[str, Any]], weight: float,
                center_px: float) -> None:
         """Add a collected partial to ``volume[0]``, then mark its groups committed in ``handoff``."""
         self.buffers.volume[0] += volume
+        groups = [int(m["group"]) for m in messages]
+        self.stripes.add(self.buffers.binned[groups], [float(m["weight"]) for m in messages],
+                         [float(m["angle_deg"]) for m in messages])
+        self.stripes.commit(self.buffers.absorption_sum[0], self.buffers.absorption_weights[0])
         self.buffers.weights[0] += weight
         for m in messages:
             self.buffers.handoff[int(m["group"])] = (HANDOFF_COMMITTED, float(m["angle_deg"]), float(m["weight"]),

@@ -237,11 +237,31 @@ def ingest_in_process(request):
         sweep(prefix)
 
 
+def cluster_daemon(folder, metrics: str = "", **cluster):
+    """A daemon whose groups go to ``actors`` (2) actors on a local Dask cluster (batches of 4)."""
+    import json
+
+    keys = {"actors": 2, "collect_interval_s": 0.5, **cluster}
+    toml = "[cluster]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in keys.items())
+    return Daemon(folder, workers=2, workers_keys={"batch": 4}, extra_toml=toml, metrics=metrics)
+
+
+def wait_actors(daemon, count: int = 2) -> dict:
+    """The daemon ready and ``count`` actors set up on the cluster; their ``cluster`` status."""
+    daemon.wait_ready(timeout_s=60)
+
+    def ready():
+        cluster = daemon.status()["reconstructor"]["cluster"]
+        return cluster if cluster and sum(a["ready"] for a in cluster["actors"]) >= count else None
+    return wait_for(ready, 120, f"{count} actors on the local Dask cluster")
+
+
 @pytest.fixture(scope="session")
 def serve():
     """The helpers of this file for test modules (conftest is not importable by name)."""
     return SimpleNamespace(Daemon=Daemon, Subscriber=Subscriber, wait_for=wait_for, free_port=free_port,
-                           shm=holostream_shm, pid_alive=pid_alive, DELTA_BETA=DELTA_BETA)
+                           shm=holostream_shm, pid_alive=pid_alive, DELTA_BETA=DELTA_BETA,
+                           cluster_daemon=cluster_daemon, wait_actors=wait_actors)
 
 
 @pytest.fixture(scope="session")

@@ -37,23 +37,6 @@ SLURM = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abs
                      "deploy", "slurm")
 
 
-def start(serve, folder, metrics: str = "", **cluster):
-    """A daemon whose groups go to ``actors`` actors on a local cluster (batches of 4)."""
-    keys = {"actors": 2, "collect_interval_s": 0.5, **cluster}
-    toml = "[cluster]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in keys.items())
-    return serve.Daemon(folder, workers=2, workers_keys={"batch": 4}, extra_toml=toml, metrics=metrics)
-
-
-def wait_actors(serve, daemon, count: int = 2) -> dict:
-    """The daemon ready and ``count`` actors set up on the cluster; their ``cluster`` status."""
-    daemon.wait_ready(timeout_s=60)
-
-    def ready():
-        cluster = daemon.status()["reconstructor"]["cluster"]
-        return cluster if cluster and sum(a["ready"] for a in cluster["actors"]) >= count else None
-    return serve.wait_for(ready, 120, f"{count} actors on the local Dask cluster")
-
-
 def settled(serve, daemon, groups: int = 90) -> dict:
     """The status once the dispatcher's report (sent at most every second) counts every group."""
     def counted():
@@ -93,9 +76,9 @@ def stream_until_final(serve, daemon, scan_data, scan_id: str, fps: float, durin
 
 
 def test_two_actors_give_the_one_process_volume(tmp_path, serve, small_scan_data):
-    daemon = start(serve, tmp_path / "cluster")
+    daemon = serve.cluster_daemon(tmp_path / "cluster")
     try:
-        wait_actors(serve, daemon)
+        serve.wait_actors(daemon)
         volumes = stream_until_final(serve, daemon, small_scan_data, "two_actors", fps=60.0)
         status = settled(serve, daemon)
         code, _ = daemon.terminate()
@@ -130,9 +113,9 @@ def test_an_actor_killed_mid_scan_costs_no_angle(tmp_path, serve, small_scan_dat
     metrics = f"127.0.0.1:{serve.free_port()}"
     # collected only when idle (no group for 0.1 s): while the scan streams, the victim holds
     # every group it reconstructed, so the kill certainly costs it some
-    daemon = start(serve, tmp_path, metrics=metrics, collect_interval_s=600.0)
+    daemon = serve.cluster_daemon(tmp_path, metrics=metrics, collect_interval_s=600.0)
     try:
-        cluster = wait_actors(serve, daemon)
+        cluster = serve.wait_actors(daemon)
         victim = cluster["actors"][0]["pid"]
         assert victim not in (None, daemon.proc.pid, daemon.status()["reconstructor"]["pid"])
 
@@ -186,8 +169,8 @@ def test_actors_on_a_remote_scheduler_with_mutual_tls(tmp_path, serve, small_sca
                                      stdout=log, stderr=subprocess.STDOUT) for _ in range(2)]
     daemon = None
     try:
-        daemon = start(serve, tmp_path / "daemon", address=address, tls=str(tls))
-        wait_actors(serve, daemon)
+        daemon = serve.cluster_daemon(tmp_path / "daemon", address=address, tls=str(tls))
+        serve.wait_actors(daemon)
         header, final = stream_until_final(serve, daemon, small_scan_data, "remote", fps=60.0)[-1]
         status = settled(serve, daemon)
         assert daemon.terminate()[0] == 0
@@ -211,9 +194,9 @@ def test_a_killed_dispatcher_takes_its_local_cluster_along_and_is_replaced(tmp_p
     """The dispatcher dying is split mode's reconstructor dying: replaced, the groups it held
     lost (the final volume is that of the angles that arrived); its local cluster's worker
     processes must not outlive it."""
-    daemon = start(serve, tmp_path)
+    daemon = serve.cluster_daemon(tmp_path)
     try:
-        cluster = wait_actors(serve, daemon)
+        cluster = serve.wait_actors(daemon)
         dispatcher = daemon.status()["reconstructor"]["pid"]
         actors = [a["pid"] for a in cluster["actors"]]
 
@@ -228,7 +211,7 @@ def test_a_killed_dispatcher_takes_its_local_cluster_along_and_is_replaced(tmp_p
                        "the dead dispatcher's actors to exit")
         status = daemon.status()
         assert status["reconstructor"]["restarts"] == 1 and status["reconstructor"]["pid"] != dispatcher
-        wait_actors(serve, daemon)  # the successor has a cluster of its own
+        serve.wait_actors(daemon)  # the successor has a cluster of its own
         assert daemon.terminate()[0] == 0 and serve.shm(daemon.proc.pid) == []
     finally:
         daemon.close()

@@ -90,17 +90,24 @@ def _stream(serve, daemon, scan_data, scan_id, settings, retunes=()):
         sub.close()
 
 
-@pytest.mark.parametrize("mode, phase", [("pool", "none"), ("split", "none"), ("pool", "paganin")])
+@pytest.mark.parametrize("mode, phase", [("pool", "none"), ("split", "none"), ("pool", "paganin"),
+                                         ("cluster", "none")])
 def test_live_ring_filter_equals_offline_and_removes_the_rings(tmp_path, serve, scans, mode, phase):
     clean, bad = scans[phase]
     settings = {"phase": phase, "ring_filter": "column-mean"}
-    daemon = serve.Daemon(tmp_path, workers=2, workers_keys={"mode": mode, "batch": 4})
+    if mode == "cluster":  # two actors on a local Dask cluster (the dispatcher sums the ring statistics)
+        pytest.importorskip("distributed")
+        daemon = serve.cluster_daemon(tmp_path)
+    else:
+        daemon = serve.Daemon(tmp_path, workers=2, workers_keys={"mode": mode, "batch": 4})
     try:
         daemon.wait_ready()
         if mode == "split":
             serve.wait_for(lambda: daemon.status()["reconstructor"]["alive"], 30, "the reconstructor")
-        volumes = _stream(serve, daemon, bad, f"rings_{mode}_{phase}", settings,
-                          [{"cor_px": 1.5}] if mode == "pool" else [{"filter": "hann"}, {"delta_beta": 400.0}])
+        if mode == "cluster":
+            serve.wait_actors(daemon)
+        retunes = {"pool": [{"cor_px": 1.5}], "split": [{"filter": "hann"}, {"delta_beta": 400.0}]}
+        volumes = _stream(serve, daemon, bad, f"rings_{mode}_{phase}", settings, retunes.get(mode, []))
     finally:
         daemon.close()
     if mode == "split":  # re-tuned after its end: a new filter keeps the ring filter, a new δ/β cannot
