@@ -9,7 +9,6 @@ and an actor whose worker process is killed with SIGKILL mid-scan must cost no a
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import subprocess
