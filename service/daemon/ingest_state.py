@@ -116,10 +116,10 @@ class Ingest:
         return scan
 
     def _scan_start(self, info: ScanInfo) -> None:
-        if info.distances:  # refused before it could end the open scan
+        if info.distances and self.split:  # refused before it could end the open scan
             raise ProtocolError(
-                f"scan_start {info.scan_id}: {len(info.distances)} distances are not reconstructed live "
-                "yet; write one NXtomo per distance and run `holostream reconstruct` on them",
+                f"scan_start {info.scan_id}: {len(info.distances)} distances are reconstructed live in pool "
+                "mode only ([workers] mode = \"pool\"): split mode's reconstructor phases one distance",
                 "not_supported")
         # a `set` answered before this scan_start was sent must apply to it
         drain(self.channels.commands, self.on_command)

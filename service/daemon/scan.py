@@ -14,6 +14,13 @@ the workers and the events for the daemon. A scan's life:
 - ``end()`` dispatches the partial groups; the scan is *finished* once it has ended (or
   was aborted) and nothing is in flight, and :meth:`OpenScan.completion` is its
   ``scan_complete`` event.
+
+A multi-distance scan (``info.distances``; docs/multi-distance.md, "Live") keeps the same
+books with one key per (distance, index): a frame's key is ``index + distance_index ·
+count``, darks and flats are summed per distance, a group is ready when every member has
+arrived at every distance, and nothing is dispatched before the distances' offsets are
+known (given, or measured by ``measure_shifts`` on the first groups). An angle that lacks
+a distance at the end is left out and reported (``left_out``).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from holostream.service.offline_distances import SHIFT_ANGLES  # the same rule live and offline
 from holostream.shared.messages import Frame, ProtocolError, ScanInfo
 from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers
 from holostream.shared.settings import ReconstructionSettings
@@ -79,12 +87,20 @@ class OpenScan:
         self.group_of = np.empty(info.n_projections, dtype=np.int64)
         for g, members in enumerate(groups):
             self.group_of[list(members)] = g
-        self.missing = [len(members) for members in groups]
+        self.n_distances = len(info.distances) or 1
+        self.missing = [len(members) * self.n_distances for members in groups]
         self.free_slots = list(range(self.n_slots - 1, -1, -1))
-        self.slot_of: dict[int, int] = {}  # projection index -> slot, until dispatched
+        self.slot_of: dict[int, int] = {}  # projection key (index + distance · n) -> slot, until dispatched
         self.angle_of: dict[int, float] = {}
-        self.sums = {"dark": np.zeros(info.shape, np.float64), "flat": np.zeros(info.shape, np.float64)}
-        self.seen: dict[str, set[int]] = {"dark": set(), "flat": set(), "projection": set()}
+        self.sums = {kind: np.zeros((self.n_distances, *info.shape), np.float64) for kind in ("dark", "flat")}
+        self.seen: dict[str, set[int]] = {"dark": set(), "flat": set(), "projection": set()}  # keys
+        # several distances: offsets (n_distances, 2) in each distance's own pixels; None until
+        # measured. measure_shifts(scan, groups) is set by whoever opens the scan.
+        self.shifts_px = given_shifts(info)
+        self.measure_shifts = None
+        if self.n_distances > 1:  # what the daemon's headers say until they are known: NaN
+            buffers.arrays["shifts"][...] = np.nan if self.shifts_px is None else self.shifts_px
+        self.left_out: dict[int, list[int]] = {}  # angle index -> distances it lacked at the end
         self.reference_ready = False
         self.ready: list[int] = []  # complete groups waiting for the reference
         self.in_flight: dict[int, InFlight] = {}
@@ -129,30 +145,45 @@ class OpenScan:
         return (self.n_slots - len(self.free_slots)) / self.n_slots
 
     # ---- frames ------------------------------------------------------------------------
+    def key(self, frame: Frame) -> int:
+        """The frame's book-keeping key: its index, offset by its distance's share."""
+        return frame.index + (frame.distance_index or 0) * self.info.count_of(frame.kind)
+
+    def counts(self, kind: str) -> np.ndarray:
+        """Frames of ``kind`` arrived at each distance, shape (n_distances,)."""
+        count = max(self.info.count_of(kind), 1)
+        return np.bincount([k // count for k in self.seen[kind]], minlength=self.n_distances)
+
     def complete_reference(self, partial: bool = False) -> bool:
-        """Write dark and flat means into ``reference`` once all (or, ``partial``, any) arrived."""
-        counts = {kind: len(self.seen[kind]) for kind in ("dark", "flat")}
-        if not partial and (counts["dark"] < self.info.n_darks or counts["flat"] < self.info.n_flats):
+        """Write dark and flat means into ``reference`` once all (or, ``partial``, any) arrived.
+
+        With several distances, every distance needs its own (at least one flat each).
+        """
+        counts = {kind: self.counts(kind) for kind in ("dark", "flat")}
+        if not partial and (counts["dark"].min() < self.info.n_darks or counts["flat"].min() < self.info.n_flats):
             return False
-        if self.info.n_flats > 0 and counts["flat"] == 0:
+        if self.info.n_flats > 0 and counts["flat"].min() == 0:
             return False
-        dark = self.sums["dark"] / counts["dark"] if counts["dark"] else 0.0
-        flat = self.sums["flat"] / counts["flat"] if counts["flat"] else 1.0
-        self.buffers.reference[0] = dark
-        self.buffers.reference[1] = flat
+        for d in range(self.n_distances):
+            dark = self.sums["dark"][d] / counts["dark"][d] if counts["dark"][d] else 0.0
+            flat = self.sums["flat"][d] / counts["flat"][d] if counts["flat"][d] else 1.0
+            reference = self.buffers.reference if self.n_distances == 1 else self.buffers.reference[d]
+            reference[0] = dark
+            reference[1] = flat
         self.reference_ready = True
         return True
 
     def check_new(self, frame: Frame) -> None:
         """Raise :class:`ProtocolError` for a frame this scan cannot take (shape, dtype, duplicate)."""
         self.info.check_frame(frame)
-        if frame.index in self.seen[frame.kind]:
-            raise ProtocolError(f"duplicate {frame.kind} index {frame.index}", "duplicate")
+        if self.key(frame) in self.seen[frame.kind]:
+            where = f" at distance {frame.distance_index}" if frame.distance_index is not None else ""
+            raise ProtocolError(f"duplicate {frame.kind} index {frame.index}{where}", "duplicate")
 
     def add_reference(self, frame: Frame) -> list[dict[str, Any]]:
         """Add a dark or flat to its sum; returns the tasks it releases (reference now complete)."""
-        self.seen[frame.kind].add(frame.index)
-        self.sums[frame.kind] += frame.array()
+        self.seen[frame.kind].add(self.key(frame))
+        self.sums[frame.kind][frame.distance_index or 0] += frame.array()
         if not self.reference_ready and self.complete_reference():
             return self.take_ready()
         return []
@@ -163,8 +194,9 @@ class OpenScan:
             return None
         slot = self.free_slots.pop()
         np.copyto(self.buffers.ring[slot], frame.array())  # the one copy, ZeroMQ buffer -> ring
-        self.seen["projection"].add(frame.index)
-        self.slot_of[frame.index] = slot
+        key = self.key(frame)
+        self.seen["projection"].add(key)
+        self.slot_of[key] = slot
         self.angle_of[frame.index] = self.info.angle_of(frame.index, frame.angle_deg)
         g = int(self.group_of[frame.index])
         self.missing[g] -= 1
@@ -174,16 +206,30 @@ class OpenScan:
         return []
 
     # ---- dispatch ----------------------------------------------------------------------
-    def task(self, g: int) -> dict[str, Any]:
-        """Put group ``g`` (what of it is in the ring) in flight; returns its worker task."""
-        indices = [i for i in self.groups[g] if i in self.slot_of]
-        slots = [self.slot_of.pop(i) for i in indices]
+    def task(self, g: int) -> dict[str, Any] | None:
+        """Put group ``g`` (what of it is in the ring) in flight; returns its worker task.
+
+        Only the angles present at every distance go in; the others are left out (their
+        slots freed, the distances they lacked in ``left_out``). None when none is left.
+        """
+        n, nd = self.info.n_projections, self.n_distances
+        indices = [i for i in self.groups[g] if all(i + d * n in self.slot_of for d in range(nd))]
+        lacking = [i for i in self.groups[g] if i not in indices and any(i + d * n in self.slot_of for d in range(nd))]
+        for i in lacking:
+            self.left_out[i] = [d for d in range(nd) if i + d * n not in self.slot_of]
+            self.free_slots.extend(self.slot_of.pop(i + d * n) for d in range(nd) if i + d * n in self.slot_of)
+        if not indices:
+            return None
+        per_distance = [[self.slot_of.pop(i + d * n) for i in indices] for d in range(nd)]
+        slots = [slot for part in per_distance for slot in part]
         if self.info.angles_known and len(indices) == len(self.groups[g]):
             angle = self.group_angles_deg[g]
         else:  # angles from the frames, or a partial group
             angle = float(np.mean([self.angle_of[i] for i in indices]))
         task = {**self.task_base, "group": g, "slots": slots, "indices": indices,
                 "angle_deg": angle, "weight": self.weights[g]}
+        if nd > 1:  # the worker's frames per distance, and the offsets they are registered with
+            task.update(distance_slots=per_distance, shifts_px=self.shifts_px.tolist())
         self.in_flight[g] = InFlight(slots, indices, self.dispatched, task=task)
         self.dispatched += 1
         return task
@@ -202,12 +248,41 @@ class OpenScan:
         return [self.in_flight[g].task for g in again]
 
     def take_ready(self) -> list[dict[str, Any]]:
-        """Tasks of the complete groups, once the reference is there (else none yet)."""
-        if not self.reference_ready:
+        """Tasks of the complete groups, once the reference (and the offsets) are there."""
+        if not self.reference_ready or not self.shifts_known():
             return []
         tasks = [self.task(g) for g in self.ready]
         self.ready.clear()
-        return tasks
+        return [t for t in tasks if t is not None]
+
+    def shifts_known(self) -> bool:
+        """Whether the distances' offsets are known, measuring them once their groups are in.
+
+        They are measured (``measure_shifts``) on the first ``SHIFT_ANGLES`` groups, as
+        offline, once all of these are complete and the reference is there; at the end of a
+        scan on those of them that are complete (none: zero offsets).
+        """
+        if self.shifts_px is not None:
+            return True
+        first = range(min(SHIFT_ANGLES, len(self.groups)))
+        complete = [g for g in first if g in self.ready]
+        if len(complete) < len(first) and not self.ending:
+            return False
+        shifts = np.zeros((self.n_distances, 2))
+        if complete and self.measure_shifts is not None:
+            n = self.info.n_projections
+            slots = [[[self.slot_of[i + d * n] for i in self.groups[g]] for d in range(self.n_distances)]
+                     for g in complete]
+            shifts = self.measure_shifts(self, slots)
+        self.set_shifts(shifts)
+        return True
+
+    def set_shifts(self, shifts_px) -> None:
+        """Use ``shifts_px`` (n_distances, 2) for every task from now on; also in ``shifts``."""
+        self.shifts_px = np.asarray(shifts_px, dtype=np.float64).reshape(self.n_distances, 2)
+        self.buffers.arrays["shifts"][...] = self.shifts_px
+        log.info("scan %s: offsets of its distances (own px) %s", self.info.scan_id,
+                 np.round(self.shifts_px, 3).tolist())
 
     def end(self) -> list[dict[str, Any]]:
         """No more frames: the tasks of what is complete and of the partial groups.
@@ -224,8 +299,17 @@ class OpenScan:
             self.abort(self.error)
             return []
         tasks = self.take_ready()
-        partial = sorted({int(self.group_of[i]) for i in self.slot_of})
-        return tasks + [self.task(g) for g in partial]
+        partial = sorted({int(self.group_of[k % self.info.n_projections]) for k in self.slot_of})
+        tasks += [t for t in (self.task(g) for g in partial) if t is not None]
+        if self.left_out:
+            log.warning("scan %s: %d angle(s) left out, a distance missing: %s", self.info.scan_id,
+                        len(self.left_out), self.left_out_summary())
+        return tasks
+
+    def left_out_summary(self) -> dict[str, int]:
+        """``{"<distance index>": angles that lacked it}`` of the angles left out."""
+        lacked = [d for missing in self.left_out.values() for d in missing]
+        return {str(d): lacked.count(d) for d in sorted(set(lacked))}
 
     def abort(self, why: str) -> None:
         """Drop the scan: held frames are discarded, groups in flight are waited for."""
@@ -240,7 +324,9 @@ class OpenScan:
         return {"type": "scan_complete", "scan_seq": self.seq, "scan_id": self.info.scan_id,
                 "groups_arrived": sorted(self.groups_done), "n_projections_used": self.n_projections_used,
                 "aborted": self.aborted, "error": self.error, "group_angles_deg": self.group_angles_deg,
-                "last_frame_time": self.last_frame_time, "incomplete": self.incomplete}
+                "last_frame_time": self.last_frame_time, "incomplete": self.incomplete,
+                **({"angles_left_out": len(self.left_out), "distances_missing": self.left_out_summary()}
+                   if self.n_distances > 1 else {})}
 
     # ---- results -----------------------------------------------------------------------
     def group_result(self, msg: dict[str, Any], now: float) -> bool:
@@ -318,6 +404,22 @@ class OpenScan:
         return lost
 
 
+
+
+def given_shifts(info: ScanInfo) -> np.ndarray | None:
+    """The offsets of a multi-distance scan when every entry but the reference gives its own.
+
+    Returns
+    -------
+    ndarray of shape (n_distances, 2), float64, or None
+        ``(dv, du)`` per distance in its own unbinned pixels (the reference's own or 0); None
+        when one must be measured. A single-distance scan: zeros of shape (1, 2).
+    """
+    if not info.distances:
+        return np.zeros((1, 2))
+    if any(entry.shift_px is None for entry in info.distances[1:]):
+        return None
+    return np.array([entry.shift_px or (0.0, 0.0) for entry in info.distances], dtype=np.float64)
 
 
 def half_acquisition(scan, binning: int) -> tuple[int, np.ndarray] | None:

@@ -206,29 +206,42 @@ class LiveScan:
         arrived = set((self.complete or {}).get("groups_arrived", []))
         return arrived - set(self.groups) - self.failed
 
-    def live_volume(self, backend: Backend) -> np.ndarray | None:
+    def _parts(self, quantity: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(sinogram, partial volumes)`` of ``"delta"`` or (several distances) ``"beta"``."""
+        prefix = "" if quantity == "delta" else f"{quantity}_"
+        return self.buffers.arrays[f"{prefix}sinogram"], self.buffers.arrays[f"{prefix}volume"]
+
+    def volume_of(self, quantity: str, final: bool, backend: Backend) -> np.ndarray | None:
+        """The live or final volume of ``quantity`` (``"delta"``, or ``"beta"`` of several distances)."""
+        return self.final_volume(backend, quantity) if final else self.live_volume(backend, quantity)
+
+    def live_volume(self, backend: Backend, quantity: str = "delta") -> np.ndarray | None:
         """The current normalised sum of the partials (None before the first group).
 
         With a centre other than the workers' (estimated or set by the operator), the
         one-shot FBP of the arrived groups from the sinogram with that centre instead.
         """
-        self.published_groups = len(self.groups)
-        self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id)
+        sinogram, partials = self._parts(quantity)
+        if quantity == "delta":  # the centre is refined on δ; β follows it
+            self.published_groups = len(self.groups)
+            self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id)
         if self.groups and self.centre.differs_from(self.center_px):
-            return recentred_volume(self.buffers.sinogram, self.groups, self.centre.binned_px,
-                                    self.buffers.volume.shape[1:], backend, final=False)
-        return live_volume(self.buffers.volume, self.buffers.weights)
+            return recentred_volume(sinogram, self.groups, self.centre.binned_px,
+                                    partials.shape[1:], backend, final=False)
+        return live_volume(partials, self.buffers.weights)
 
-    def final_volume(self, backend: Backend) -> np.ndarray:
+    def final_volume(self, backend: Backend, quantity: str = "delta") -> np.ndarray:
         """The one-shot FBP of the groups that arrived (see :func:`final_volume`)."""
-        self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id)
+        sinogram, partials = self._parts(quantity)
+        if quantity == "delta":
+            self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id)
         if self.centre.differs_from(self.center_px):
-            return recentred_volume(self.buffers.sinogram, self.groups, self.centre.binned_px,
-                                    self.buffers.volume.shape[1:], backend, final=True)
+            return recentred_volume(sinogram, self.groups, self.centre.binned_px,
+                                    partials.shape[1:], backend, final=True)
         groups = np.array(sorted(self.groups))
         angles = np.array([self.groups[g][0] for g in groups])
         used = np.array([self.groups[g][1] for g in groups])
-        return final_volume(self.buffers.volume, self.buffers.weights, self.buffers.sinogram,
+        return final_volume(partials, self.buffers.weights, sinogram,
                             groups, angles, used, self.center_px, backend)
 
     def header(self, volume: np.ndarray, final: bool) -> dict[str, Any]:
@@ -240,6 +253,9 @@ class LiveScan:
         # the volume is wider than the binned detector only for a 360° offset-axis scan
         header["half_acquisition"] = volume.shape[-1] != int(self.scan["shape"][1]) // int(
             self.settings["binning"])
+        if self.scan.get("distances"):
+            from holostream.service.daemon.distances import header_fields
+            header.update(header_fields(self.scan, self.buffers, self.complete, final))
         why = (self.complete or {}).get("incomplete")
         if final and why:  # a stalled scan: the volume of what arrived, saying so
             header.update(incomplete=True, incomplete_reason=why)
