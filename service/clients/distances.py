@@ -51,7 +51,8 @@ def stream_distances(socket_address: str, scans, scan_id: str, fps: float | None
                      order: str = "angle", delta_beta: float | None = None,
                      reconstruction: dict[str, Any] | None = None, shifts_px: list | None = None,
                      timeout_s: float = SEND_TIMEOUT_S, sndhwm: int = 8,
-                     extra: dict[int, list[list[Any]]] | None = None) -> StreamResult:
+                     extra: dict[int, list[list[Any]]] | None = None,
+                     skip: set[tuple[int, int]] = frozenset()) -> StreamResult:
     """Send one multi-distance scan to an ingest socket as a detector would.
 
     Parameters
@@ -74,6 +75,9 @@ def stream_distances(socket_address: str, scans, scan_id: str, fps: float | None
     extra : dict of int to list of message parts, optional
         Messages sent verbatim before the projections of that angle index (-1: after
         ``scan_start``), to test how the service handles bad input.
+    skip : set of (angle index, distance index)
+        Projections not sent (a distance missing at some angle), to test how the service
+        reports it.
 
     Returns
     -------
@@ -108,6 +112,8 @@ def stream_distances(socket_address: str, scans, scan_id: str, fps: float | None
                 sent_extra.add(index)
                 for message in extra.get(index, []):
                     sender.send(message)
+            if (index, d) in skip:
+                continue
             if fps:  # a deadline per frame, not a fixed pause: rates stay exact
                 delay = paced_from + k / (fps * len(scans)) - time.monotonic()
                 if delay > 0:
