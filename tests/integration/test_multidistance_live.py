@@ -127,3 +127,22 @@ def test_holostream_stream_plays_the_files_of_several_distances(live, four_scans
     header, delta, _ = final_delta_and_beta(subscriber, "md_cli")
     assert header["n_projections_used"] == 60
     np.testing.assert_allclose(delta, offline[0], rtol=1e-4, atol=1e-5 * np.abs(offline[0]).max())
+
+
+def test_split_mode_refuses_several_distances_with_its_reason(ingest_in_process, four_scans):
+    """In-process Ingest in split mode: the scan_start is refused, nothing is allocated."""
+    import os
+
+    from holostream.service.clients.distances import distances_info
+    from holostream.shared.messages import encode_scan_start
+
+    _, scans = four_scans
+    ingest, channels = ingest_in_process(split=True)
+    ingest.handle(encode_scan_start(distances_info(scans, "md_split")))
+    assert ingest.scan is None and ingest.rejects.counts["not_supported"] == 1
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(ingest.prefix)]
+    rejection = next(e for e in iter(lambda: channels.events.get(timeout=5), None) if e["type"] == "rejected")
+    assert "pool mode only" in rejection["reason"]
+    pool, _ = ingest_in_process(split=False)
+    pool.handle(encode_scan_start(distances_info(scans, "md_pool")))
+    assert pool.scan is not None and pool.scan.n_distances == 4
