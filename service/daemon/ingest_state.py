@@ -196,6 +196,7 @@ class Ingest:
     def end_scan(self) -> None:
         """No more frames: dispatch what is complete and the partial groups, then finish."""
         self._send_tasks(self.scan.end())
+        self.counts["angles_left_out"] += len(self.scan.left_out)  # several distances: one was missing
         self.finish_if_idle()
 
     def abort_scan(self, why: str) -> None:
@@ -332,7 +333,7 @@ class Ingest:
                 "scan_seq": scan.seq if scan else None, "received": frames, "bytes": nbytes,
                 "rejected": self.rejects.total, "rejected_by_reason": dict(self.rejects.counts),
                 "dropped": self.counts["dropped"], "failed_groups": self.counts["failed_groups"],
-                "lost_groups": self.counts["lost_groups"], "redone_groups": self.counts["redone_groups"],
+                "lost_groups": self.counts["lost_groups"], "angles_left_out": self.counts["angles_left_out"], "redone_groups": self.counts["redone_groups"],
                 "frames_per_s": (frames - frames0) / dt,
                 "bytes_per_s": (nbytes - bytes0) / dt, "ring_slots": scan.n_slots if scan else 0,
                 "ring_fill": scan.ring_fill() if scan else 0.0,

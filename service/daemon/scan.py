@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from holostream.service.offline_distances import SHIFT_ANGLES  # the same rule live and offline
+from holostream.shared.distances import given_shifts
 from holostream.shared.messages import Frame, ProtocolError, ScanInfo
 from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers
 from holostream.shared.settings import ReconstructionSettings
@@ -96,7 +97,8 @@ class OpenScan:
         self.seen: dict[str, set[int]] = {"dark": set(), "flat": set(), "projection": set()}  # keys
         # several distances: offsets (n_distances, 2) in each distance's own pixels; None until
         # measured. measure_shifts(scan, groups) is set by whoever opens the scan.
-        self.shifts_px = given_shifts(info)
+        given = given_shifts(info.distances)
+        self.shifts_px = np.zeros((1, 2)) if not info.distances else None if given is None else np.array(given)
         self.measure_shifts = None
         if self.n_distances > 1:  # what the daemon's headers say until they are known: NaN
             buffers.arrays["shifts"][...] = np.nan if self.shifts_px is None else self.shifts_px
@@ -404,22 +406,6 @@ class OpenScan:
         return lost
 
 
-
-
-def given_shifts(info: ScanInfo) -> np.ndarray | None:
-    """The offsets of a multi-distance scan when every entry but the reference gives its own.
-
-    Returns
-    -------
-    ndarray of shape (n_distances, 2), float64, or None
-        ``(dv, du)`` per distance in its own unbinned pixels (the reference's own or 0); None
-        when one must be measured. A single-distance scan: zeros of shape (1, 2).
-    """
-    if not info.distances:
-        return np.zeros((1, 2))
-    if any(entry.shift_px is None for entry in info.distances[1:]):
-        return None
-    return np.array([entry.shift_px or (0.0, 0.0) for entry in info.distances], dtype=np.float64)
 
 
 def half_acquisition(scan, binning: int) -> tuple[int, np.ndarray] | None:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from holostream.service.daemon.scan import SHIFT_ANGLES, OpenScan, given_shifts, half_acquisition
+from holostream.service.daemon.scan import SHIFT_ANGLES, OpenScan, half_acquisition
+from holostream.shared.distances import given_shifts
 from holostream.shared.messages import ProtocolError, ScanInfo
 from holostream.shared.scanbuffers import PartSpec, ScanBuffers, layout
 from holostream.shared.settings import ReconstructionSettings
@@ -66,7 +67,7 @@ def plan_scan(info: ScanInfo, settings: ReconstructionSettings, ring_slots: int,
     # one slot per frame of each distance; at least one group's, or with offsets to measure
     # the first SHIFT_ANGLES groups' (nothing is dispatched before they are all in)
     least = max(len(g) for g in groups) * nd
-    if given_shifts(info) is None:
+    if info.distances and given_shifts(info.distances) is None:
         least = max(least, sum(len(g) for g in groups[:SHIFT_ANGLES]) * nd)
     n_slots = max(min(ring_slots, info.n_projections * nd), least)
     half = half_acquisition(info, b)  # a 360° offset-axis scan: the whole disc

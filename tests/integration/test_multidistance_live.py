@@ -105,7 +105,7 @@ def test_live_four_distances_equal_offline_and_a_bad_distance_is_refused(serve, 
         assert f["beta"].attrs["quantity"] == "beta"
 
 
-def test_an_angle_missing_a_distance_is_left_out_and_reported(live, four_scans):
+def test_an_angle_missing_a_distance_is_left_out_and_reported(serve, live, four_scans):
     daemon, subscriber = live
     paths, scans = four_scans
     stream_distances(daemon.ingest, scans, "md_gap", skip={(30, 2)})
@@ -114,6 +114,7 @@ def test_an_angle_missing_a_distance_is_left_out_and_reported(live, four_scans):
     assert header["angles_left_out"] == 1 and header["distances_missing"] == {"2": 1}
     assert np.isfinite(delta).all() and np.abs(beta).max() > 0
     assert "1 angle(s) left out, a distance missing" in open(daemon.log).read()
+    serve.wait_for(lambda: daemon.status()["ingest"]["angles_left_out"] == 1, 10, "the status to count it")
 
 
 def test_holostream_stream_plays_the_files_of_several_distances(live, four_scans, offline):
