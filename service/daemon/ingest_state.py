@@ -68,6 +68,8 @@ class Ingest:
             return not scan.in_flight and self.pending_start is None
         if scan.free_slots or self.config.drop_policy == "drop":
             return True
+        if scan.measuring is not None and not scan.measuring.done():
+            return False  # the offsets being measured will release the held groups
         # stalled (no group in flight will free a slot): read on so missing darks/flats/members can come
         return not scan.holds_slots()
 
@@ -196,7 +198,14 @@ class Ingest:
     def end_scan(self) -> None:
         """No more frames: dispatch what is complete and the partial groups, then finish."""
         self._send_tasks(self.scan.end())
-        self.counts["angles_left_out"] += len(self.scan.left_out)  # several distances: one was missing
+        self.finish_if_idle()
+
+    def poll(self) -> None:
+        """Dispatch what waited for the open scan's offsets once they are measured (several distances)."""
+        scan = self.scan
+        if scan is None or scan.shifts_px is not None:
+            return
+        self._send_tasks(scan.poll())
         self.finish_if_idle()
 
     def abort_scan(self, why: str) -> None:
@@ -211,6 +220,7 @@ class Ingest:
         scan = self.scan
         if scan is None or not scan.finished:
             return
+        self.counts["angles_left_out"] += len(scan.left_out)  # several distances: one was missing
         self.channels.events.put(scan.completion())
         log.info("scan %s complete: %d of %d groups, %d projections used%s", scan.info.scan_id,
                  len(scan.groups_done), len(scan.groups), scan.n_projections_used,

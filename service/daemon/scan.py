@@ -26,6 +26,7 @@ a distance at the end is left out and reported (``left_out``).
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,10 @@ from holostream.workers.binning import binned_center_px
 from holostream.workers.halfacq import detector_weights, is_half_acquisition, volume_width
 
 log = logging.getLogger(__name__)
+
+#: Where a multi-distance scan's offsets are measured: one thread of the ingest process
+#: (numpy and scipy's FFTs release the GIL), so the loop keeps receiving and reporting.
+_OFFSETS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="holostream-offsets")
 
 LOST_AFTER_S = 60.0  # least time a group in a worker's hands may take before it counts as lost
 OVERTAKEN_S = 1.0  # split mode: a group queued this much later was taken first, so this one was too
@@ -100,6 +105,8 @@ class OpenScan:
         given = given_shifts(info.distances)
         self.shifts_px = np.zeros((1, 2)) if not info.distances else None if given is None else np.array(given)
         self.measure_shifts = None
+        self.measuring: Future | None = None  # the measurement running in _OFFSETS' thread
+        self.partials_sent = False  # end(): the partial groups were dispatched
         if self.n_distances > 1:  # what the daemon's headers say until they are known: NaN
             buffers.arrays["shifts"][...] = np.nan if self.shifts_px is None else self.shifts_px
         self.left_out: dict[int, list[int]] = {}  # angle index -> distances it lacked at the end
@@ -136,7 +143,9 @@ class OpenScan:
     @property
     def finished(self) -> bool:
         """Ended or aborted, with nothing left in flight: ready for ``scan_complete``."""
-        return self.closing and not self.in_flight
+        if not self.closing or self.in_flight or (self.measuring is not None and not self.measuring.done()):
+            return False
+        return self.aborted or self.partials_sent
 
     def holds_slots(self) -> bool:
         """Whether a group in flight still holds ring slots (so a ``done`` will free some)."""
@@ -262,22 +271,36 @@ class OpenScan:
 
         They are measured (``measure_shifts``) on the first ``SHIFT_ANGLES`` groups, as
         offline, once all of these are complete and the reference is there; at the end of a
-        scan on those of them that are complete (none: zero offsets).
+        scan on those of them that are complete (none, or a failed measurement: zero
+        offsets). The measurement runs in a thread of this process (``measuring``): the
+        ingest loop goes on receiving frames and reporting, and :meth:`poll` dispatches
+        what waited once it is done. Its frames stay in their slots meanwhile.
         """
         if self.shifts_px is not None:
+            return True
+        zeros = np.zeros((self.n_distances, 2))
+        if self.measuring is not None:
+            if not self.measuring.done():
+                return False
+            try:
+                self.set_shifts(self.measuring.result())
+            except Exception as exc:  # noqa: BLE001 - a failed measurement must not lose the scan
+                log.error("scan %s: measuring the offsets failed (%s: %s); using zero offsets",
+                          self.info.scan_id, type(exc).__name__, exc)
+                self.set_shifts(zeros)
             return True
         first = range(min(SHIFT_ANGLES, len(self.groups)))
         complete = [g for g in first if g in self.ready]
         if len(complete) < len(first) and not self.ending:
             return False
-        shifts = np.zeros((self.n_distances, 2))
-        if complete and self.measure_shifts is not None:
-            n = self.info.n_projections
-            slots = [[[self.slot_of[i + d * n] for i in self.groups[g]] for d in range(self.n_distances)]
-                     for g in complete]
-            shifts = self.measure_shifts(self, slots)
-        self.set_shifts(shifts)
-        return True
+        if not complete or self.measure_shifts is None:
+            self.set_shifts(zeros)
+            return True
+        n = self.info.n_projections
+        slots = [[[self.slot_of[i + d * n] for i in self.groups[g]] for d in range(self.n_distances)]
+                 for g in complete]
+        self.measuring = _OFFSETS.submit(self.measure_shifts, self, slots)
+        return False
 
     def set_shifts(self, shifts_px) -> None:
         """Use ``shifts_px`` (n_distances, 2) for every task from now on; also in ``shifts``."""
@@ -300,12 +323,21 @@ class OpenScan:
             log.error("scan %s: %s", self.info.scan_id, self.error)
             self.abort(self.error)
             return []
+        return self.poll()
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Tasks that became possible meanwhile: the groups that waited for the offsets and,
+        once the scan has ended, the partial groups (once, when the offsets are known)."""
+        if self.aborted or not self.reference_ready or not self.shifts_known():
+            return []
         tasks = self.take_ready()
-        partial = sorted({int(self.group_of[k % self.info.n_projections]) for k in self.slot_of})
-        tasks += [t for t in (self.task(g) for g in partial) if t is not None]
-        if self.left_out:
-            log.warning("scan %s: %d angle(s) left out, a distance missing: %s", self.info.scan_id,
-                        len(self.left_out), self.left_out_summary())
+        if self.ending and not self.partials_sent:
+            self.partials_sent = True
+            partial = sorted({int(self.group_of[k % self.info.n_projections]) for k in self.slot_of})
+            tasks += [t for t in (self.task(g) for g in partial) if t is not None]
+            if self.left_out:
+                log.warning("scan %s: %d angle(s) left out, a distance missing: %s", self.info.scan_id,
+                            len(self.left_out), self.left_out_summary())
         return tasks
 
     def left_out_summary(self) -> dict[str, int]:

@@ -53,6 +53,13 @@ def frame(kind, index, distance, value=1000, angle_deg=None):
     return Frame("md", kind, index, SHAPE, "uint16", angle_deg, memoryview(payload.tobytes()), distance)
 
 
+def measured(scan):
+    """The tasks that waited for the offsets, once their measurement (a thread) is done."""
+    assert scan.measuring is not None
+    scan.measuring.result(timeout=60)
+    return scan.poll()
+
+
 def fill_reference(scan):
     tasks = []
     for d in range(scan.n_distances):
@@ -108,6 +115,8 @@ def test_offsets_are_measured_once_the_first_groups_are_in(make_scan):
             tasks += scan.add_projection(frame("projection", i, d))
         if i >= SHIFT_ANGLES:
             assert tasks == [] and scan.shifts_px is None
+    assert tasks == [] and scan.measuring is not None and not scan.finished
+    tasks = measured(scan)
     assert sorted(t["group"] for t in tasks) == list(range(n))
     shifts = np.array(tasks[0]["shifts_px"])
     assert shifts.shape == (2, 2) and np.isfinite(shifts).all()
@@ -144,7 +153,8 @@ def test_a_scan_ended_before_its_offsets_could_be_measured_uses_what_arrived(mak
         for d in range(2):
             tasks += scan.add_projection(frame("projection", i, d))
     assert tasks == []  # 2 of the first SHIFT_ANGLES groups: still waiting
-    tasks = scan.end()
+    assert scan.end() == [] and not scan.finished  # measured on those 2 meanwhile
+    tasks = measured(scan)
     assert sorted(t["group"] for t in tasks) == [0, 1]
     assert np.isfinite(scan.buffers.arrays["shifts"]).all()
 
