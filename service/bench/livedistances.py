@@ -119,6 +119,51 @@ def offline_seconds(args: argparse.Namespace, scans) -> float:
     return round(float(best), 3)
 
 
+def per_angle_ms(args: argparse.Namespace, scans, angles: int = 20) -> dict:
+    """Milliseconds per angle of each stage in one process (CPU, 1 thread), 1 and N distances.
+
+    The live figures are end to end; this says where a worker's time goes.
+    """
+    from holostream.service.offline_distances import make_pipeline
+    from holostream.workers import fbp
+    from holostream.workers.backend import get_backend
+    from holostream.workers.flatfield import average_frames
+    from holostream.workers.phasing import default_chain
+    from holostream.workers.pipeline import ProjectionPipeline
+    from holostream.shared.settings import ReconstructionSettings
+
+    backend = get_backend("cpu", threads=1)
+    settings = ReconstructionSettings(phase=args.phase)
+    ref = scans[0]
+    single = ProjectionPipeline(ref.frame_shape, average_frames(ref.darks, backend), average_frames(ref.flats, backend),
+                                binning=1, chain=default_chain(args.phase, settings.iterations, ref.delta_beta),
+                                filter=settings.filter, energy_kev=ref.energy_kev, distance_m=ref.distance_m,
+                                pixel_size_m=ref.pixel_size_m, delta_beta=ref.delta_beta, backend=backend,
+                                pad_mode=settings.pad_mode)
+    multi = make_pipeline(scans, settings, ref.delta_beta, backend)
+    n = ref.frame_shape[1]
+    volume = np.zeros((ref.frame_shape[0], n, n), np.float32)
+    stages = {"1": {"transmission": [], "phase_filter": [], "backprojection": []},
+              str(len(scans)): {"transmission": [], "phase_filter": [], "backprojection": []}}
+    for a in range(1, angles + 1):  # angle 0 once more at the end: the first call sets up FFT plans
+        a %= angles
+        for label, pipeline, raw in (("1", single, ref.projections[a:a + 1]),
+                                     (str(len(scans)), multi, [s.projections[a:a + 1] for s in scans])):
+            t0 = time.perf_counter()
+            transmission = pipeline.transmission(raw, [a]) if label == "1" else pipeline.transmission(raw)
+            t1 = time.perf_counter()
+            filtered = pipeline.filtered_from_transmission(transmission[None])
+            filtered = [filtered[0]] if label == "1" else [f[0] for f in filtered]  # δ (and β)
+            t2 = time.perf_counter()
+            for f in filtered:
+                fbp.backproject(volume, f[None], np.array([0.1 * a]), np.array([0.01]), 0.0, backend)
+            t3 = time.perf_counter()
+            for stage, t in zip(stages[label], (t1 - t0, t2 - t1, t3 - t2)):
+                stages[label][stage].append(t)
+    return {label: {stage: round(1e3 * float(np.median(t)), 2) for stage, t in per.items()}
+            for label, per in stages.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     from holostream.service.bench.retune import _cpu_name
     from holostream.service.clients.control import NoAnswer, request
@@ -157,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 daemon.wait()
     offsets = [float(s) for s in re.findall(r"offsets measured on \d+ groups in ([0-9.]+) s", log_path.read_text())]
     offline = offline_seconds(args, scans)
+    stages = per_angle_ms(args, scans)
     n = str(args.distances)
     result = {
         "benchmark": "live multi-distance throughput: angles/s, first message → final volume on a subscriber",
@@ -171,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "cost_ratio_per_angle_offsets_given": round(
             figures["1"]["angles_per_s"] / figures[f"{n}_offsets_given"]["angles_per_s"], 2),
         "offset_measurement_in_ingest_s": offsets,
+        "per_angle_ms_one_process": stages,
         "offline_same_files_s": offline,
         "offline_angles_per_s": round(args.angles / offline, 2),
         "live_over_offline": round((args.angles / figures[n]["best_s"]) / (args.angles / offline), 2),
