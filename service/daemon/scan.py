@@ -26,13 +26,13 @@ a distance at the end is left out and reported (``left_out``).
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from holostream.service.offline_distances import SHIFT_ANGLES  # the same rule live and offline
+from holostream.service.daemon.offsets import SHIFT_ANGLES, DistanceBooks
 from holostream.shared.distances import given_shifts
 from holostream.shared.messages import Frame, ProtocolError, ScanInfo
 from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers
@@ -42,9 +42,6 @@ from holostream.workers.halfacq import detector_weights, is_half_acquisition, vo
 
 log = logging.getLogger(__name__)
 
-#: Where a multi-distance scan's offsets are measured: one thread of the ingest process
-#: (numpy and scipy's FFTs release the GIL), so the loop keeps receiving and reporting.
-_OFFSETS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="holostream-offsets")
 
 LOST_AFTER_S = 60.0  # least time a group in a worker's hands may take before it counts as lost
 OVERTAKEN_S = 1.0  # split mode: a group queued this much later was taken first, so this one was too
@@ -64,7 +61,7 @@ class InFlight:
     task: dict[str, Any] | None = None  # what was sent, to send it again if that worker dies
 
 
-class OpenScan:
+class OpenScan(DistanceBooks):
     """The scan being received: which projections are where, which groups are done.
 
     Parameters
@@ -105,7 +102,7 @@ class OpenScan:
         given = given_shifts(info.distances)
         self.shifts_px = np.zeros((1, 2)) if not info.distances else None if given is None else np.array(given)
         self.measure_shifts = None
-        self.measuring: Future | None = None  # the measurement running in _OFFSETS' thread
+        self.measuring: Future | None = None  # the offsets being measured (service/daemon/offsets.py)
         self.partials_sent = False  # end(): the partial groups were dispatched
         if self.n_distances > 1:  # what the daemon's headers say until they are known: NaN
             buffers.arrays["shifts"][...] = np.nan if self.shifts_px is None else self.shifts_px
@@ -266,49 +263,6 @@ class OpenScan:
         self.ready.clear()
         return [t for t in tasks if t is not None]
 
-    def shifts_known(self) -> bool:
-        """Whether the distances' offsets are known, measuring them once their groups are in.
-
-        They are measured (``measure_shifts``) on the first ``SHIFT_ANGLES`` groups, as
-        offline, once all of these are complete and the reference is there; at the end of a
-        scan on those of them that are complete (none, or a failed measurement: zero
-        offsets). The measurement runs in a thread of this process (``measuring``): the
-        ingest loop goes on receiving frames and reporting, and :meth:`poll` dispatches
-        what waited once it is done. Its frames stay in their slots meanwhile.
-        """
-        if self.shifts_px is not None:
-            return True
-        zeros = np.zeros((self.n_distances, 2))
-        if self.measuring is not None:
-            if not self.measuring.done():
-                return False
-            try:
-                self.set_shifts(self.measuring.result())
-            except Exception as exc:  # noqa: BLE001 - a failed measurement must not lose the scan
-                log.error("scan %s: measuring the offsets failed (%s: %s); using zero offsets",
-                          self.info.scan_id, type(exc).__name__, exc)
-                self.set_shifts(zeros)
-            return True
-        first = range(min(SHIFT_ANGLES, len(self.groups)))
-        complete = [g for g in first if g in self.ready]
-        if len(complete) < len(first) and not self.ending:
-            return False
-        if not complete or self.measure_shifts is None:
-            self.set_shifts(zeros)
-            return True
-        n = self.info.n_projections
-        slots = [[[self.slot_of[i + d * n] for i in self.groups[g]] for d in range(self.n_distances)]
-                 for g in complete]
-        self.measuring = _OFFSETS.submit(self.measure_shifts, self, slots)
-        return False
-
-    def set_shifts(self, shifts_px) -> None:
-        """Use ``shifts_px`` (n_distances, 2) for every task from now on; also in ``shifts``."""
-        self.shifts_px = np.asarray(shifts_px, dtype=np.float64).reshape(self.n_distances, 2)
-        self.buffers.arrays["shifts"][...] = self.shifts_px
-        log.info("scan %s: offsets of its distances (own px) %s", self.info.scan_id,
-                 np.round(self.shifts_px, 3).tolist())
-
     def end(self) -> list[dict[str, Any]]:
         """No more frames: the tasks of what is complete and of the partial groups.
 
@@ -339,11 +293,6 @@ class OpenScan:
                 log.warning("scan %s: %d angle(s) left out, a distance missing: %s", self.info.scan_id,
                             len(self.left_out), self.left_out_summary())
         return tasks
-
-    def left_out_summary(self) -> dict[str, int]:
-        """``{"<distance index>": angles that lacked it}`` of the angles left out."""
-        lacked = [d for missing in self.left_out.values() for d in missing]
-        return {str(d): lacked.count(d) for d in sorted(set(lacked))}
 
     def abort(self, why: str) -> None:
         """Drop the scan: held frames are discarded, groups in flight are waited for."""
