@@ -17,7 +17,7 @@ from typing import Any
 
 from holostream.service.daemon.channels import Channels, drain
 from holostream.service.daemon.rejects import Rejects
-from holostream.service.daemon.scan import LOST_AFTER_S, OpenScan
+from holostream.service.daemon.scan import LOST_AFTER_S, OpenScan, half_acquisition
 from holostream.service.daemon.scanplan import ScanPlan, open_scan, plan_scan
 from holostream.shared.messages import (
     Frame, Limits, ProtocolError, ScanAbort, ScanEnd, ScanInfo, ScanStart, parse_message,
@@ -129,6 +129,9 @@ class Ingest:
             settings = self.settings.merged(info.reconstruction)
         except SettingsError as exc:
             raise ProtocolError(f"scan_start reconstruction: {exc}", "settings") from exc
+        if info.distances and half_acquisition(info, settings.binning) is not None:
+            raise ProtocolError(f"scan_start {info.scan_id}: a 360° offset-axis scan at several distances is not "
+                                "reconstructed live yet (no half-acquisition weights in DistanceWork)", "not_supported")
         if settings.binning > min(info.shape):
             raise ProtocolError(f"binning {settings.binning} exceeds the {info.shape[0]}x{info.shape[1]} frame",
                                 "settings")

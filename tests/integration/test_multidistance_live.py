@@ -147,3 +147,20 @@ def test_split_mode_refuses_several_distances_with_its_reason(ingest_in_process,
     pool, _ = ingest_in_process(split=False)
     pool.handle(encode_scan_start(distances_info(scans, "md_pool")))
     assert pool.scan is not None and pool.scan.n_distances == 4
+
+
+def test_an_offset_axis_scan_at_several_distances_is_refused_with_its_reason(ingest_in_process, four_scans):
+    """Half acquisition is not weighted by the multi-distance worker: refused, not reconstructed wrong."""
+    from dataclasses import replace
+
+    from holostream.service.clients.distances import distances_info
+    from holostream.shared.messages import encode_scan_start
+
+    _, scans = four_scans
+    ingest, channels = ingest_in_process()
+    info = replace(distances_info(scans, "md_half"), cor_px=15.0,  # 48 columns: beyond a quarter
+                   angles_deg=tuple(np.linspace(0.0, 360.0, 60, endpoint=False)))
+    ingest.handle(encode_scan_start(info))
+    assert ingest.scan is None and ingest.rejects.counts["not_supported"] == 1
+    rejection = next(e for e in iter(lambda: channels.events.get(timeout=5), None) if e["type"] == "rejected")
+    assert "360° offset-axis" in rejection["reason"]
