@@ -141,6 +141,16 @@ def parse_distances(header: dict) -> tuple[DistanceInfo, ...]:
     return tuple(parse_distance(entry, i) for i, entry in enumerate(raw))
 
 
+def given_shifts(distances: tuple[DistanceInfo, ...]) -> list[tuple[float, float]] | None:
+    """Every distance's ``shift_px`` when all but the reference give theirs, else None (measure them).
+
+    The reference's is its own or ``(0, 0)``; own unbinned pixels, ``(dv, du)``.
+    """
+    if any(entry.shift_px is None for entry in distances[1:]):
+        return None
+    return [entry.shift_px or (0.0, 0.0) for entry in distances]
+
+
 def check_distance_index(distances: tuple[DistanceInfo, ...], index: int | None) -> None:
     """Raise :class:`DistanceError` unless a frame's ``distance_index`` fits the scan's list.
 

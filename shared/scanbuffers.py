@@ -51,7 +51,7 @@ class PartSpec:
 
 def layout(frame_shape: tuple[int, int], frame_dtype: str, n_slots: int, n_groups: int,
            binned_shape: tuple[int, int], n_workers: int, binned: bool = False,
-           volume_width: int | None = None) -> dict[str, PartSpec]:
+           volume_width: int | None = None, n_distances: int = 1) -> dict[str, PartSpec]:
     """The parts of one scan's buffers (docs/architecture.md, "Shared memory of one scan").
 
     Parameters
@@ -84,6 +84,12 @@ def layout(frame_shape: tuple[int, int], frame_dtype: str, n_slots: int, n_group
         transmission) and Σ weight of its groups in two sets of angles (the ring filter's means);
         with ``binned``, also ``binned`` float32 (n_groups, rows_b, cols_b) and
         ``handoff`` float64 (n_groups, 5).
+        With ``n_distances > 1`` (docs/multi-distance.md, "Live"): ``reference`` is float32
+        (n_distances, 2, rows, cols), and ``beta_sinogram``, ``beta_volume`` (the β twins of
+        ``sinogram`` and ``volume``) and ``shifts`` float64 (n_distances, 2) (the offsets in
+        use, each distance's own unbinned pixels; NaN until ingest has them) are added.
+    n_distances : int
+        Propagation distances of the scan (1: a single-distance scan, the layout above).
     """
     rows, cols = frame_shape
     rows_b, cols_b = binned_shape
@@ -104,6 +110,11 @@ def layout(frame_shape: tuple[int, int], frame_dtype: str, n_slots: int, n_group
         "absorption_sum": PartSpec("float64", (n_workers, 2, rows_b, cols_b)),
         "absorption_weights": PartSpec("float64", (n_workers, 2)),
     }
+    if n_distances > 1:
+        parts["reference"] = PartSpec("float32", (n_distances, 2, rows, cols))
+        parts["beta_sinogram"] = parts["sinogram"]
+        parts["beta_volume"] = parts["volume"]
+        parts["shifts"] = PartSpec("float64", (n_distances, 2))
     if binned:
         # indexed by group, like sinogram: a slot is never reused within a scan, so a group
         # whose reconstructor died can never be overwritten while a successor reads it

@@ -239,11 +239,21 @@ def _cross_correlation_peak(cross, backend, upsample: int, normalize: bool) -> n
     coarse = np.array([_peak_offsets(rows, peak // cols), _peak_offsets(cols, peak % cols)], float)
     if upsample == 1:
         return coarse
-    half = math.ceil(1.5 * upsample)
-    grid = np.arange(-half, half + 1) / upsample
-    local = xp.abs(_local_dft(cross, coarse[0] + grid, coarse[1] + grid, backend))
-    k = int(xp.argmax(local))
-    return coarse + np.array([grid[k // grid.size], grid[k % grid.size]])
+    # Two passes: ±1.5 px on a 1/10 px grid, then ±0.1 px around its best on the 1/upsample
+    # grid. One pass of 1/upsample over ±1.5 px costs (3·upsample)² DFT samples (301² at
+    # 100: 0.09 s per call at 96², minutes per live scan at 1024²); the two cost ~1/100 of it.
+    # The correlation of images of some pixels' detail is smooth on a 0.1 px scale, so the
+    # first pass lands beside the peak and the second finds it.
+    best = coarse
+    for step, half_width in ((1 / min(10, upsample), 1.5), (1 / upsample, 0.1)):
+        if step >= half_width:
+            continue
+        half = math.ceil(round(half_width / step, 6))
+        grid = np.arange(-half, half + 1) * step
+        local = xp.abs(_local_dft(cross, best[0] + grid, best[1] + grid, backend))
+        k = int(xp.argmax(local))
+        best = best + np.array([grid[k // grid.size], grid[k % grid.size]])
+    return best
 
 
 def measure_shifts(intensities, distances_m, pixel_size_m: float, energy_kev: float,

@@ -34,7 +34,7 @@ def decode(frames: list[bytes]) -> tuple[str, dict[str, Any], list[np.ndarray]]:
         raise MessageError(f"expected [topic, header, ...], got {len(frames)} part(s)")
     topic = bytes(frames[0]).decode("ascii", "replace")
     header = json.loads(bytes(frames[1]).decode("utf-8"))
-    if topic == "volume":
+    if topic in ("volume", "beta"):
         shapes = [header["shape"]]
     elif topic == "preview":
         shapes = header["shapes"]

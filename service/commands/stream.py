@@ -3,7 +3,9 @@
 Sends ``scan_start``, the darks, the flats, the projections (each with its ``angle_deg``)
 and ``scan_end`` over a PUSH socket (PROTOCOL.md, "Ingest messages"), optionally paced at
 ``--fps``, and prints the rate it achieved. The scan comes from an NXtomo file or from the
-simulator (``--simulate``).
+simulator (``--simulate``). Several files, one per distance (what ``holostream simulate
+--distances N`` writes, the reference first), are played as one multi-distance scan
+(PROTOCOL.md, "Extensions"; ``--order`` says how its frames are interleaved).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ _SETTING_OPTIONS = ("binning", "angle_binning", "phase", "iterations", "filter",
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``holostream stream``."""
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("input", nargs="?", help="NXtomo scan file (.nx/.h5)")
+    source.add_argument("input", nargs="*", default=[],
+                        help="NXtomo scan file (.nx/.h5); several: one per distance, the reference first")
     source.add_argument("--simulate", action="store_true", help="stream a simulated scan instead")
     parser.add_argument("--entry", help="NXtomo entry (default: the only one)")
     parser.add_argument("--size", type=int, default=128, help="simulated frame size, pixels (default 128)")
@@ -37,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--darks", type=int, default=5, help="simulated darks (default 5)")
     parser.add_argument("--flats", type=int, default=5, help="simulated flats (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="simulation seed")
+    parser.add_argument("--order", choices=("angle", "distance"), default="angle",
+                        help="several distances: every distance of an angle in turn (default), or each "
+                             "distance's whole scan in turn (the service's ring must then hold them)")
     parser.add_argument("--address", default="tcp://127.0.0.1:5550", help="ingest address")
     parser.add_argument("--bind", action="store_true", help="bind the PUSH socket (service connects)")
     parser.add_argument("--fps", type=float, help="projections per second (default: as fast as possible)")
@@ -61,13 +67,25 @@ def run(args: argparse.Namespace) -> int:
     from holostream.service.files.nxtomo import ScanFileError, read_scan
 
     try:
+        overrides = {k: getattr(args, k) for k in _SETTING_OPTIONS if getattr(args, k) is not None}
         if args.simulate:
             scan_data = simulated_scan_data(args.size, args.projections, args.darks, args.flats, args.seed)
             scan_id = args.scan_id or "simulated"
+        elif len(args.input) > 1:  # one file per distance: one multi-distance scan
+            from holostream.service.clients.distances import stream_distances
+
+            if args.bind:
+                raise ValueError("--bind is for one scan file; several distances connect")
+            scans = [read_scan(path, args.entry) for path in args.input]
+            scan_id = args.scan_id or Path(args.input[0]).stem
+            result = stream_distances(args.address, scans, scan_id, args.fps, order=args.order,
+                                      delta_beta=args.delta_beta, reconstruction=overrides, timeout_s=args.timeout)
+            print(f"sent {result.frames} frames ({result.bytes / 1e9:.3f} GB) of {scan_id} at {len(scans)} "
+                  f"distances in {result.seconds:.2f} s: {result.frames_per_s:.1f} frames/s")
+            return 0
         else:
-            scan_data = read_scan(args.input, args.entry)
-            scan_id = args.scan_id or Path(args.input).stem
-        overrides = {k: getattr(args, k) for k in _SETTING_OPTIONS if getattr(args, k) is not None}
+            scan_data = read_scan(args.input[0], args.entry)
+            scan_id = args.scan_id or Path(args.input[0]).stem
         result = stream_scan(args.address, scan_data, scan_id, args.fps, bind=args.bind,
                              delta_beta=args.delta_beta, reconstruction=overrides, timeout_s=args.timeout,
                              curve=curve_of(args))

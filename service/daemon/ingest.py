@@ -131,6 +131,7 @@ def run_ingest(config, settings: ReconstructionSettings, n_workers: int, prefix:
             wait_s = max(0.0, min(next_stats - now, POLL_MS / 1000))
             drain(channels.commands, ingest.on_command)
             drain(channels.done, ingest.on_done)
+            ingest.poll()  # several distances: groups held until their offsets were measured
             if not ingest.accepting():
                 # back-pressure: leave the socket alone until a worker frees slots
                 msg = get_within(channels.done, wait_s)

@@ -68,6 +68,8 @@ class Ingest:
             return not scan.in_flight and self.pending_start is None
         if scan.free_slots or self.config.drop_policy == "drop":
             return True
+        if scan.measuring is not None and not scan.measuring.done():
+            return False  # the offsets being measured will release the held groups
         # stalled (no group in flight will free a slot): read on so missing darks/flats/members can come
         return not scan.holds_slots()
 
@@ -116,10 +118,10 @@ class Ingest:
         return scan
 
     def _scan_start(self, info: ScanInfo) -> None:
-        if info.distances:  # refused before it could end the open scan
+        if info.distances and self.split:  # refused before it could end the open scan
             raise ProtocolError(
-                f"scan_start {info.scan_id}: {len(info.distances)} distances are not reconstructed live "
-                "yet; write one NXtomo per distance and run `holostream reconstruct` on them",
+                f"scan_start {info.scan_id}: {len(info.distances)} distances are reconstructed live in pool "
+                "mode only ([workers] mode = \"pool\"): split mode's reconstructor phases one distance",
                 "not_supported")
         # a `set` answered before this scan_start was sent must apply to it
         drain(self.channels.commands, self.on_command)
@@ -127,6 +129,9 @@ class Ingest:
             settings = self.settings.merged(info.reconstruction)
         except SettingsError as exc:
             raise ProtocolError(f"scan_start reconstruction: {exc}", "settings") from exc
+        if info.distances and half_acquisition(info, settings.binning) is not None:
+            raise ProtocolError(f"scan_start {info.scan_id}: a 360° offset-axis scan at several distances is not "
+                                "reconstructed live yet (no half-acquisition weights in DistanceWork)", "not_supported")
         if settings.binning > min(info.shape):
             raise ProtocolError(f"binning {settings.binning} exceeds the {info.shape[0]}x{info.shape[1]} frame",
                                 "settings")
@@ -200,6 +205,14 @@ class Ingest:
         self._send_tasks(self.scan.end())
         self.finish_if_idle()
 
+    def poll(self) -> None:
+        """Dispatch what waited for the open scan's offsets once they are measured (several distances)."""
+        scan = self.scan
+        if scan is None or scan.shifts_px is not None:
+            return
+        self._send_tasks(scan.poll())
+        self.finish_if_idle()
+
     def abort_scan(self, why: str) -> None:
         """Drop the scan: held frames are discarded, groups in flight are waited for."""
         if self.scan is None:
@@ -212,6 +225,7 @@ class Ingest:
         scan = self.scan
         if scan is None or not scan.finished:
             return
+        self.counts["angles_left_out"] += len(scan.left_out)  # several distances: one was missing
         self.channels.events.put(scan.completion())
         log.info("scan %s complete: %d of %d groups, %d projections used%s", scan.info.scan_id,
                  len(scan.groups_done), len(scan.groups), scan.n_projections_used,
@@ -335,6 +349,7 @@ class Ingest:
                 "rejected": self.rejects.total, "rejected_by_reason": dict(self.rejects.counts),
                 "dropped": self.counts["dropped"], "failed_groups": self.counts["failed_groups"],
                 "lost_groups": self.counts["lost_groups"], "redone_groups": self.counts["redone_groups"],
+                "angles_left_out": self.counts["angles_left_out"],
                 "frames_per_s": (frames - frames0) / dt,
                 "bytes_per_s": (nbytes - bytes0) / dt, "ring_slots": scan.n_slots if scan else 0,
                 "ring_fill": scan.ring_fill() if scan else 0.0,

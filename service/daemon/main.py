@@ -331,9 +331,13 @@ class Daemon(ControlRequests, Retuning):
 
     def _send(self, state: LiveScan, volume: np.ndarray, final: bool) -> dict[str, Any]:
         header = state.header(volume, final)
+        # several distances: β beside δ, same header, topic "beta" (service/daemon/distances.py)
+        beta = state.volume_of("beta", final, self.backend) if header.get("n_distances") else None
         with self.metrics.stage_seconds.labels("publish").time():
             self.publisher.publish_volume(header, volume)
             self.publisher.publish_preview(header, volume)
+            if beta is not None:
+                self.publisher.publish_beta({**header, "quantity": "beta"}, beta)
         self.counters["volumes_published"] += 1
         out = self.config.publish.output_dir
         if out and (final or self.config.publish.save_intermediate):
@@ -341,7 +345,7 @@ class Daemon(ControlRequests, Retuning):
             try:
                 Path(out).mkdir(parents=True, exist_ok=True)
                 self.last_volume_file = str(save_new_volume_h5(out, name, header, volume,
-                                                               self.config.publish.compression))
+                                                               self.config.publish.compression, beta=beta))
             except (OSError, ValueError) as exc:  # ValueError: lz4/zstd without hdf5plugin
                 self.last_error = f"cannot write {name}.h5 to {out}: {exc}"
                 log.error(self.last_error)

@@ -86,6 +86,11 @@ class Publisher:
             raise ValueError(f"volume shape {volume.shape} disagrees with header {header['shape']}")
         return self._send([b"volume", json.dumps(header).encode(), memoryview(volume).cast("B")])
 
+    def publish_beta(self, header: dict[str, Any], volume: np.ndarray) -> bool:
+        """Publish the β volume of a multi-distance scan (topic ``beta``, δ's header, ``quantity: "beta"``)."""
+        volume = np.ascontiguousarray(volume, dtype="<f4")
+        return self._send([b"beta", json.dumps(header).encode(), memoryview(volume).cast("B")])
+
     def publish_preview(self, header: dict[str, Any], volume: np.ndarray) -> bool:
         """Send ``[b"preview", header, z-cut, y-cut, x-cut]`` of ``volume[z, y, x]``.
 

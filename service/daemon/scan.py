@@ -14,17 +14,27 @@ the workers and the events for the daemon. A scan's life:
 - ``end()`` dispatches the partial groups; the scan is *finished* once it has ended (or
   was aborted) and nothing is in flight, and :meth:`OpenScan.completion` is its
   ``scan_complete`` event.
+
+A multi-distance scan (``info.distances``; docs/multi-distance.md, "Live") keeps the same
+books with one key per (distance, index): a frame's key is ``index + distance_index ·
+count``, darks and flats are summed per distance, a group is ready when every member has
+arrived at every distance, and nothing is dispatched before the distances' offsets are
+known (given, or measured by ``measure_shifts`` on the first groups). An angle that lacks
+a distance at the end is left out and reported (``left_out``).
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from holostream.service.daemon.halfscan import centre_deferred
+from holostream.service.daemon.offsets import DistanceBooks
+from holostream.shared.distances import given_shifts
 from holostream.shared.messages import Frame, ProtocolError, ScanInfo
 from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers
 from holostream.shared.settings import ReconstructionSettings
@@ -32,6 +42,7 @@ from holostream.workers.binning import binned_center_px
 from holostream.workers.halfacq import detector_weights, is_half_acquisition, volume_width
 
 log = logging.getLogger(__name__)
+
 
 LOST_AFTER_S = 60.0  # least time a group in a worker's hands may take before it counts as lost
 OVERTAKEN_S = 1.0  # split mode: a group queued this much later was taken first, so this one was too
@@ -51,7 +62,7 @@ class InFlight:
     task: dict[str, Any] | None = None  # what was sent, to send it again if that worker dies
 
 
-class OpenScan:
+class OpenScan(DistanceBooks):
     """The scan being received: which projections are where, which groups are done.
 
     Parameters
@@ -80,12 +91,23 @@ class OpenScan:
         self.group_of = np.empty(info.n_projections, dtype=np.int64)
         for g, members in enumerate(groups):
             self.group_of[list(members)] = g
-        self.missing = [len(members) for members in groups]
+        self.n_distances = len(info.distances) or 1
+        self.missing = [len(members) * self.n_distances for members in groups]
         self.free_slots = list(range(self.n_slots - 1, -1, -1))
-        self.slot_of: dict[int, int] = {}  # projection index -> slot, until dispatched
+        self.slot_of: dict[int, int] = {}  # projection key (index + distance · n) -> slot, until dispatched
         self.angle_of: dict[int, float] = {}
-        self.sums = {"dark": np.zeros(info.shape, np.float64), "flat": np.zeros(info.shape, np.float64)}
-        self.seen: dict[str, set[int]] = {"dark": set(), "flat": set(), "projection": set()}
+        self.sums = {kind: np.zeros((self.n_distances, *info.shape), np.float64) for kind in ("dark", "flat")}
+        self.seen: dict[str, set[int]] = {"dark": set(), "flat": set(), "projection": set()}  # keys
+        # several distances: offsets (n_distances, 2) in each distance's own pixels; None until
+        # measured. measure_shifts(scan, groups) is set by whoever opens the scan.
+        given = given_shifts(info.distances)
+        self.shifts_px = np.zeros((1, 2)) if not info.distances else None if given is None else np.array(given)
+        self.measure_shifts = None
+        self.measuring: Future | None = None  # the offsets being measured (service/daemon/offsets.py)
+        self.partials_sent = False  # end(): the partial groups were dispatched
+        if self.n_distances > 1:  # what the daemon's headers say until they are known: NaN
+            buffers.arrays["shifts"][...] = np.nan if self.shifts_px is None else self.shifts_px
+        self.left_out: dict[int, list[int]] = {}  # angle index -> distances it lacked at the end
         self.reference_ready = False
         self.ready: list[int] = []  # complete groups waiting for the reference
         self.in_flight: dict[int, InFlight] = {}
@@ -120,7 +142,9 @@ class OpenScan:
     @property
     def finished(self) -> bool:
         """Ended or aborted, with nothing left in flight: ready for ``scan_complete``."""
-        return self.closing and not self.in_flight
+        if not self.closing or self.in_flight or (self.measuring is not None and not self.measuring.done()):
+            return False
+        return self.aborted or self.partials_sent
 
     def holds_slots(self) -> bool:
         """Whether a group in flight still holds ring slots (so a ``done`` will free some)."""
@@ -131,30 +155,45 @@ class OpenScan:
         return (self.n_slots - len(self.free_slots)) / self.n_slots
 
     # ---- frames ------------------------------------------------------------------------
+    def key(self, frame: Frame) -> int:
+        """The frame's book-keeping key: its index, offset by its distance's share."""
+        return frame.index + (frame.distance_index or 0) * self.info.count_of(frame.kind)
+
+    def counts(self, kind: str) -> np.ndarray:
+        """Frames of ``kind`` arrived at each distance, shape (n_distances,)."""
+        count = max(self.info.count_of(kind), 1)
+        return np.bincount([k // count for k in self.seen[kind]], minlength=self.n_distances)
+
     def complete_reference(self, partial: bool = False) -> bool:
-        """Write dark and flat means into ``reference`` once all (or, ``partial``, any) arrived."""
-        counts = {kind: len(self.seen[kind]) for kind in ("dark", "flat")}
-        if not partial and (counts["dark"] < self.info.n_darks or counts["flat"] < self.info.n_flats):
+        """Write dark and flat means into ``reference`` once all (or, ``partial``, any) arrived.
+
+        With several distances, every distance needs its own (at least one flat each).
+        """
+        counts = {kind: self.counts(kind) for kind in ("dark", "flat")}
+        if not partial and (counts["dark"].min() < self.info.n_darks or counts["flat"].min() < self.info.n_flats):
             return False
-        if self.info.n_flats > 0 and counts["flat"] == 0:
+        if self.info.n_flats > 0 and counts["flat"].min() == 0:
             return False
-        dark = self.sums["dark"] / counts["dark"] if counts["dark"] else 0.0
-        flat = self.sums["flat"] / counts["flat"] if counts["flat"] else 1.0
-        self.buffers.reference[0] = dark
-        self.buffers.reference[1] = flat
+        for d in range(self.n_distances):
+            dark = self.sums["dark"][d] / counts["dark"][d] if counts["dark"][d] else 0.0
+            flat = self.sums["flat"][d] / counts["flat"][d] if counts["flat"][d] else 1.0
+            reference = self.buffers.reference if self.n_distances == 1 else self.buffers.reference[d]
+            reference[0] = dark
+            reference[1] = flat
         self.reference_ready = True
         return True
 
     def check_new(self, frame: Frame) -> None:
         """Raise :class:`ProtocolError` for a frame this scan cannot take (shape, dtype, duplicate)."""
         self.info.check_frame(frame)
-        if frame.index in self.seen[frame.kind]:
-            raise ProtocolError(f"duplicate {frame.kind} index {frame.index}", "duplicate")
+        if self.key(frame) in self.seen[frame.kind]:
+            where = f" at distance {frame.distance_index}" if frame.distance_index is not None else ""
+            raise ProtocolError(f"duplicate {frame.kind} index {frame.index}{where}", "duplicate")
 
     def add_reference(self, frame: Frame) -> list[dict[str, Any]]:
         """Add a dark or flat to its sum; returns the tasks it releases (reference now complete)."""
-        self.seen[frame.kind].add(frame.index)
-        self.sums[frame.kind] += frame.array()
+        self.seen[frame.kind].add(self.key(frame))
+        self.sums[frame.kind][frame.distance_index or 0] += frame.array()
         if not self.reference_ready and self.complete_reference():
             return self.take_ready()
         return []
@@ -165,8 +204,9 @@ class OpenScan:
             return None
         slot = self.free_slots.pop()
         np.copyto(self.buffers.ring[slot], frame.array())  # the one copy, ZeroMQ buffer -> ring
-        self.seen["projection"].add(frame.index)
-        self.slot_of[frame.index] = slot
+        key = self.key(frame)
+        self.seen["projection"].add(key)
+        self.slot_of[key] = slot
         self.angle_of[frame.index] = self.info.angle_of(frame.index, frame.angle_deg)
         g = int(self.group_of[frame.index])
         self.missing[g] -= 1
@@ -176,16 +216,30 @@ class OpenScan:
         return []
 
     # ---- dispatch ----------------------------------------------------------------------
-    def task(self, g: int) -> dict[str, Any]:
-        """Put group ``g`` (what of it is in the ring) in flight; returns its worker task."""
-        indices = [i for i in self.groups[g] if i in self.slot_of]
-        slots = [self.slot_of.pop(i) for i in indices]
+    def task(self, g: int) -> dict[str, Any] | None:
+        """Put group ``g`` (what of it is in the ring) in flight; returns its worker task.
+
+        Only the angles present at every distance go in; the others are left out (their
+        slots freed, the distances they lacked in ``left_out``). None when none is left.
+        """
+        n, nd = self.info.n_projections, self.n_distances
+        indices = [i for i in self.groups[g] if all(i + d * n in self.slot_of for d in range(nd))]
+        lacking = [i for i in self.groups[g] if i not in indices and any(i + d * n in self.slot_of for d in range(nd))]
+        for i in lacking:
+            self.left_out[i] = [d for d in range(nd) if i + d * n not in self.slot_of]
+            self.free_slots.extend(self.slot_of.pop(i + d * n) for d in range(nd) if i + d * n in self.slot_of)
+        if not indices:
+            return None
+        per_distance = [[self.slot_of.pop(i + d * n) for i in indices] for d in range(nd)]
+        slots = [slot for part in per_distance for slot in part]
         if self.info.angles_known and len(indices) == len(self.groups[g]):
             angle = self.group_angles_deg[g]
         else:  # angles from the frames, or a partial group
             angle = float(np.mean([self.angle_of[i] for i in indices]))
         task = {**self.task_base, "group": g, "slots": slots, "indices": indices,
                 "angle_deg": angle, "weight": self.weights[g]}
+        if nd > 1:  # the worker's frames per distance, and the offsets they are registered with
+            task.update(distance_slots=per_distance, shifts_px=self.shifts_px.tolist())
         self.in_flight[g] = InFlight(slots, indices, self.dispatched, task=task)
         self.dispatched += 1
         return task
@@ -204,12 +258,12 @@ class OpenScan:
         return [self.in_flight[g].task for g in again]
 
     def take_ready(self) -> list[dict[str, Any]]:
-        """Tasks of the complete groups, once the reference is there (else none yet)."""
-        if not self.reference_ready:
+        """Tasks of the complete groups, once the reference (and the offsets) are there."""
+        if not self.reference_ready or not self.shifts_known():
             return []
         tasks = [self.task(g) for g in self.ready]
         self.ready.clear()
-        return tasks
+        return [t for t in tasks if t is not None]
 
     def end(self) -> list[dict[str, Any]]:
         """No more frames: the tasks of what is complete and of the partial groups.
@@ -225,9 +279,22 @@ class OpenScan:
             log.error("scan %s: %s", self.info.scan_id, self.error)
             self.abort(self.error)
             return []
+        return self.poll()
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Tasks that became possible meanwhile: the groups that waited for the offsets and,
+        once the scan has ended, the partial groups (once, when the offsets are known)."""
+        if self.aborted or not self.reference_ready or not self.shifts_known():
+            return []
         tasks = self.take_ready()
-        partial = sorted({int(self.group_of[i]) for i in self.slot_of})
-        return tasks + [self.task(g) for g in partial]
+        if self.ending and not self.partials_sent:
+            self.partials_sent = True
+            partial = sorted({int(self.group_of[k % self.info.n_projections]) for k in self.slot_of})
+            tasks += [t for t in (self.task(g) for g in partial) if t is not None]
+            if self.left_out:
+                log.warning("scan %s: %d angle(s) left out, a distance missing: %s", self.info.scan_id,
+                            len(self.left_out), self.left_out_summary())
+        return tasks
 
     def abort(self, why: str) -> None:
         """Drop the scan: held frames are discarded, groups in flight are waited for."""
@@ -242,7 +309,9 @@ class OpenScan:
         return {"type": "scan_complete", "scan_seq": self.seq, "scan_id": self.info.scan_id,
                 "groups_arrived": sorted(self.groups_done), "n_projections_used": self.n_projections_used,
                 "aborted": self.aborted, "error": self.error, "group_angles_deg": self.group_angles_deg,
-                "last_frame_time": self.last_frame_time, "incomplete": self.incomplete}
+                "last_frame_time": self.last_frame_time, "incomplete": self.incomplete,
+                **({"angles_left_out": len(self.left_out), "distances_missing": self.left_out_summary()}
+                   if self.n_distances > 1 else {})}
 
     # ---- results -----------------------------------------------------------------------
     def group_result(self, msg: dict[str, Any], now: float) -> bool:

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from holostream.service.daemon.offsets import SHIFT_ANGLES
 from holostream.service.daemon.scan import OpenScan, half_acquisition
+from holostream.shared.distances import given_shifts
 from holostream.shared.messages import ProtocolError, ScanInfo
 from holostream.shared.scanbuffers import PartSpec, ScanBuffers, layout
 from holostream.shared.settings import ReconstructionSettings
@@ -62,10 +64,16 @@ def plan_scan(info: ScanInfo, settings: ReconstructionSettings, ring_slots: int,
         groups, group_angles, weights = plan_groups(info.n_projections, settings.angle_binning, angles)
     except ValueError as exc:
         raise ProtocolError(f"scan_start {info.scan_id}: {exc}", "bad_field") from exc
-    n_slots = max(min(ring_slots, info.n_projections), max(len(g) for g in groups))
+    nd = len(info.distances) or 1
+    # one slot per frame of each distance; at least one group's, or with offsets to measure
+    # the first SHIFT_ANGLES groups' (nothing is dispatched before they are all in)
+    least = max(len(g) for g in groups) * nd
+    if info.distances and given_shifts(info.distances) is None:
+        least = max(least, sum(len(g) for g in groups[:SHIFT_ANGLES]) * nd)
+    n_slots = max(min(ring_slots, info.n_projections * nd), least)
     half = half_acquisition(info, b)  # a 360° offset-axis scan: the whole disc
     specs = layout(info.shape, info.dtype, n_slots, len(groups), (rows // b, cols // b), n_partials,
-                   binned=split, volume_width=None if half is None else half[0])
+                   binned=split, volume_width=None if half is None else half[0], n_distances=nd)
     return ScanPlan(groups, group_angles, weights, n_slots, specs)
 
 
@@ -106,6 +114,9 @@ def open_scan(seq: int, info: ScanInfo, settings: ReconstructionSettings, prefix
     buffers.ring.fill(0)
     log.debug("ring of %.2f GB populated in %.2f s", buffers.ring.nbytes / 1e9, time.monotonic() - t0)
     scan = OpenScan(seq, info, settings, buffers, groups, group_angles, weights)
+    if info.distances:
+        from holostream.service.daemon.distances import measure_shifts  # numpy/scipy only when needed
+        scan.measure_shifts = measure_shifts
     log.info("scan %s open (seq %d): %d projections in %d groups, ring of %d slots, %.2f GB shared",
              info.scan_id, seq, info.n_projections, len(groups), n_slots, buffers.nbytes / 1e9)
     if info.n_darks == 0 and info.n_flats == 0:

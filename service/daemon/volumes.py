@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from holostream.service.daemon import aims
-from holostream.service.daemon.centre import LiveCentre
+from holostream.service.daemon.centre import LiveCentre, recentred_volume
 from holostream.service.daemon.halfscan import centre_deferred, deferred_columns, deferred_volume, ramp_of
 from holostream.service.daemon.rings import LiveRings, stripes_for
 from holostream.shared.scanbuffers import ScanBuffers
@@ -145,6 +145,10 @@ def final_volume(partials: np.ndarray, weights: np.ndarray, sinogram: np.ndarray
 DEFERRED_RETUNE = ("a 360° scan whose axis is found from the data (no cor_px) can be re-tuned in its centre "
                    "only: its filter, delta_beta and phase apply from the next scan")
 
+#: Why a scan at several distances refuses a new filter, δ/β or chain (its β would not follow).
+DISTANCES_RETUNE = ("a scan at several distances can be re-tuned in its centre only: its filter, delta_beta "
+                    "and phase apply from the next scan")
+
 
 @dataclass
 class LiveScan:
@@ -225,6 +229,15 @@ class LiveScan:
         arrived = set((self.complete or {}).get("groups_arrived", []))
         return arrived - set(self.groups) - self.failed
 
+    def _parts(self, quantity: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(sinogram, partial volumes)`` of ``"delta"`` or (several distances) ``"beta"``."""
+        prefix = "" if quantity == "delta" else f"{quantity}_"
+        return self.buffers.arrays[f"{prefix}sinogram"], self.buffers.arrays[f"{prefix}volume"]
+
+    def volume_of(self, quantity: str, final: bool, backend: Backend) -> np.ndarray | None:
+        """The live or final volume of ``quantity`` (``"delta"``, or ``"beta"`` of several distances)."""
+        return self.final_volume(backend, quantity) if final else self.live_volume(backend, quantity)
+
     def needs_fbp(self) -> bool:
         """True when volumes must be made anew: another centre than the workers', or an aim.
 
@@ -235,8 +248,11 @@ class LiveScan:
 
     def check_aim(self, aim: dict[str, Any], backend: Backend) -> None:
         """Raise ValueError (with the reason) for an aim this scan's volumes cannot be made with."""
-        if self.deferred and aims.differs(aims.base_of(self.scan, self.settings), aim):
-            raise ValueError(DEFERRED_RETUNE)
+        if aims.differs(aims.base_of(self.scan, self.settings), aim):
+            if self.deferred:
+                raise ValueError(DEFERRED_RETUNE)
+            if self.scan.get("distances"):
+                raise ValueError(DISTANCES_RETUNE)
         aims.volume_job(self.buffers.sinogram, self.buffers.arrays.get("binned"), self.buffers.reference, {},
                         self.scan, self.settings, aim, 0.0, (1, 1, 1), backend, final=True)
 
@@ -267,12 +283,14 @@ class LiveScan:
                                        backend, base=own)
         return with_rings, rephased
 
-    def live_volume(self, backend: Backend) -> np.ndarray | None:
+    def live_volume(self, backend: Backend, quantity: str = "delta") -> np.ndarray | None:
         """The current normalised sum of the partials (None before the first group).
 
         With a centre other than the workers' (estimated or set by the operator), an aim, or
         a deferred centre, the one-shot FBP of the arrived groups from the sinogram instead.
         """
+        if quantity != "delta":
+            return self._beta_volume(backend, final=False)
         self.published_groups = len(self.groups)
         self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id)
         if self.groups and self.needs_fbp():
@@ -283,8 +301,10 @@ class LiveScan:
             return None
         return self.rings.subtract(volume, stripes, self.groups, self.center_px, False, backend)
 
-    def final_volume(self, backend: Backend) -> np.ndarray:
+    def final_volume(self, backend: Backend, quantity: str = "delta") -> np.ndarray:
         """The one-shot FBP of the groups that arrived (see :func:`final_volume`)."""
+        if quantity != "delta":
+            return self._beta_volume(backend, final=True)
         self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id)
         if self.needs_fbp():
             return self.volume_job(backend, final=True)[0]()
@@ -310,6 +330,19 @@ class LiveScan:
         return self.rings.stripes(self.buffers, self.buffers.volume.shape[-1] != self.buffers.sinogram.shape[-1],
                                   backend)
 
+    def _beta_volume(self, backend: Backend, final: bool) -> np.ndarray | None:
+        """β of a scan at several distances, about δ's centre (no aim: such scans refuse one)."""
+        sinogram, partials = self._parts("beta")
+        if self.groups and self.centre.differs_from(self.center_px):
+            return recentred_volume(sinogram, self.groups, self.centre.binned_px, partials.shape[1:], backend,
+                                    final=final)
+        if not final:
+            return live_volume(partials, self.buffers.weights)
+        groups = np.array(sorted(self.groups))
+        angles = np.array([self.groups[g][0] for g in groups])
+        used = np.array([self.groups[g][1] for g in groups])
+        return final_volume(partials, self.buffers.weights, sinogram, groups, angles, used, self.center_px, backend)
+
     def header(self, volume: np.ndarray, final: bool) -> dict[str, Any]:
         """The header of this scan's next volume message."""
         header = volume_header(self.scan, self.settings, scan_seq=self.seq, seq=self.volume_seq,
@@ -321,6 +354,9 @@ class LiveScan:
             self.settings["binning"])
         header.update(aims.retuned_fields(aims.base_of(self.scan, self.settings), self.aim,
                                           int(self.settings["iterations"])))
+        if self.scan.get("distances"):
+            from holostream.service.daemon.distances import header_fields
+            header.update(header_fields(self.scan, self.buffers, self.complete, final))
         why = (self.complete or {}).get("incomplete")
         if final and why:  # a stalled scan: the volume of what arrived, saying so
             header.update(incomplete=True, incomplete_reason=why)

@@ -106,9 +106,15 @@ class ScanWork:
         self.scan = ScanInfo.from_dict(task["scan"])
         settings = ReconstructionSettings.from_dict(task["settings"])
         self.buffers = ScanBuffers.attach(task["buffers"])
+        self.distances = None  # several distances: their pipeline and β (service/daemon/distances.py)
         try:
-            self.pipeline = build_pipeline(self.scan, settings, self.buffers, backend,
-                                           bool(task.get("half_acquisition")))
+            if self.scan.distances:
+                from holostream.service.daemon.distances import DistanceWork
+                self.distances = self.pipeline = DistanceWork(self.scan, settings, self.buffers, backend,
+                                                              worker_id, task["shifts_px"])
+            else:
+                self.pipeline = build_pipeline(self.scan, settings, self.buffers, backend,
+                                               bool(task.get("half_acquisition")))
         except BaseException:
             self.buffers.close()  # a task that cannot run must not pin the scan's memory
             raise
@@ -137,6 +143,10 @@ class ScanWork:
         if self.split:
             transmission = self.pipeline.transmission(raw, list(task["indices"]))
             self.buffers.binned[task["group"]] = self.backend.to_host(transmission)
+            return
+        if self.distances is not None:
+            self.stage_seconds = self.distances.run(task, self.accumulator, self.center_px)
+            self.uncommitted_weight += float(task["weight"])
             return
         # the pipeline's two halves timed apart for the metrics (on a GPU the copy to the
         # host waits for the phase retrieval, so its time is not charged to back-projection)
@@ -172,6 +182,8 @@ class ScanWork:
             self.shared_volume[...] = self.backend.to_host(self.accumulator)
         self.stripes.commit(self.buffers.absorption_sum[self.worker_id],
                             self.buffers.absorption_weights[self.worker_id])
+        if self.distances is not None:
+            self.distances.commit()
         self.buffers.weights[self.worker_id] += self.uncommitted_weight
         events, self.uncommitted, self.uncommitted_weight = self.uncommitted, [], 0.0
         self.last_commit = time.monotonic()
@@ -180,7 +192,9 @@ class ScanWork:
     def close(self) -> None:
         """Detach from the scan's shared memory (the daemon unlinks it)."""
         # drop every view first (the pipeline may hold dark/flat views), or the unmap fails
-        self.pipeline = self.accumulator = self.shared_volume = None
+        if self.distances is not None:
+            self.distances.close()
+        self.pipeline = self.accumulator = self.shared_volume = self.distances = None
         self.buffers.close()
 
 

@@ -147,12 +147,13 @@ def save_volume_h5(path: str | os.PathLike, header: dict[str, Any], volume: np.n
 
 
 def save_new_volume_h5(directory: str | os.PathLike, stem: str, header: dict[str, Any],
-                       volume: np.ndarray, compression: str = "none") -> Path:
+                       volume: np.ndarray, compression: str = "none", beta: np.ndarray | None = None) -> Path:
     """Write ``volume`` to ``DIRECTORY/STEM.h5``, or ``STEM-2.h5``, ``STEM-3.h5``...: never over a file.
 
     Written under a temporary name of this process, then hard-linked to the first free
     name (``link`` fails when the name exists, so two daemons or a restarted one can never
-    replace a volume, and a reader never sees a half-written file).
+    replace a volume, and a reader never sees a half-written file). ``beta`` (float32, the
+    shape of ``volume``; several distances) goes to ``/entry/data/beta`` before the link.
 
     Returns
     -------
@@ -162,6 +163,8 @@ def save_new_volume_h5(directory: str | os.PathLike, stem: str, header: dict[str
     directory = Path(directory)
     tmp = directory / f".{stem}.{os.getpid()}.part"
     write_volume(os.fspath(tmp), volume, header, compression)
+    if beta is not None:
+        append_volume(tmp, "beta", beta, "beta")
     try:
         for n in range(1, 10_000):
             path = directory / (f"{stem}.h5" if n == 1 else f"{stem}-{n}.h5")
