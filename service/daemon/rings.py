@@ -96,7 +96,9 @@ class LiveRings:
 
     @classmethod
     def of_scan(cls, scan: dict[str, Any], settings: dict[str, Any]) -> "LiveRings":
-        return cls(str(settings.get("ring_filter", "none")), scan, settings)
+        # several distances: not yet (each would need its own sums; the workers keep none)
+        method = "none" if scan.get("distances") else str(settings.get("ring_filter", "none"))
+        return cls(method, scan, settings)
 
     @property
     def streams(self) -> bool:

@@ -126,7 +126,9 @@ class ScanWork:
         self.accumulator = None if split else backend.asarray(self.shared_volume)
         self.in_place = self.accumulator is self.shared_volume
         self.uncommitted: list[dict[str, Any]] = []  # group_done events not yet visible
-        self.stripes = AbsorptionSum(settings.ring_filter, self.pipeline.binned_shape, backend)
+        # the streaming ring filter sums one distance's -ln T: none at several (headers say "none")
+        self.stripes = AbsorptionSum("none" if self.distances else settings.ring_filter,
+                                     tuple(self.buffers.sinogram.shape[1:]), backend)
         self.deferred = bool(task.get("centre_deferred"))  # a 360° scan without cor_px
         self.stage_seconds: dict[str, float] = {}  # of the last group (pool mode), for the metrics
         self.uncommitted_weight = 0.0
