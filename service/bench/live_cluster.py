@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,7 +31,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from holostream.service.bench.retune import _cpu_name, _free_address
+from holostream.service.bench.serving import cpu_name, free_address, serving
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -123,66 +121,58 @@ def run_once(args: argparse.Namespace, scan: Any, paced: Any, actors: int, folde
     from holostream.service.clients.control import NoAnswer
     from holostream.service.clients.detector import stream_scan
 
-    addresses = {k: _free_address() for k in ("ingest", "publish", "control")}
+    addresses = {k: free_address() for k in ("ingest", "publish", "control")}
     log_path = folder / f"serve-{actors}.log"
-    with open(log_path, "w") as log:
-        daemon = subprocess.Popen([sys.executable, "-m", "holostream.service.cli", "serve", "--config",
-                                   str(_config(folder, addresses, args.batch, actors))],
-                                  stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-    sub = zmq.Context.instance().socket(zmq.SUB)
-    try:
-        def ready():
-            try:
-                status = _status(addresses["control"])
-            except NoAnswer:
-                if daemon.poll() is not None:
-                    raise RuntimeError(f"the daemon exited; see {log_path}") from None
-                return None
-            if not status["ingest_reports"] or not status["reconstructor"]["alive"]:
-                return None
-            cluster = status["reconstructor"]["cluster"]
-            return not actors or (cluster and sum(a["ready"] for a in cluster["actors"]) >= actors)
-        _wait(ready, 180, f"the daemon and {actors} actor(s)")
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.SUBSCRIBE, b"volume")
-        sub.connect(addresses["publish"])
-        time.sleep(0.5)  # a SUB socket misses what is published before it has joined
-        scan_id = f"bench_{actors}"
-        overrides = {"phase": "ap", "iterations": args.iterations, "binning": 1}
-        cpu_before = _cpu_seconds(daemon.pid, _status(addresses["control"]))
-        start = time.perf_counter()
-        streamer = threading.Thread(target=stream_scan, args=(addresses["ingest"], scan, scan_id),
-                                    kwargs={"reconstruction": overrides, "timeout_s": 60.0}, daemon=True)
-        streamer.start()
-        header, volume, volumes = _final(sub, scan_id, 600)
-        seconds = time.perf_counter() - start
-        streamer.join(30)
-
-        def settled(groups):
-            def check():
-                status = _status(addresses["control"])
-                cluster = status["reconstructor"]["cluster"]
-                return status if not actors or (cluster and cluster["groups_done"] >= groups) else None
-            return check
-        status = _wait(settled(args.projections), 30, "the dispatcher's report")
-        cpu = {role: round(seconds - cpu_before.get(role, 0.0), 2)
-               for role, seconds in _cpu_seconds(daemon.pid, status).items()}
-        overhead = None
-        if actors:
-            stream_scan(addresses["ingest"], paced, f"paced_{actors}", args.paced_fps,
-                        reconstruction=overrides, timeout_s=60.0)
-            _final(sub, f"paced_{actors}", 600)
-            cluster = _wait(settled(args.projections + len(paced.angles_deg)), 30,
-                            "the dispatcher's report")["reconstructor"]["cluster"]
-            overhead = {"median_ms_per_batch": cluster["overhead_ms"], "batches": cluster["overhead_batches"]}
-    finally:
-        sub.close()
-        daemon.send_signal(signal.SIGTERM)
+    config = str(_config(folder, addresses, args.batch, actors))
+    with serving(["--config", config], log_path, addresses["control"]) as daemon:
+        sub = zmq.Context.instance().socket(zmq.SUB)
         try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
+            def ready():
+                try:
+                    status = _status(addresses["control"])
+                except NoAnswer:
+                    if daemon.poll() is not None:
+                        raise RuntimeError(f"the daemon exited; see {log_path}") from None
+                    return None
+                if not status["ingest_reports"] or not status["reconstructor"]["alive"]:
+                    return None
+                cluster = status["reconstructor"]["cluster"]
+                return not actors or (cluster and sum(a["ready"] for a in cluster["actors"]) >= actors)
+            _wait(ready, 180, f"the daemon and {actors} actor(s)")
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.SUBSCRIBE, b"volume")
+            sub.connect(addresses["publish"])
+            time.sleep(0.5)  # a SUB socket misses what is published before it has joined
+            scan_id = f"bench_{actors}"
+            overrides = {"phase": "ap", "iterations": args.iterations, "binning": 1}
+            cpu_before = _cpu_seconds(daemon.pid, _status(addresses["control"]))
+            start = time.perf_counter()
+            streamer = threading.Thread(target=stream_scan, args=(addresses["ingest"], scan, scan_id),
+                                        kwargs={"reconstruction": overrides, "timeout_s": 60.0}, daemon=True)
+            streamer.start()
+            header, volume, volumes = _final(sub, scan_id, 600)
+            seconds = time.perf_counter() - start
+            streamer.join(30)
+
+            def settled(groups):
+                def check():
+                    status = _status(addresses["control"])
+                    cluster = status["reconstructor"]["cluster"]
+                    return status if not actors or (cluster and cluster["groups_done"] >= groups) else None
+                return check
+            status = _wait(settled(args.projections), 30, "the dispatcher's report")
+            cpu = {role: round(seconds - cpu_before.get(role, 0.0), 2)
+                   for role, seconds in _cpu_seconds(daemon.pid, status).items()}
+            overhead = None
+            if actors:
+                stream_scan(addresses["ingest"], paced, f"paced_{actors}", args.paced_fps,
+                            reconstruction=overrides, timeout_s=60.0)
+                _final(sub, f"paced_{actors}", 600)
+                cluster = _wait(settled(args.projections + len(paced.angles_deg)), 30,
+                                "the dispatcher's report")["reconstructor"]["cluster"]
+                overhead = {"median_ms_per_batch": cluster["overhead_ms"], "batches": cluster["overhead_batches"]}
+        finally:
+            sub.close()
     return {"actors": actors, "seconds": seconds, "volumes_published": volumes,
             "n_projections_used": header["n_projections_used"], "volume": volume,
             "cluster": status["reconstructor"]["cluster"], "engine_overhead": overhead,
@@ -253,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                     runs[actors] = run
     reference = runs[0]["volume"]
     result = {"benchmark": "live scan on Dask actors: first frame → final volume on a subscriber",
-              "machine": {"cpu": _cpu_name(), "cores": len(os.sched_getaffinity(0)),
+              "machine": {"cpu": cpu_name(), "cores": len(os.sched_getaffinity(0)),
                           "load_average_at_end": list(os.getloadavg())},
               "workload": {"size": args.size, "projections": args.projections, "phase": "ap",
                            "iterations": args.iterations, "batch": args.batch, "workers": 2},

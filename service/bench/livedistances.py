@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import zmq
+
+from holostream.service.bench.serving import cpu_name, free_address, serving
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,14 +42,6 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="best of N scans per figure, after a warm-up (default 3)")
     parser.add_argument("--json", metavar="FILE", help="write the figures here")
     return parser.parse_args(argv)
-
-
-def _free_address() -> str:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def _final_after(sub, scan_id: str, start: float, timeout_s: float) -> tuple[float, dict]:
@@ -165,8 +158,6 @@ def per_angle_ms(args: argparse.Namespace, scans, angles: int = 20) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from holostream.service.bench.retune import _cpu_name
-    from holostream.service.clients.control import NoAnswer, request
     from holostream.service.files.nxtomo import read_scan
 
     args = _args(argv)
@@ -175,31 +166,15 @@ def main(argv: list[str] | None = None) -> int:
                     "--distances", str(args.distances), "--size", str(args.size), "--projections",
                     str(args.angles), "--seed", "1"], check=True, capture_output=True)
     scans = [read_scan(str(folder / f"s_{i}.nx")) for i in range(1, args.distances + 1)]
-    ingest, publish, control = _free_address(), _free_address(), _free_address()
+    ingest, publish, control = free_address(), free_address(), free_address()
     log_path = folder / "serve.log"
-    with open(log_path, "w") as log:
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "holostream.service.cli", "serve", "--ingest", ingest, "--publish", publish,
-             "--control", control, "--workers", str(args.workers)],
-            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    request(control, {"cmd": "status"}, 0.5)
-                    break
-                except NoAnswer:
-                    if daemon.poll() is not None or time.monotonic() > deadline:
-                        print(f"the daemon did not start; see {log_path}", file=sys.stderr)
-                        return 1
+    try:
+        with serving(["--ingest", ingest, "--publish", publish, "--control", control,
+                      "--workers", str(args.workers)], log_path, control):
             figures = measure(args, scans, ingest, publish)
-        finally:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(30)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     offsets = [float(s) for s in re.findall(r"offsets measured on \d+ groups in ([0-9.]+) s", log_path.read_text())]
     offline = offline_seconds(args, scans)
     stages = per_angle_ms(args, scans)
@@ -209,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         "workload": {"size": args.size, "angles": args.angles, "distances": args.distances, "phase": args.phase,
                      "binning": 1, "workers": args.workers, "mode": "pool", "order": "angle",
                      "darks_flats_per_distance": [len(scans[0].darks), len(scans[0].flats)]},
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "numpy": np.__version__, "load_average_1min_at_end": round(os.getloadavg()[0], 2)},
         "command": "python -m holostream.service.bench.livedistances " + " ".join(argv or sys.argv[1:]),
         "live": figures,

@@ -21,8 +21,6 @@ import argparse
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import zmq
+
+from holostream.service.bench.serving import cpu_name, free_address, serving
 
 #: Centres asked for in turn (unbinned px); consecutive ones differ, so each is a change.
 CENTRES_PX = (3.0, -3.0, 1.5, -1.5, 4.5, -4.5, 2.0, -2.0, 0.5, -0.5, 3.5, -3.5)
@@ -55,24 +55,6 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                         help="re-tunes of the completed scan's final volume (default 8)")
     parser.add_argument("--json", metavar="FILE", help="write the figures here")
     return parser.parse_args(argv)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:  # not Linux
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _free_address() -> str:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def _asks(split: bool):
@@ -197,40 +179,22 @@ def isolated_recentre_s(n_groups: int, n: int, repeat: int = 2) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
-    from holostream.service.clients.control import NoAnswer, request
-
-    ingest, publish, control = _free_address(), _free_address(), _free_address()
-    log = tempfile.NamedTemporaryFile("w", prefix="holostream-retune-", suffix=".log", delete=False)
-    config = Path(log.name).with_suffix(".toml")
+    ingest, publish, control = free_address(), free_address(), free_address()
+    log = Path(tempfile.mkdtemp(prefix="holostream-retune-")) / "serve.log"
+    config = log.with_suffix(".toml")
     config.write_text(f'[workers]\nmode = "{args.mode}"\ndevice = "cpu"\n')
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "holostream.service.cli", "serve", "--config", str(config), "--ingest", ingest,
-         "--publish", publish, "--control", control, "--workers", str(args.workers)],
-        stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                request(control, {"cmd": "status"}, 0.5)
-                break
-            except NoAnswer:
-                if daemon.poll() is not None or time.monotonic() > deadline:
-                    print(f"the daemon did not start; see {log.name}", file=sys.stderr)
-                    return 1
-        figures = measure(args, ingest, publish, control)
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-        log.close()
+        with serving(["--config", str(config), "--ingest", ingest, "--publish", publish, "--control", control,
+                      "--workers", str(args.workers)], log, control):
+            figures = measure(args, ingest, publish, control)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     result = {"benchmark": "re-tune centre of rotation / FBP filter / δ/β → re-tuned volume on a subscriber",
               "workload": {"size": args.size, "n_projections": args.projections, "binning": args.binning,
                            "phase": args.phase, "fps": args.fps, "workers": args.workers, "mode": args.mode,
                            "publish_interval_s": args.publish_interval_s},
-              "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(),
+              "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
                           "python": platform.python_version(), "numpy": np.__version__},
               "command": "python -m holostream.service.bench.retune " + " ".join(argv or sys.argv[1:]),
               **figures,
