@@ -256,12 +256,32 @@ def wait_actors(daemon, count: int = 2) -> dict:
     return wait_for(ready, 120, f"{count} actors on the local Dask cluster")
 
 
+def daemon_in_mode(folder, mode: str):
+    """A ready daemon of 2 workers (batches of 4): ``pool``, ``split`` or ``cluster`` (2 actors)."""
+    if mode == "cluster":
+        pytest.importorskip("distributed")
+        daemon = cluster_daemon(folder)
+    else:
+        daemon = Daemon(folder, workers=2, workers_keys={"mode": mode, "batch": 4})
+    try:
+        daemon.wait_ready()
+        if mode == "split":
+            wait_for(lambda: daemon.status()["reconstructor"]["alive"], 30, "the reconstructor")
+        if mode == "cluster":
+            wait_actors(daemon)
+    except BaseException:
+        daemon.close()
+        raise
+    return daemon
+
+
 @pytest.fixture(scope="session")
 def serve():
     """The helpers of this file for test modules (conftest is not importable by name)."""
     return SimpleNamespace(Daemon=Daemon, Subscriber=Subscriber, wait_for=wait_for, free_port=free_port,
                            shm=holostream_shm, pid_alive=pid_alive, DELTA_BETA=DELTA_BETA,
-                           cluster_daemon=cluster_daemon, wait_actors=wait_actors)
+                           cluster_daemon=cluster_daemon, wait_actors=wait_actors,
+                           daemon_in_mode=daemon_in_mode)
 
 
 @pytest.fixture(scope="session")

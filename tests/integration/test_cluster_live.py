@@ -19,11 +19,8 @@ import numpy as np
 import pytest
 
 from holostream.service.clients.detector import stream_scan
-from holostream.service.offline import reconstruct_scan
-from holostream.shared.settings import ReconstructionSettings
-from holostream.workers.backend import get_backend
 from test_metrics import scrape, value  # GET /metrics
-from test_split_mode import lost_projections  # the groups a dead reconstructor took along, from the log
+from test_split_mode import assert_same_volume, lost_projections, offline  # lost: from the log
 
 pytest.importorskip("distributed")
 pytestmark = pytest.mark.integration
@@ -42,18 +39,6 @@ def settled(serve, daemon, groups: int = 90) -> dict:
         status = daemon.status()
         return status if status["reconstructor"]["cluster"]["groups_done"] >= groups else None
     return serve.wait_for(counted, 10, "the actors' report of every group")
-
-
-def offline(scan_data, **settings) -> np.ndarray:
-    volume, _ = reconstruct_scan(scan_data, ReconstructionSettings(**settings), DELTA_BETA, 0.0,
-                                 get_backend("cpu", threads=1))
-    return volume
-
-
-def assert_same_volume(volume: np.ndarray, reference: np.ndarray) -> None:
-    assert volume.shape == reference.shape
-    scale = float(np.abs(reference).max())
-    np.testing.assert_allclose(volume, reference, rtol=0, atol=2e-5 * scale)
 
 
 def stream_until_final(serve, daemon, scan_data, scan_id: str, fps: float, during=None, **reconstruction):

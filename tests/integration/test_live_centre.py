@@ -158,17 +158,8 @@ def test_offset_axis_scan_live_without_cor_px(tmp_path, serve, mode, ring_filter
     scan = simulate_scan(phantom, angles_deg=np.linspace(0, 360, 120, endpoint=False), rows=16,
                          cols=64, cor_px=20.0, binning=None, n_darks=2, n_flats=4, seed=6)
     data = _without_centre(scan)
-    if mode == "cluster":  # two actors on a local Dask cluster return δ for the daemon to filter
-        pytest.importorskip("distributed")
-        daemon = serve.cluster_daemon(tmp_path)
-    else:
-        daemon = serve.Daemon(tmp_path, workers=2, workers_keys={"mode": mode, "batch": 4})
+    daemon = serve.daemon_in_mode(tmp_path, mode)  # cluster: 2 actors (return δ for the daemon to filter)
     try:
-        daemon.wait_ready()
-        if mode == "split":
-            serve.wait_for(lambda: daemon.status()["reconstructor"]["alive"], 30, "the reconstructor")
-        if mode == "cluster":
-            serve.wait_actors(daemon)
         sub = serve.Subscriber(daemon.publish)
         sub.wait_connected()
         thread, errors = _stream(daemon.ingest, data, "half_auto", 60.0, {"ring_filter": ring_filter})

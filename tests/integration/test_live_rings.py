@@ -95,17 +95,8 @@ def _stream(serve, daemon, scan_data, scan_id, settings, retunes=()):
 def test_live_ring_filter_equals_offline_and_removes_the_rings(tmp_path, serve, scans, mode, phase):
     clean, bad = scans[phase]
     settings = {"phase": phase, "ring_filter": "column-mean"}
-    if mode == "cluster":  # two actors on a local Dask cluster (the dispatcher sums the ring statistics)
-        pytest.importorskip("distributed")
-        daemon = serve.cluster_daemon(tmp_path)
-    else:
-        daemon = serve.Daemon(tmp_path, workers=2, workers_keys={"mode": mode, "batch": 4})
+    daemon = serve.daemon_in_mode(tmp_path, mode)  # cluster: 2 actors (the dispatcher sums the ring statistics)
     try:
-        daemon.wait_ready()
-        if mode == "split":
-            serve.wait_for(lambda: daemon.status()["reconstructor"]["alive"], 30, "the reconstructor")
-        if mode == "cluster":
-            serve.wait_actors(daemon)
         retunes = {"pool": [{"cor_px": 1.5}], "split": [{"filter": "hann"}, {"delta_beta": 400.0}]}
         volumes = _stream(serve, daemon, bad, f"rings_{mode}_{phase}", settings, retunes.get(mode, []))
     finally:
