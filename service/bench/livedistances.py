@@ -26,9 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import zmq
 
-from holostream.service.bench.serving import cpu_name, free_address, serving
+from holostream.service.bench.serving import cpu_name, free_address, serving, subscribed
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,13 +64,7 @@ def measure(args: argparse.Namespace, scans, ingest: str, publish: str) -> dict:
     from holostream.service.clients.detector import stream_scan
     from holostream.service.clients.distances import stream_distances
 
-    sub = zmq.Context.instance().socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    for topic in (b"volume", b"status"):
-        sub.setsockopt(zmq.SUBSCRIBE, topic)
-    sub.connect(publish)
-    if not sub.poll(20_000):
-        raise RuntimeError("no status from the daemon within 20 s")
+    sub = subscribed(publish)
     overrides = {"phase": args.phase, "publish_interval_s": 2.0}
     n = len(scans)
     shifts = [[0.0, 0.0]] * n  # the "given" case: what the files' stage offsets are does not matter here

@@ -28,9 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import zmq
 
-from holostream.service.bench.serving import cpu_name, free_address, serving
+from holostream.service.bench.serving import cpu_name, free_address, serving, subscribed
 
 #: Centres asked for in turn (unbinned px); consecutive ones differ, so each is a change.
 CENTRES_PX = (3.0, -3.0, 1.5, -1.5, 4.5, -4.5, 2.0, -2.0, 0.5, -0.5, 3.5, -3.5)
@@ -105,13 +104,7 @@ def measure(args: argparse.Namespace, ingest: str, publish: str, control: str) -
 
     scan = simulated_scan_data(args.size, args.projections)
     scan_id = "retune_0001"
-    sub = zmq.Context.instance().socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    for topic in (b"volume", b"status"):
-        sub.setsockopt(zmq.SUBSCRIBE, topic)
-    sub.connect(publish)
-    if not sub.poll(20_000):
-        raise RuntimeError("no status from the daemon within 20 s")
+    sub = subscribed(publish)
     overrides = {"binning": args.binning, "phase": args.phase, "publish_interval_s": args.publish_interval_s}
     streamer = threading.Thread(target=stream_scan, args=(ingest, scan, scan_id, args.fps),
                                 kwargs={"reconstruction": overrides}, daemon=True)

@@ -81,3 +81,24 @@ def serving(options: list[str], log_path: str | Path, control: str,
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()
+
+
+def subscribed(publish: str, timeout_s: float = 20.0):
+    """A SUB socket on ``volume`` and ``status``, once it has received a status (it has joined).
+
+    Raises
+    ------
+    RuntimeError
+        No status within ``timeout_s`` (the daemon publishes one every second).
+    """
+    import zmq
+
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    for topic in (b"volume", b"status"):
+        sub.setsockopt(zmq.SUBSCRIBE, topic)
+    sub.connect(publish)
+    if not sub.poll(int(timeout_s * 1000)):
+        sub.close()
+        raise RuntimeError(f"no status from the daemon within {timeout_s:g} s")
+    return sub
