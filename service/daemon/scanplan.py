@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from holostream.service.daemon.halfscan import centre_deferred
 from holostream.service.daemon.offsets import SHIFT_ANGLES
 from holostream.service.daemon.scan import OpenScan, half_acquisition
 from holostream.shared.distances import given_shifts
@@ -51,8 +52,8 @@ def plan_scan(info: ScanInfo, settings: ReconstructionSettings, ring_slots: int,
     """The groups and buffer layout of a scan (see :func:`open_scan`); no side effect.
 
     ``keep_transmissions`` (``[ingest] keep_transmissions``): in pool mode, a ``binned`` part
-    too, for re-tuning δ/β and the phase chain; never for several distances (their δ/β is
-    not re-tunable, ``DistanceWork`` retrieves from all distances at once).
+    too, for re-tuning δ/β and the phase chain; never for several distances nor a 360° scan
+    whose centre is deferred (re-tunable in their centre only, ``volumes.py`` check_aim).
 
     Raises
     ------
@@ -78,7 +79,7 @@ def plan_scan(info: ScanInfo, settings: ReconstructionSettings, ring_slots: int,
     half = half_acquisition(info, b)  # a 360° offset-axis scan: the whole disc
     specs = layout(info.shape, info.dtype, n_slots, len(groups), (rows // b, cols // b), n_partials,
                    binned=split, volume_width=None if half is None else half[0], n_distances=nd,
-                   transmissions=keep_transmissions and nd == 1)
+                   transmissions=keep_transmissions and nd == 1 and not centre_deferred(info))
     return ScanPlan(groups, group_angles, weights, n_slots, specs)
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from holostream.service.config import ConfigError, config_from_dict
 from holostream.service.daemon import aims
+from holostream.service.daemon.halfscan import centre_deferred
 from holostream.service.daemon.scanplan import plan_scan
 from holostream.shared.distances import DistanceInfo
 from holostream.shared.messages import ScanInfo
@@ -52,9 +53,16 @@ def test_pool_plan_keeps_transmissions_and_counts_them():
     assert "binned" in split.specs and "handoff" in split.specs
 
 
-def test_several_distances_keep_no_transmissions():
+def test_scans_re_tunable_in_their_centre_only_keep_no_transmissions():
     plan = plan_scan(_info(n_distances=2), ReconstructionSettings(), ring_slots=8, n_partials=2, split=False)
     assert "binned" not in plan.specs and "beta_sinogram" in plan.specs
+    # 360° without cor_px: the centre is found from the data (service/daemon/halfscan.py)
+    deferred = ScanInfo.from_dict({**_info().to_dict(), "angle_step_deg": 18.0})
+    assert centre_deferred(deferred)
+    plan = plan_scan(deferred, ReconstructionSettings(), ring_slots=8, n_partials=2, split=False)
+    assert "binned" not in plan.specs
+    given = ScanInfo.from_dict({**deferred.to_dict(), "cor_px": 0.0})
+    assert "binned" in plan_scan(given, ReconstructionSettings(), ring_slots=8, n_partials=2, split=False).specs
 
 
 def test_config_key_defaults_on_and_can_be_turned_off():
