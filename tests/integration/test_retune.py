@@ -234,7 +234,9 @@ def test_status_answered_while_a_retune_runs_and_the_newest_wins(tmp_path, serve
         assert attrs["cor_px"] == 4.0 and attrs["cor_source"] == "operator"
         assert json.loads(attrs["recentred"])["from_cor_source"] == "operator"
         status = daemon.status()["retune"]
-        assert status["kept_scan_id"] == "busy" and status["kept_bytes"] == 180 * 128 * 128 * 4
+        # pool mode keeps the sinogram, the transmissions and dark/flat (256² frames)
+        assert status["kept_scan_id"] == "busy" and status["kept_transmissions"]
+        assert status["kept_bytes"] == 2 * 180 * 128 * 128 * 4 + 2 * 256 * 256 * 4
     finally:
         if subscriber is not None:
             subscriber.close()
