@@ -7,8 +7,8 @@ out of the shared memory before it is released, if they fit in ``[publish]
 keep_last_scan_mb``; a new FBP filter is applied to these filtered projections
 (``workers/refilter.py``). A new δ/β or phase chain needs the binned transmissions too
 (split mode has them, and pool mode with ``[ingest] keep_transmissions``): copied as well
-when both fit in the limit, else the scan can be re-centred and re-filtered only. The volumes are made by the daemon's re-tune thread
-(``retune.py``): :meth:`KeptScan.compute_job` reads only this object's private copies.
+when both fit in the limit, else the scan can be re-centred and re-filtered only. The
+volumes are made by the daemon's re-tune thread (``retune.py``): :meth:`KeptScan.compute_job` reads only this object's private copies.
 """
 
 from __future__ import annotations

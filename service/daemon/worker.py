@@ -4,8 +4,8 @@ Each worker takes group tasks from the one ``tasks`` queue all workers share, ru
 :class:`~holostream.workers.pipeline.ProjectionPipeline` on the group's raw frames (read
 from the shared-memory ring), writes the filtered projection into the scan's
 ``sinogram[group]`` (and its binned transmission into ``binned[group]`` when the scan keeps
-them, ``[ingest] keep_transmissions``), adds its back-projection into its own partial ``volume[w]`` and its
-angle weight into ``weights[w]``. It then tells ingest (``done``: free the slots) and the
+them, ``[ingest] keep_transmissions``), adds its back-projection into its own partial
+``volume[w]`` and its angle weight into ``weights[w]``. It then tells ingest (``done``: free the slots) and the
 daemon (``group_done`` on ``events``, once the group is in ``volume[w]``: its angle and
 weight, so the daemon can build the final volume of exactly the groups that arrived). A
 failing task is reported with its reason and the worker goes on.
