@@ -126,6 +126,12 @@ class IngestConfig:
                                    "shared memory one scan may hold (ring, reference, sinogram, volumes), "
                                    "GB: a scan_start that needs more is refused and the open scan goes on; "
                                    "0: a quarter of the machine's memory")
+    keep_transmissions: bool = _opt(True, _boolean,
+                                    "pool mode: the workers also keep each group's binned transmission in "
+                                    "the scan's shared memory (one more sinogram, n_groups*rows_b*cols_b*4 "
+                                    "bytes, counted in memory_budget_gb) so that set delta_beta/phase "
+                                    "re-tunes the current and the last scan; false: δ/β and the phase chain "
+                                    "apply from the next scan only (split mode always keeps them)")
 
 
 @dataclass(frozen=True)
@@ -143,9 +149,10 @@ class PublishConfig:
     compression: str = _opt("none", _choice("none", "gzip", "lz4", "zstd"),
                             "compression of the volumes written: none, gzip, or lz4/zstd (need hdf5plugin)")
     keep_last_scan_mb: float = _opt(512.0, _number(0.0, 1 << 20, "MB"),
-                                    "keep the last completed scan's filtered sinogram, and in split mode its "
-                                    "transmissions when both fit (private copies, at most this many MB; 0: off) so "
-                                    "that set cor_px/filter (/delta_beta/phase) re-tunes its final volume")
+                                    "keep the last completed scan's filtered sinogram, and its transmissions "
+                                    "(split mode; pool mode with [ingest] keep_transmissions) when both fit "
+                                    "(private copies, at most this many MB; 0: off) so that set cor_px/filter "
+                                    "(/delta_beta/phase) re-tunes its final volume")
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,8 @@ class PartSpec:
 
 def layout(frame_shape: tuple[int, int], frame_dtype: str, n_slots: int, n_groups: int,
            binned_shape: tuple[int, int], n_workers: int, binned: bool = False,
-           volume_width: int | None = None, n_distances: int = 1) -> dict[str, PartSpec]:
+           volume_width: int | None = None, n_distances: int = 1,
+           transmissions: bool = False) -> dict[str, PartSpec]:
     """The parts of one scan's buffers (docs/architecture.md, "Shared memory of one scan").
 
     Parameters
@@ -83,13 +84,16 @@ def layout(frame_shape: tuple[int, int], frame_dtype: str, n_slots: int, n_group
         and ``absorption_weights`` float64 (n_workers, 2), each partial's Σ weight·(-ln
         transmission) and Σ weight of its groups in two sets of angles (the ring filter's means);
         with ``binned``, also ``binned`` float32 (n_groups, rows_b, cols_b) and
-        ``handoff`` float64 (n_groups, 5).
+        ``handoff`` float64 (n_groups, 5); with ``transmissions`` only, ``binned``.
         With ``n_distances > 1`` (docs/multi-distance.md, "Live"): ``reference`` is float32
         (n_distances, 2, rows, cols), and ``beta_sinogram``, ``beta_volume`` (the β twins of
         ``sinogram`` and ``volume``) and ``shifts`` float64 (n_distances, 2) (the offsets in
         use, each distance's own unbinned pixels; NaN until ingest has them) are added.
     n_distances : int
         Propagation distances of the scan (1: a single-distance scan, the layout above).
+    transmissions : bool
+        Pool mode: add ``binned`` alone, where the workers keep each group's transmission so
+        that a new δ/β or phase chain can be retrieved again (``service/daemon/aims.py``).
     """
     rows, cols = frame_shape
     rows_b, cols_b = binned_shape
@@ -115,10 +119,11 @@ def layout(frame_shape: tuple[int, int], frame_dtype: str, n_slots: int, n_group
         parts["beta_sinogram"] = parts["sinogram"]
         parts["beta_volume"] = parts["volume"]
         parts["shifts"] = PartSpec("float64", (n_distances, 2))
-    if binned:
+    if binned or transmissions:
         # indexed by group, like sinogram: a slot is never reused within a scan, so a group
         # whose reconstructor died can never be overwritten while a successor reads it
         parts["binned"] = PartSpec("float32", (n_groups, rows_b, cols_b))
+    if binned:
         parts["handoff"] = PartSpec("float64", (n_groups, HANDOFF_COLUMNS))
     return parts
 
@@ -175,7 +180,7 @@ class ScanBuffers:
 
     Use :meth:`create` (owner) or :meth:`attach` (everyone else); pass
     :meth:`description` through queues. Attributes ``ring``, ``reference``, ``sinogram``,
-    ``volume``, ``weights``, ``absorption_sum``, ``absorption_weights`` (and ``binned`` in split mode) are the arrays of :func:`layout`;
+    ``volume``, ``weights``, ``absorption_sum``, ``absorption_weights`` (and ``binned`` when kept) are the arrays of :func:`layout`;
     ``arrays`` maps every part.
     """
 
@@ -226,9 +231,10 @@ class ScanBuffers:
 
     @property
     def binned(self) -> np.ndarray:
-        """float32 ``(n_groups, rows_b, cols_b)``: binned transmissions (split mode only)."""
+        """float32 ``(n_groups, rows_b, cols_b)``: binned transmissions (split mode; pool mode keeping them)."""
         if "binned" not in self.arrays:
-            raise KeyError(f"scan buffers {self.prefix} have no 'binned' part (pool mode)")
+            raise KeyError(f"scan buffers {self.prefix} have no 'binned' part (pool mode not keeping "
+                           "transmissions, or several distances)")
         return self.arrays["binned"]
 
     @property

@@ -35,7 +35,7 @@ from holostream.service.bench.serving import cpu_name, free_address, serving, su
 CENTRES_PX = (3.0, -3.0, 1.5, -1.5, 4.5, -4.5, 2.0, -2.0, 0.5, -0.5, 3.5, -3.5)
 #: Filters asked in turn, between the centres (the scan's own is ram-lak: all re-tunable).
 FILTERS_IN_TURN = ("hann", "shepp-logan", "cosine", "ram-lak")
-#: δ/β asked in turn in split mode (phase retrieval again from the transmissions).
+#: δ/β asked in turn (phase retrieval again from the transmissions both modes keep).
 DELTA_BETAS = (100.0, 400.0, 150.0, 300.0)
 
 
@@ -49,15 +49,15 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--publish-interval-s", type=float, default=1.0, help="live volume period (default 1)")
     parser.add_argument("--mode", choices=("pool", "split"), default="pool",
-                        help="[workers] mode of the daemon (split keeps transmissions: δ/β is timed too)")
+                        help="[workers] mode of the daemon (both keep transmissions: δ/β is timed too)")
     parser.add_argument("--kept-retunes", type=int, default=8,
                         help="re-tunes of the completed scan's final volume (default 8)")
     parser.add_argument("--json", metavar="FILE", help="write the figures here")
     return parser.parse_args(argv)
 
 
-def _asks(split: bool):
-    """``(key, value)`` pairs asked in turn: a centre, a filter (and a δ/β in split mode), ...
+def _asks():
+    """``(key, value)`` pairs asked in turn: a centre, a filter, a δ/β, ...
 
     Consecutive values of each key differ, also where the lists start again: each is a change.
     """
@@ -65,8 +65,7 @@ def _asks(split: bool):
     while True:
         yield "cor_px", CENTRES_PX[i % len(CENTRES_PX)]
         yield "filter", FILTERS_IN_TURN[i % len(FILTERS_IN_TURN)]
-        if split:
-            yield "delta_beta", DELTA_BETAS[i % len(DELTA_BETAS)]
+        yield "delta_beta", DELTA_BETAS[i % len(DELTA_BETAS)]
         i += 1
 
 
@@ -110,7 +109,7 @@ def measure(args: argparse.Namespace, ingest: str, publish: str, control: str) -
                                 kwargs={"reconstruction": overrides}, daemon=True)
     streamer.start()
     live, kept, replies, refused = [], [], [], []
-    pending, asks = None, _asks(args.mode == "split")
+    pending, asks = None, _asks()
     deadline = time.monotonic() + args.projections / args.fps + 120
     shape, final_seq = None, None
     while time.monotonic() < deadline:

@@ -138,9 +138,10 @@ def volume_job(sinogram: np.ndarray, binned: np.ndarray | None, reference: np.nd
             have = {**have, "delta_beta": None}
     if any(used[k] != have[k] for k in PHASE_KEYS):
         if binned is None or reference is None:
-            raise ValueError("delta_beta and phase need the scan's binned transmissions, which the daemon "
-                             "keeps in split mode only ([workers] mode = \"split\"): they apply from the "
-                             "next scan")
+            raise ValueError("delta_beta and phase need the scan's binned transmissions, which this scan "
+                             "did not keep (pool mode with [ingest] keep_transmissions = false, or the "
+                             "last scan's did not fit in [publish] keep_last_scan_mb): they apply from "
+                             "the next scan")
         scan_used = {**scan, "delta_beta": used["delta_beta"]}
         settings_used = {**settings, "phase": used["phase"], "filter": KEPT_WINDOW}
         after = (None if used["filter"] == KEPT_WINDOW else

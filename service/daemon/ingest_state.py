@@ -42,6 +42,7 @@ class Ingest:
         self.settings = settings
         self.split = split
         self.n_partials = 1 if split else n_workers  # the reconstructor owns the one volume
+        self.keep_transmissions = config.keep_transmissions  # pool mode: for δ/β re-tuning
         self.prefix = prefix
         self.channels = channels
         self.limits = Limits(max_frame_bytes=config.max_frame_bytes)
@@ -146,7 +147,8 @@ class Ingest:
         if self.scan is not None and not self.scan.closing and self.scan.info.scan_id == info.scan_id:
             raise ProtocolError(f"scan {info.scan_id!r} is already open", "duplicate")
         # every refusal comes before the open scan is touched: a refused start changes nothing
-        plan = plan_scan(info, settings, self.config.ring_slots, self.n_partials, self.split)
+        plan = plan_scan(info, settings, self.config.ring_slots, self.n_partials, self.split,
+                         self.keep_transmissions)
         self._check_memory(info, plan)
         if self.scan is not None and not self.scan.closing:
             log.info("scan_start %s ends the open scan %s", info.scan_id, self.scan.info.scan_id)
@@ -171,7 +173,7 @@ class Ingest:
 
     def _open(self, info: ScanInfo, settings: ReconstructionSettings, plan: ScanPlan | None = None) -> None:
         self.scan = open_scan(self.next_seq, info, settings, self.prefix, self.config.ring_slots,
-                              self.n_partials, self.split, plan)
+                              self.n_partials, self.split, plan, self.keep_transmissions)
         self.scan_heard = time.monotonic()
         self.next_seq += 1
         self.channels.events.put({"type": "scan_open", "scan_seq": self.scan.seq, "scan": info.to_dict(),

@@ -6,9 +6,9 @@ that arrived, their angles and weights, and the final header: :class:`KeptScan` 
 out of the shared memory before it is released, if they fit in ``[publish]
 keep_last_scan_mb``; a new FBP filter is applied to these filtered projections
 (``workers/refilter.py``). A new δ/β or phase chain needs the binned transmissions too
-(split mode has them): copied as well when both fit in the limit, else the scan can be
-re-centred and re-filtered only. The volumes are made by the daemon's re-tune thread
-(``retune.py``): :meth:`KeptScan.compute_job` reads only this object's private copies.
+(split mode has them, and pool mode with ``[ingest] keep_transmissions``): copied as well
+when both fit in the limit, else the scan can be re-centred and re-filtered only. The
+volumes are made by the daemon's re-tune thread (``retune.py``): :meth:`KeptScan.compute_job` reads only this object's private copies.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class KeptScan:
     scan, settings : dict
         The scan's ``scan_start`` and settings (what ``sinogram`` was made with).
     binned : ndarray or None
-        float32 like ``sinogram``: the binned transmissions (split mode, when they fit).
+        float32 like ``sinogram``: the binned transmissions (when the scan kept them and they fit).
     reference : ndarray or None
         float32 ``(2, rows, cols)``: dark and flat, with ``binned``.
     aim : dict

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from holostream.service.daemon.halfscan import centre_deferred
 from holostream.service.daemon.offsets import SHIFT_ANGLES
 from holostream.service.daemon.scan import OpenScan, half_acquisition
 from holostream.shared.distances import given_shifts
@@ -47,8 +48,12 @@ class ScanPlan:
 
 
 def plan_scan(info: ScanInfo, settings: ReconstructionSettings, ring_slots: int, n_partials: int,
-              split: bool) -> ScanPlan:
+              split: bool, keep_transmissions: bool = True) -> ScanPlan:
     """The groups and buffer layout of a scan (see :func:`open_scan`); no side effect.
+
+    ``keep_transmissions`` (``[ingest] keep_transmissions``): in pool mode, a ``binned`` part
+    too, for re-tuning δ/β and the phase chain; never for several distances nor a 360° scan
+    whose centre is deferred (re-tunable in their centre only, ``volumes.py`` check_aim).
 
     Raises
     ------
@@ -73,12 +78,14 @@ def plan_scan(info: ScanInfo, settings: ReconstructionSettings, ring_slots: int,
     n_slots = max(min(ring_slots, info.n_projections * nd), least)
     half = half_acquisition(info, b)  # a 360° offset-axis scan: the whole disc
     specs = layout(info.shape, info.dtype, n_slots, len(groups), (rows // b, cols // b), n_partials,
-                   binned=split, volume_width=None if half is None else half[0], n_distances=nd)
+                   binned=split, volume_width=None if half is None else half[0], n_distances=nd,
+                   transmissions=keep_transmissions and nd == 1 and not centre_deferred(info))
     return ScanPlan(groups, group_angles, weights, n_slots, specs)
 
 
 def open_scan(seq: int, info: ScanInfo, settings: ReconstructionSettings, prefix: str,
-              ring_slots: int, n_partials: int, split: bool, plan: ScanPlan | None = None) -> OpenScan:
+              ring_slots: int, n_partials: int, split: bool, plan: ScanPlan | None = None,
+              keep_transmissions: bool = True) -> OpenScan:
     """Plan the angle groups of a new scan (unless ``plan`` is given) and create its shared memory.
 
     Parameters
@@ -95,6 +102,8 @@ def open_scan(seq: int, info: ScanInfo, settings: ReconstructionSettings, prefix
         Partial volumes (one per worker in pool mode, one in split mode).
     split : bool
         Split mode: also the ``binned`` and ``handoff`` parts.
+    keep_transmissions : bool
+        Pool mode: also ``binned`` (see :func:`plan_scan`).
 
     Raises
     ------
@@ -102,7 +111,7 @@ def open_scan(seq: int, info: ScanInfo, settings: ReconstructionSettings, prefix
         ``bad_field`` when the angles cannot be grouped, ``no_memory`` when the shared
         memory cannot be had.
     """
-    plan = plan or plan_scan(info, settings, ring_slots, n_partials, split)
+    plan = plan or plan_scan(info, settings, ring_slots, n_partials, split, keep_transmissions)
     groups, group_angles, weights, n_slots = plan.groups, plan.group_angles_deg, plan.weights, plan.n_slots
     try:
         buffers = ScanBuffers.create(f"{prefix}_{seq}", plan.specs)

@@ -3,8 +3,9 @@
 Each worker takes group tasks from the one ``tasks`` queue all workers share, runs the
 :class:`~holostream.workers.pipeline.ProjectionPipeline` on the group's raw frames (read
 from the shared-memory ring), writes the filtered projection into the scan's
-``sinogram[group]``, adds its back-projection into its own partial ``volume[w]`` and its
-angle weight into ``weights[w]``. It then tells ingest (``done``: free the slots) and the
+``sinogram[group]`` (and its binned transmission into ``binned[group]`` when the scan keeps
+them, ``[ingest] keep_transmissions``), adds its back-projection into its own partial
+``volume[w]`` and its angle weight into ``weights[w]``. It then tells ingest (``done``: free the slots) and the
 daemon (``group_done`` on ``events``, once the group is in ``volume[w]``: its angle and
 weight, so the daemon can build the final volume of exactly the groups that arrived). A
 failing task is reported with its reason and the worker goes on.
@@ -154,6 +155,8 @@ class ScanWork:
         # host waits for the phase retrieval, so its time is not charged to back-projection)
         t0 = time.perf_counter()
         transmission = self.pipeline.transmission(raw, list(task["indices"]))
+        if "binned" in self.buffers.arrays:  # kept for a δ/β or phase-chain re-tune (aims.py)
+            self.buffers.binned[task["group"]] = self.backend.to_host(transmission)
         t1 = time.perf_counter()
         self.stripes.add(transmission[None], [float(task["weight"])], [float(task["angle_deg"])])
         if self.deferred:  # axis unknown: δ for the daemon, which filters it (daemon/halfscan.py)

@@ -83,17 +83,49 @@ def test_filter_retuned_on_the_current_and_on_the_last_scan(daemon, subscriber, 
     assert subscriber.volumes_until_final("filt_c", timeout_s=60)[-1][0]["filter"] == "hann"
     thread.join(30)
     assert not errors
-    no = daemon.ask({"cmd": "set", "params": {"filter": "ram-lak"}})
-    assert no["ok"] and "cannot be recovered" in no["not_retuned"]["filter"], no
-    assert no["settings"]["filter"] == "ram-lak"
+    # ram-lak needs what hann removed: pool mode kept the transmissions, so phase retrieval again
+    # brings it back (without them it is not re-tuned: test_delta_beta_refused_in_pool_mode_...)
+    back = daemon.ask({"cmd": "set", "params": {"filter": "ram-lak"}})
+    assert back["ok"] and back["retuned"] == ["filter"] and "completed" in back["retune_applies"], back
+    assert back["settings"]["filter"] == "ram-lak"
+    [(header, _)] = subscriber.volumes_until_final("filt_c", timeout_s=60)
+    assert header["filter"] == "ram-lak" and header["retuned"] == {"filter": {"from": "hann", "to": "ram-lak"}}
     bad = daemon.ask({"cmd": "set", "params": {"filter": "gauss"}})
     assert not bad["ok"] and "filter" in bad["error"], bad
-    # pool mode keeps no transmissions: a δ/β has nowhere to apply
-    no = daemon.ask({"cmd": "set", "params": {"delta_beta": 400.0}})
-    assert not no["ok"] and "split mode" in no["error"], no
+    # pool mode keeps the transmissions too: a δ/β re-phases the completed scan
+    again = daemon.ask({"cmd": "set", "params": {"delta_beta": 400.0}})
+    assert again["ok"] and again["retuned"] == ["delta_beta"] and "completed" in again["retune_applies"], again
+    [(header, _)] = subscriber.volumes_until_final("filt_c", timeout_s=60)
+    assert header["delta_beta"] == 400.0 and header["retuned"]["delta_beta"]["to"] == 400.0
 
 
-def test_delta_beta_retuned_on_the_current_and_on_the_last_scan_in_split_mode(tmp_path, serve, small_scan_data):
+def test_delta_beta_refused_in_pool_mode_without_kept_transmissions(tmp_path, serve, small_scan_data):
+    daemon = serve.Daemon(tmp_path, ingest_keys={"keep_transmissions": False}, filter="hann")
+    subscriber = None
+    try:
+        daemon.wait_ready()
+        subscriber = serve.Subscriber(daemon.publish)
+        subscriber.wait_connected()
+        thread, errors = _stream(daemon.ingest, small_scan_data, "nokeep", 200.0)
+        subscriber.volumes_until_final("nokeep", timeout_s=60)
+        thread.join(30)
+        assert not errors
+        no = daemon.ask({"cmd": "set", "params": {"delta_beta": 400.0}})
+        assert not no["ok"] and "keep_transmissions = false" in no["error"], no
+        assert not daemon.status()["retune"]["kept_transmissions"]
+        # a scan filtered with hann lacks what ram-lak needs, and has no transmissions to retrieve
+        # it from: not re-tuned (said), set for the next one
+        no = daemon.ask({"cmd": "set", "params": {"filter": "ram-lak"}})
+        assert no["ok"] and "cannot be recovered" in no["not_retuned"]["filter"], no
+        assert no["settings"]["filter"] == "ram-lak"
+    finally:
+        if subscriber is not None:
+            subscriber.close()
+        daemon.close()
+
+
+@pytest.mark.parametrize("mode", ["split", "pool"])
+def test_delta_beta_retuned_on_the_current_and_on_the_last_scan(tmp_path, serve, small_scan_data, mode):
     from holostream.service.offline import reconstruct_scan
     from holostream.shared.settings import ReconstructionSettings
     from holostream.workers.backend import get_backend
@@ -103,11 +135,13 @@ def test_delta_beta_retuned_on_the_current_and_on_the_last_scan_in_split_mode(tm
                                      get_backend("cpu", threads=1))
         return volume
 
-    daemon = serve.Daemon(tmp_path, workers_keys={"mode": "split", "batch": 4})
+    # pool mode: each worker keeps the transmissions it made beside its filtered projections
+    daemon = serve.Daemon(tmp_path, workers_keys={"mode": mode, "batch": 4} if mode == "split" else {"mode": mode})
     subscriber = None
     try:
         daemon.wait_ready()
-        serve.wait_for(lambda: daemon.status()["reconstructor"]["alive"], 30, "the reconstructor to start")
+        if mode == "split":
+            serve.wait_for(lambda: daemon.status()["reconstructor"]["alive"], 30, "the reconstructor to start")
         subscriber = serve.Subscriber(daemon.publish)
         subscriber.wait_connected()
         thread, errors = _stream(daemon.ingest, small_scan_data, "db_a", 30.0)
@@ -200,7 +234,9 @@ def test_status_answered_while_a_retune_runs_and_the_newest_wins(tmp_path, serve
         assert attrs["cor_px"] == 4.0 and attrs["cor_source"] == "operator"
         assert json.loads(attrs["recentred"])["from_cor_source"] == "operator"
         status = daemon.status()["retune"]
-        assert status["kept_scan_id"] == "busy" and status["kept_bytes"] == 180 * 128 * 128 * 4
+        # pool mode keeps the sinogram, the transmissions and dark/flat (256² frames)
+        assert status["kept_scan_id"] == "busy" and status["kept_transmissions"]
+        assert status["kept_bytes"] == 2 * 180 * 128 * 128 * 4 + 2 * 256 * 256 * 4
     finally:
         if subscriber is not None:
             subscriber.close()

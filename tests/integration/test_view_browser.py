@@ -327,12 +327,16 @@ def test_operator_recentres_from_the_page(browser, viewer, daemon, small_scan_da
     assert f"filter hann for {scan_id}" in driver.find_element("id", "retune-reply").text
     assert '"to":"hann"' in driver.find_element("id", "parameters").text.replace(" ", "")
 
-    # δ/β from the page: this daemon (pool mode) keeps no transmissions, and the page says so
+    # δ/β from the page: this daemon (pool mode) kept the transmissions, so the final volume is
+    # re-phased with δ/β 400 (and still filtered with hann)
     driver.find_element("id", "retune-delta-beta").send_keys("400")
     driver.find_element("id", "rephase-apply").click()
-    serve.wait_for(lambda: "split mode" in driver.find_element("id", "retune-reply").text, 20,
-                   "the daemon's refusal of delta_beta on the page")
-    assert driver.find_element("id", "retune-reply").text.startswith("refused:")
+    serve.wait_for(lambda: page(driver, "window.holostreamView.image.meta.header.delta_beta") == 400, 60,
+                   "the page to show the re-phased final volume", interval_s=0.1)
+    header = page(driver, "window.holostreamView.image.meta.header")
+    assert header["final"] and header["retuned"] == {"filter": {"from": "ram-lak", "to": "hann"},
+                                                     "delta_beta": {"from": serve.DELTA_BETA, "to": 400}}
+    assert f"delta_beta 400 for {scan_id}" in driver.find_element("id", "retune-reply").text
 
     # the viewer passes on the re-tunable keys only: anything else is refused before the daemon
     refused = urllib.request.Request(viewer.url + "api/set", data=json.dumps({"binning": 1}).encode(),
