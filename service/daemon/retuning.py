@@ -202,8 +202,11 @@ class Retuning:
                       **aims.retuned_fields(aims.base_of(state.scan, state.settings), info["aim"],
                                             int(state.settings["iterations"])))
         header["retune_s"] = round(time.monotonic() - result.job.submitted, 3)
+        beta, state.job_beta = state.job_beta, None  # several distances: made with the volume
         self.publisher.publish_volume(header, result.volume)
         self.publisher.publish_preview(header, result.volume)
+        if beta is not None:
+            self.publisher.publish_beta({**header, "quantity": "beta"}, beta)
         self.counters["volumes_published"] += 1
 
     def _publish_kept(self, result: Result) -> None:

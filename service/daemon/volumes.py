@@ -178,6 +178,7 @@ class LiveScan:
     rephased: tuple | None = None  # (filtered, made with, group keys) of a re-phased final volume
     rings: LiveRings | None = None  # the streaming ring filter (service/daemon/rings.py)
     deferred: bool | None = None  # a 360° scan without cor_px: sinogram holds δ (daemon/halfscan.py)
+    job_beta: np.ndarray | None = None  # several distances: β of the re-tune thread's last live volume
 
     def __post_init__(self):
         if self.centre is None:
@@ -279,6 +280,9 @@ class LiveScan:
         def with_rings() -> np.ndarray:
             own = self.stripes(backend)  # before the volume: its weights are never behind it
             volume = compute()
+            if self.scan.get("distances"):  # β of the same groups and axis, for the publisher
+                sinogram, partials = self._parts("beta")
+                self.job_beta = recentred_volume(sinogram, groups, centre, partials.shape[1:], backend, final)
             return self.rings.subtract(volume, stripes_for(own, base, used, backend), groups, centre, final,
                                        backend, base=own)
         return with_rings, rephased

@@ -164,3 +164,34 @@ def test_an_offset_axis_scan_at_several_distances_is_refused_with_its_reason(ing
     assert ingest.scan is None and ingest.rejects.counts["not_supported"] == 1
     rejection = next(e for e in iter(lambda: channels.events.get(timeout=5), None) if e["type"] == "rejected")
     assert "360° offset-axis" in rejection["reason"]
+
+
+def test_a_live_volume_made_anew_with_the_operators_centre_has_its_beta(live, four_scans):
+    # Re-centred live volumes are made by the re-tune thread; β of the same groups and axis
+    # follows each of them on the `beta` topic, with the same seq.
+    import threading
+
+    daemon, subscriber = live
+    _, scans = four_scans
+    sender = threading.Thread(target=stream_distances, args=(daemon.ingest, scans, "md_centre", 8.0),
+                              kwargs={"reconstruction": {"publish_interval_s": 0.5}}, daemon=True)
+    sender.start()
+    deltas, betas, asked = {}, {}, False
+    deadline = time.monotonic() + FINAL_TIMEOUT_S
+    while time.monotonic() < deadline:
+        message = subscriber.next(0.2)
+        if message is None or message[0] not in ("volume", "beta") or message[1]["scan_id"] != "md_centre":
+            continue
+        topic, header, arrays = message
+        if topic == "volume" and not asked:  # the first live volume: the operator moves the axis
+            assert daemon.ask({"cmd": "set", "params": {"cor_px": 0.5}})["ok"]
+            asked = True
+        (deltas if topic == "volume" else betas)[header["seq"]] = (header, arrays[0])
+        if topic == "beta" and header["final"]:
+            break
+    sender.join(60)
+    moved = [seq for seq, (h, _) in deltas.items() if not h["final"] and h.get("cor_source") == "operator"]
+    assert moved, "no live volume re-centred by the operator"
+    for seq in moved:
+        header, beta = betas[seq]
+        assert header["cor_px"] == 0.5 and header["quantity"] == "beta" and np.abs(beta).max() > 0
