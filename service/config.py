@@ -207,6 +207,10 @@ class ClusterConfig:
     collect_interval_s: float = _opt(1.0, _number(0.05, 3600.0, "seconds"),
                                      "longest time between two collects of a busy actor's partial volume "
                                      "(each moves one volume; idle actors are collected at once)")
+    actor_timeout_s: float = _opt(60.0, _number(1.0, 86400.0, "seconds"),
+                                  "an actor whose oldest call (a batch or a collect) has not answered in this "
+                                  "long is taken as lost (a hung GPU, a stopped process): its groups are "
+                                  "redone by the others")
 
 
 @dataclass(frozen=True)

@@ -128,13 +128,16 @@ class ActorPool:
         CPU threads per actor.
     collect_interval_s : float
         Longest time between two collects of a busy actor (``[cluster] collect_interval_s``).
+    timeout_s : float
+        An actor whose oldest call has not answered in this long is lost (``actor_timeout_s``).
     """
 
     def __init__(self, client: Any, channels: Channels, actors: int, batch: int, device: str,
-                 threads: int, collect_interval_s: float):
+                 threads: int, collect_interval_s: float, timeout_s: float = 60.0):
         self.client, self.channels = client, channels
         self.wanted, self.batch, self.device, self.threads = actors, batch, device, threads
         self.collect_interval_s = collect_interval_s
+        self.timeout_s = timeout_s
         self.actors: list[_Actor] = []
         self.scans: dict[str, _Scan] = {}
         self.backlog: list[dict[str, Any]] = []  # groups taken from the queue (or redone), not sent yet
@@ -196,10 +199,23 @@ class ActorPool:
     def _lost(self, actor: _Actor) -> bool:
         return actor.future.status not in ("pending", "finished")
 
+    def _silent_s(self, actor: _Actor) -> float:
+        """Seconds the actor's oldest unanswered call (batch or collect) has waited; 0 with none."""
+        oldest = [time.perf_counter() - b.sent for b in actor.inflight if not b.future.done()]
+        if actor.collecting is not None and not actor.collecting[1].done():
+            oldest.append(time.monotonic() - actor.collect_started)
+        return max(oldest, default=0.0)
+
     def check_lost(self) -> None:
-        """Actors whose worker is gone: every group they held goes back to the backlog."""
+        """Actors whose worker is gone, or silent past ``timeout_s``: their groups go back to the backlog.
+
+        A silent actor (a hung device, a stopped process) keeps its worker in the cluster, so
+        only the wait tells; whatever it answers later is ignored (it is no longer an actor here).
+        """
         for actor in [a for a in self.actors if self._lost(a)]:
             self._drop(actor, f"its worker is gone ({actor.future.status})")
+        for actor in [a for a in self.actors if self._silent_s(a) > self.timeout_s]:
+            self._drop(actor, f"no answer for {self._silent_s(actor):.0f} s ([cluster] actor_timeout_s)")
 
     def _drop(self, actor: _Actor, why: str) -> None:
         self.actors.remove(actor)

@@ -70,7 +70,8 @@ def run_dispatcher(cluster: Any, device: str, channels: Channels, reconstruct: A
     tls = TLSFiles.from_dir(cluster.tls) if cluster.tls else None
     client = connect(cluster.address or None, workers=cluster.actors, tls=tls, timeout_s=60.0,
                      direct_to_workers=True)
-    pool = ActorPool(client, channels, cluster.actors, batch, device, cluster.threads, cluster.collect_interval_s)
+    pool = ActorPool(client, channels, cluster.actors, batch, device, cluster.threads, cluster.collect_interval_s,
+                     cluster.actor_timeout_s)
     log.info("dispatcher ready: %d actor(s) on %s, batches of %d", cluster.actors,
              cluster.address or "a local cluster", batch)
     parent = os.getppid()

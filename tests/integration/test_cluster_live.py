@@ -136,6 +136,36 @@ def test_an_actor_killed_mid_scan_costs_no_angle(tmp_path, serve, small_scan_dat
     assert_same_volume(final, offline(small_scan_data, **SLOW))
 
 
+def test_a_silent_actor_is_taken_as_lost_and_costs_no_angle(tmp_path, serve, small_scan_data):
+    # A stopped worker process (SIGSTOP: as a hung device looks from outside) keeps its place in
+    # the cluster; only its silence tells. Past [cluster] actor_timeout_s its groups are redone.
+    daemon = serve.cluster_daemon(tmp_path, collect_interval_s=600.0, actor_timeout_s=3.0)
+    victim = None
+    try:
+        victim = serve.wait_actors(daemon)["actors"][0]["pid"]
+
+        def stop_when_under_way():
+            def under_way():
+                actors = daemon.status()["reconstructor"]["cluster"]["actors"]
+                return all(a["batches"] >= 2 for a in actors)
+            serve.wait_for(under_way, 60, "both actors to be under way")
+            os.kill(victim, signal.SIGSTOP)
+
+        volumes = stream_until_final(serve, daemon, small_scan_data, "silent_actor", fps=30.0,
+                                     during=stop_when_under_way, **SLOW)
+        status = settled(serve, daemon)
+    finally:
+        if victim is not None:
+            os.kill(victim, signal.SIGCONT)  # let its cluster shut down
+        daemon.close()
+    header, final = volumes[-1]
+    assert header["n_projections_used"] == 90 and not header.get("incomplete"), header
+    cluster = status["reconstructor"]["cluster"]
+    assert cluster["lost"] >= 1 and cluster["redone"] >= 1, cluster
+    assert "([cluster] actor_timeout_s)" in daemon.log.read_text()
+    assert_same_volume(final, offline(small_scan_data, **SLOW))
+
+
 def test_actors_on_a_remote_scheduler_with_mutual_tls(tmp_path, serve, small_scan_data):
     """``[cluster] address = "tls://..."``: a scheduler and two workers started apart from the
     daemon (as deploy/slurm/ does on a cluster) with the facility CA's certificates."""
