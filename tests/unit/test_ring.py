@@ -29,7 +29,8 @@ def _scan(bad_columns=(), distance_m=1e-4):
                          binning=1, n_darks=2, n_flats=50, seed=4)
 
 
-def _delta(scan, backend, phase):
+def _pipeline_and_transmissions(scan, backend, phase):
+    """The scan's pipeline (δ/β 200, ram-lak) and its flat-fielded projections, one by one."""
     g = scan.geometry
     pipe = ProjectionPipeline(
         (g.rows, g.cols), average_frames(scan.darks, backend), average_frames(scan.flats, backend),
@@ -37,8 +38,13 @@ def _delta(scan, backend, phase):
         energy_kev=g.energy_kev, distance_m=g.distance_m, pixel_size_m=g.pixel_size_m,
         delta_beta=200.0, backend=backend)
     n = len(scan.angles_deg)
-    return pipe.delta_from_transmission(pipe.transmissions(
-        [scan.projections[i : i + 1] for i in range(n)], [np.array([i]) for i in range(n)]))
+    return pipe, pipe.transmissions([scan.projections[i : i + 1] for i in range(n)],
+                                    [np.array([i]) for i in range(n)])
+
+
+def _delta(scan, backend, phase):
+    pipe, transmissions = _pipeline_and_transmissions(scan, backend, phase)
+    return pipe.delta_from_transmission(transmissions)
 
 
 def _inside(volume):

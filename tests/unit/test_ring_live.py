@@ -13,27 +13,16 @@ import math
 import numpy as np
 import pytest
 
-from holostream.workers import phasing
 from holostream.workers.fbp import RampFilter, angle_weights, reconstruct
-from holostream.workers.flatfield import average_frames
-from holostream.workers.pipeline import ProjectionPipeline
 from holostream.workers.ring import (STREAMING_RING_FILTERS, absorption, angle_half, column_stripes,
                                      remove_stripes, ring_volume, stripes_volume)
 
-from test_ring import BAD_COLUMNS, _correlation, _rms, _scan
+from test_ring import BAD_COLUMNS, _correlation, _pipeline_and_transmissions, _rms, _scan
 
 
 def _volume(scan, backend, phase, ring):
     """Reconstruct ``scan`` (projections one by one) with the ring filter or not."""
-    g = scan.geometry
-    pipe = ProjectionPipeline(
-        (g.rows, g.cols), average_frames(scan.darks, backend), average_frames(scan.flats, backend),
-        binning=1, chain=phasing.default_chain(phase, 0, 200.0), filter="ram-lak",
-        energy_kev=g.energy_kev, distance_m=g.distance_m, pixel_size_m=g.pixel_size_m,
-        delta_beta=200.0, backend=backend)
-    n = len(scan.angles_deg)
-    transmissions = pipe.transmissions([scan.projections[i : i + 1] for i in range(n)],
-                                       [np.array([i]) for i in range(n)])
+    pipe, transmissions = _pipeline_and_transmissions(scan, backend, phase)
     angles = np.radians(scan.angles_deg)
     volume = reconstruct(pipe.delta_from_transmission(transmissions), angles, 0.0, backend)
     if ring == "none":
