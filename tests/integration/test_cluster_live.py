@@ -13,14 +13,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
 
-from holostream.service.clients.detector import stream_scan
 from test_metrics import scrape, value  # GET /metrics
-from test_split_mode import assert_same_volume, lost_projections, offline  # lost: from the log
+from test_split_mode import assert_same_volume, final_of, lost_projections, offline  # lost: from the log
 
 pytest.importorskip("distributed")
 pytestmark = pytest.mark.integration
@@ -41,29 +39,12 @@ def settled(serve, daemon, groups: int = 90) -> dict:
     return serve.wait_for(counted, 10, "the actors' report of every group")
 
 
-def stream_until_final(serve, daemon, scan_data, scan_id: str, fps: float, during=None, **reconstruction):
-    """Stream one scan; ``during()`` runs while it streams; every volume up to the final one."""
-    sub = serve.Subscriber(daemon.publish)
-    try:
-        sub.wait_connected()
-        kwargs = {"fps": fps, "timeout_s": 10.0, **({"reconstruction": reconstruction} if reconstruction else {})}
-        sender = threading.Thread(target=stream_scan, args=(daemon.ingest, scan_data, scan_id),
-                                  kwargs=kwargs, daemon=True)
-        sender.start()
-        if during is not None:
-            during()
-        volumes = sub.volumes_until_final(scan_id, timeout_s=120)
-        sender.join(30)
-        return volumes
-    finally:
-        sub.close()
-
 
 def test_two_actors_give_the_one_process_volume(tmp_path, serve, small_scan_data):
     daemon = serve.cluster_daemon(tmp_path / "cluster")
     try:
         serve.wait_actors(daemon)
-        volumes = stream_until_final(serve, daemon, small_scan_data, "two_actors", fps=60.0)
+        volumes = final_of(serve, daemon, small_scan_data, "two_actors", fps=60.0, timeout_s=120)
         status = settled(serve, daemon)
         code, _ = daemon.terminate()
         assert code == 0 and serve.shm(daemon.proc.pid) == []
@@ -85,7 +66,7 @@ def test_two_actors_give_the_one_process_volume(tmp_path, serve, small_scan_data
     pool = serve.Daemon(tmp_path / "pool", workers=2, workers_keys={"mode": "pool"})
     try:
         pool.wait_ready()
-        pool_header, pool_final = stream_until_final(serve, pool, small_scan_data, "pool", fps=60.0)[-1]
+        pool_header, pool_final = final_of(serve, pool, small_scan_data, "pool", fps=60.0, timeout_s=120)[-1]
         assert pool.terminate()[0] == 0
     finally:
         pool.close()
@@ -110,8 +91,8 @@ def test_an_actor_killed_mid_scan_costs_no_angle(tmp_path, serve, small_scan_dat
             serve.wait_for(under_way, 60, "both actors to be under way")
             os.kill(victim, signal.SIGKILL)
 
-        volumes = stream_until_final(serve, daemon, small_scan_data, "kill_actor", fps=30.0,
-                                     during=kill_when_under_way, **SLOW)
+        volumes = final_of(serve, daemon, small_scan_data, "kill_actor", fps=30.0,
+                           during=kill_when_under_way, timeout_s=120, **SLOW)
         status = settled(serve, daemon)
         # the loss and the redone groups are on the Prometheus endpoint too, once scraped after
         # the report of every group (the endpoint serves the daemon's last status snapshot)
@@ -151,8 +132,8 @@ def test_a_silent_actor_is_taken_as_lost_and_costs_no_angle(tmp_path, serve, sma
             serve.wait_for(under_way, 60, "both actors to be under way")
             os.kill(victim, signal.SIGSTOP)
 
-        volumes = stream_until_final(serve, daemon, small_scan_data, "silent_actor", fps=30.0,
-                                     during=stop_when_under_way, **SLOW)
+        volumes = final_of(serve, daemon, small_scan_data, "silent_actor", fps=30.0,
+                           during=stop_when_under_way, timeout_s=120, **SLOW)
         status = settled(serve, daemon)
     finally:
         if victim is not None:
@@ -185,7 +166,7 @@ def test_actors_on_a_remote_scheduler_with_mutual_tls(tmp_path, serve, small_sca
     try:
         daemon = serve.cluster_daemon(tmp_path / "daemon", address=address, tls=str(tls))
         serve.wait_actors(daemon)
-        header, final = stream_until_final(serve, daemon, small_scan_data, "remote", fps=60.0)[-1]
+        header, final = final_of(serve, daemon, small_scan_data, "remote", fps=60.0, timeout_s=120)[-1]
         status = settled(serve, daemon)
         assert daemon.terminate()[0] == 0
     finally:
@@ -219,8 +200,8 @@ def test_a_killed_dispatcher_takes_its_local_cluster_along_and_is_replaced(tmp_p
                            "the actors to be under way")
             os.kill(dispatcher, signal.SIGKILL)
 
-        header, final = stream_until_final(serve, daemon, small_scan_data, "kill_dispatcher", fps=30.0,
-                                           during=kill_when_under_way, **SLOW)[-1]
+        header, final = final_of(serve, daemon, small_scan_data, "kill_dispatcher", fps=30.0,
+                           during=kill_when_under_way, timeout_s=120, **SLOW)[-1]
         serve.wait_for(lambda: not any(serve.pid_alive(pid) for pid in actors), 30,
                        "the dead dispatcher's actors to exit")
         status = daemon.status()

@@ -55,15 +55,20 @@ def assert_same_volume(volume: np.ndarray, reference: np.ndarray) -> None:
     np.testing.assert_allclose(volume, reference, rtol=0, atol=2e-5 * scale)
 
 
-def final_of(serve, daemon, scan_data, scan_id: str, fps: float) -> list:
-    """Stream one scan to ``daemon``; every volume of it up to the final one."""
+def final_of(serve, daemon, scan_data, scan_id: str, fps: float, during=None, timeout_s: float = 60.0,
+             **reconstruction) -> list:
+    """Stream one scan to ``daemon`` (``reconstruction`` overrides); ``during()`` runs while it
+    streams; every volume of it up to the final one."""
     sub = serve.Subscriber(daemon.publish)
     try:
         sub.wait_connected()
+        kwargs = {"fps": fps, "timeout_s": 10.0, **({"reconstruction": reconstruction} if reconstruction else {})}
         sender = threading.Thread(target=stream_scan, args=(daemon.ingest, scan_data, scan_id),
-                                  kwargs={"fps": fps, "timeout_s": 10.0}, daemon=True)
+                                  kwargs=kwargs, daemon=True)
         sender.start()
-        volumes = sub.volumes_until_final(scan_id, timeout_s=60)
+        if during is not None:
+            during()
+        volumes = sub.volumes_until_final(scan_id, timeout_s=timeout_s)
         sender.join(30)
         return volumes
     finally:
