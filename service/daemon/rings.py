@@ -30,6 +30,12 @@ from holostream.workers.ring import (STREAMING_RING_FILTERS, absorption, angle_h
 _MIN_SET_WEIGHT_RAD = math.pi / 4
 
 
+def live_ring_filter(ring_filter: str, several_distances: bool) -> str:
+    """The ring filter a live scan streams: its setting, none at several distances (each
+    distance would need its own sums; headers then say ``"none"``)."""
+    return "none" if several_distances else ring_filter
+
+
 class AbsorptionSum:
     """A worker's Σ weight·(-ln T) of its groups not yet committed (nothing unless the filter streams).
 
@@ -96,9 +102,8 @@ class LiveRings:
 
     @classmethod
     def of_scan(cls, scan: dict[str, Any], settings: dict[str, Any]) -> "LiveRings":
-        # several distances: not yet (each would need its own sums; the workers keep none)
-        method = "none" if scan.get("distances") else str(settings.get("ring_filter", "none"))
-        return cls(method, scan, settings)
+        return cls(live_ring_filter(str(settings.get("ring_filter", "none")), bool(scan.get("distances"))),
+                   scan, settings)
 
     @property
     def streams(self) -> bool:

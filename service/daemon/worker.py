@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from holostream.service.daemon.channels import Channels
-from holostream.service.daemon.rings import AbsorptionSum
+from holostream.service.daemon.rings import AbsorptionSum, live_ring_filter
 from holostream.shared.messages import ScanInfo
 from holostream.shared.scanbuffers import ScanBuffers
 from holostream.shared.settings import ReconstructionSettings
@@ -127,8 +127,7 @@ class ScanWork:
         self.accumulator = None if split else backend.asarray(self.shared_volume)
         self.in_place = self.accumulator is self.shared_volume
         self.uncommitted: list[dict[str, Any]] = []  # group_done events not yet visible
-        # the streaming ring filter sums one distance's -ln T: none at several (headers say "none")
-        self.stripes = AbsorptionSum("none" if self.distances else settings.ring_filter,
+        self.stripes = AbsorptionSum(live_ring_filter(settings.ring_filter, bool(self.distances)),
                                      tuple(self.buffers.sinogram.shape[1:]), backend)
         self.deferred = bool(task.get("centre_deferred"))  # a 360° scan without cor_px
         self.stage_seconds: dict[str, float] = {}  # of the last group (pool mode), for the metrics
