@@ -313,12 +313,15 @@ class LiveScan:
         if self.needs_fbp():
             return self.volume_job(backend, final=True)[0]()
         stripes = self.stripes(backend)
+        volume = self._final_of(self.buffers.volume, self.buffers.sinogram, backend)
+        return self.rings.subtract(volume, stripes, self.groups, self.center_px, True, backend)
+
+    def _final_of(self, partials: np.ndarray, sinogram: np.ndarray, backend: Backend) -> np.ndarray:
+        """:func:`final_volume` of these partials and sinogram (δ's or β's), the arrived groups."""
         groups = np.array(sorted(self.groups))
         angles = np.array([self.groups[g][0] for g in groups])
         used = np.array([self.groups[g][1] for g in groups])
-        volume = final_volume(self.buffers.volume, self.buffers.weights, self.buffers.sinogram,
-                              groups, angles, used, self.center_px, backend)
-        return self.rings.subtract(volume, stripes, self.groups, self.center_px, True, backend)
+        return final_volume(partials, self.buffers.weights, sinogram, groups, angles, used, self.center_px, backend)
 
     def _deferred_volume(self, backend: Backend, final: bool, groups: dict[int, tuple[float, float, int]],
                          centre: float) -> np.ndarray:
@@ -342,10 +345,7 @@ class LiveScan:
                                     final=final)
         if not final:
             return live_volume(partials, self.buffers.weights)
-        groups = np.array(sorted(self.groups))
-        angles = np.array([self.groups[g][0] for g in groups])
-        used = np.array([self.groups[g][1] for g in groups])
-        return final_volume(partials, self.buffers.weights, sinogram, groups, angles, used, self.center_px, backend)
+        return self._final_of(partials, sinogram, backend)
 
     def header(self, volume: np.ndarray, final: bool) -> dict[str, Any]:
         """The header of this scan's next volume message."""
