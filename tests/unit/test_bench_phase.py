@@ -33,6 +33,24 @@ def test_score_of_offset_and_noise():
         phasebench.score(truth[:8], truth)
 
 
+def test_offset_free_score_ignores_a_constant_and_the_frame_border():
+    rng = np.random.default_rng(3)
+    truth = -rng.uniform(0, 1, size=(32, 32)) - 5.0  # matter everywhere, a large constant
+    phase = truth + 2.0
+    phase[:4] = 99.0  # wrong in the outer eighth only
+    result = phasebench.score(phase, truth, offset_free=True)
+    assert result["rel_error"] == pytest.approx(0.0, abs=1e-12)
+    assert result["scale"] == pytest.approx(1.0, rel=1e-12)
+    assert phasebench.score(phase, truth)["rel_error"] > 1.0
+
+
+def test_wide_phantom_is_cut_by_every_edge_of_the_frame():
+    phantom = phasebench.phantom_cases(48, seed=0)["wider-than-field"]
+    _, truth = phasebench.simulate_hologram(phantom, 48, 0.05, None, seed=0)
+    for edge in (truth[0], truth[-1], truth[:, 0], truth[:, -1]):
+        assert np.all(edge < 0)  # matter's phase, not free space's 0
+
+
 def test_simulated_truth_is_the_projected_phase():
     """A centred sphere: the true phase at the centre is -(2π/λ)·δ·2R (pixel-averaged)."""
     radius_m, delta = 10e-6, 1e-6
@@ -64,7 +82,7 @@ def test_report_scores_our_methods_against_truth():
     assert report["hotopy"] == {"available": False, "reason": "not asked for"}
     assert report["ratios"] == []
     rows = {(r["phantom"], r["method"]): r for r in report["rows"]}
-    assert len(rows) == 10
+    assert len(rows) == 15  # three phantoms × five methods
     for method in ("paganin", "ctf", "ap", "raar", "newton+ap"):
         row = rows[("single", method)]
         # one material at the δ/β the methods are told, near the contact plane: close
