@@ -81,8 +81,12 @@ def connect(address: str | None, workers: int = 2, tls: TLSFiles | None = None,
     """
     distributed = _distributed()
     if address is None:
+        # The scheduler serves HTTP (health, metrics) even without a dashboard, on :8787
+        # unless told otherwise: an ephemeral loopback port keeps two daemons (or a user's
+        # own Dask dashboard) from competing for it.
         cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                           host="127.0.0.1", dashboard_address=None,
+                                           host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                           scheduler_kwargs={"dashboard": False},
                                            silence_logs=logging.WARNING)
         return distributed.Client(cluster, timeout=timeout_s, direct_to_workers=direct_to_workers)
     if address.startswith("tls://") and tls is None:
