@@ -17,5 +17,5 @@ def run(args: argparse.Namespace) -> int:
     reply = ask(args, "republish", {"cmd": "republish"})
     if reply is None:
         return 1
-    print(f"republished {reply.get('scan_id')} volume {reply.get('seq')}")
+    print(f"republished {reply.get('scan_id')} volume {reply.get('seq')}" + (" and its beta" if reply.get("beta") else ""))
     return 0

@@ -88,7 +88,8 @@ class Daemon(ControlRequests, Retuning):
                          "groups_failed": 0, "rejected": 0, "ingest_reports": 0,
                          "scans_incomplete": 0}
         self.last_error: str | None = None
-        self.last_final: tuple[dict, np.ndarray] | None = None
+        # the newest final volume as published: header, δ, and β of a multi-distance scan
+        self.last_final: tuple[dict, np.ndarray, np.ndarray | None] | None = None
         self.kept: KeptScan | None = None  # the last completed scan, to re-tune after its end
         self.last_volume_file: str | None = None  # the newest volume written to output_dir
         self.started = time.time()
@@ -315,13 +316,13 @@ class Daemon(ControlRequests, Retuning):
 
     def _finish(self, state: LiveScan, volume: np.ndarray) -> None:
         """Publish (and write) a scan's final volume, keep the scan for re-tuning, drop it."""
-        header = self._send(state, volume, final=True)
+        header, beta = self._send(state, volume, final=True)
         if state.complete.get("last_frame_time"):
             self.metrics.final_latency.observe(max(0.0, time.time() - state.complete["last_frame_time"]))
         if header.get("incomplete"):
             self.counters["scans_incomplete"] += 1
             self.last_error = f"scan {state.scan_id}: {header['incomplete_reason']}"
-        self.last_final = (header, volume)
+        self.last_final = (header, volume, beta)
         self.counters["scans_completed"] += 1
         self.kept = KeptScan.of(state, header, self.config.publish.keep_last_scan_mb)
         self._retune_after_final()  # asked between the scan's end and this volume
@@ -329,7 +330,8 @@ class Daemon(ControlRequests, Retuning):
                  header["shape"], header["n_projections_used"], header["n_projections_expected"])
         self._drop(state)
 
-    def _send(self, state: LiveScan, volume: np.ndarray, final: bool) -> dict[str, Any]:
+    def _send(self, state: LiveScan, volume: np.ndarray, final: bool) -> tuple[dict[str, Any], np.ndarray | None]:
+        """Publish (and write, if asked) one volume of ``state``; its header and its β (or None)."""
         header = state.header(volume, final)
         # several distances: β beside δ, same header, topic "beta" (service/daemon/distances.py)
         beta = state.volume_of("beta", final, self.backend) if header.get("n_distances") else None
@@ -349,7 +351,7 @@ class Daemon(ControlRequests, Retuning):
             except (OSError, ValueError) as exc:  # ValueError: lz4/zstd without hdf5plugin
                 self.last_error = f"cannot write {name}.h5 to {out}: {exc}"
                 log.error(self.last_error)
-        return header
+        return header, beta
 
     def _drop(self, state: LiveScan) -> None:
         """Forget a scan: tell ingest, unmap and unlink its shared memory."""

@@ -52,11 +52,13 @@ class ControlRequests:
     def _republish(self, request: dict[str, Any]) -> dict[str, Any]:
         if self.last_final is None:
             raise ControlError("no final volume has been published yet")
-        header, volume = self.last_final
+        header, volume, beta = self.last_final
         header = dict(header, timestamp=time.time(), republished=True)
         self.publisher.publish_volume(header, volume)
         self.publisher.publish_preview(header, volume)
-        return {"scan_id": header["scan_id"], "seq": header["seq"]}
+        if beta is not None:  # several distances: β right after δ, as at the scan's end
+            self.publisher.publish_beta({**header, "quantity": "beta"}, beta)
+        return {"scan_id": header["scan_id"], "seq": header["seq"], "beta": beta is not None}
 
     def status(self) -> dict[str, Any]:
         """The status dict of ``{"cmd": "status"}`` and of the published ``status`` topic."""

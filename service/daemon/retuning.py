@@ -215,7 +215,7 @@ class Retuning:
         self.publisher.publish_volume(header, result.volume)
         self.publisher.publish_preview(header, result.volume)
         self.counters["volumes_published"] += 1
-        self.last_final = (header, result.volume)
+        self.last_final = (header, result.volume, None)  # a re-tuned kept scan's β is not made
         self._write_retuned(header, result.volume)
         log.info("scan %s: final volume republished, re-tuned (cor_px %+.2f, filter %s, delta_beta %g, "
                  "phase %s) in %.2f s", header["scan_id"], header["cor_px"], header["filter"],

@@ -104,6 +104,18 @@ def test_live_four_distances_equal_offline_and_a_bad_distance_is_refused(serve, 
         np.testing.assert_array_equal(f["entry/data/beta"][()], beta)
         assert f["beta"].attrs["quantity"] == "beta"
 
+    # a subscriber that missed them asks again: δ, then β, both marked republished
+    reply = daemon.ask({"cmd": "republish"})
+    assert reply["ok"] and reply["beta"] is True and reply["seq"] == header["seq"]
+    again = {}
+    while len(again) < 2:
+        message = serve.wait_for(lambda: subscriber.next(0.2), 10, "the republished δ and β")
+        if message[0] in ("volume", "beta") and message[1].get("republished"):
+            again[message[0]] = message
+    assert again["beta"][1]["seq"] == header["seq"] and again["beta"][1]["quantity"] == "beta"
+    np.testing.assert_array_equal(again["volume"][2][0], delta)
+    np.testing.assert_array_equal(again["beta"][2][0], beta)
+
 
 def test_an_angle_missing_a_distance_is_left_out_and_reported(serve, live, four_scans):
     daemon, subscriber = live
