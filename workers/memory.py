@@ -14,9 +14,22 @@ from dataclasses import dataclass
 
 from .padding import smooth_size
 
-#: complex64 arrays of the padded grid alive at once per projection in AP/RAAR (object wave,
-#: detector wave, RAAR's previous iterate, FFT work space).
-WAVES_PER_PROJECTION = 4
+#: Padded complex64 arrays alive at once per projection while a chain step runs, as
+#: ``(fixed, per distance)``: a step on ``n`` distances holds ``fixed + n · per distance``.
+#: Peaks measured with ``tracemalloc`` on the numpy path (256² single distance, 128² at 1, 2
+#: and 4 distances: AP 7.5 / 10.5 / 16.5, RAAR 9.5 / 12.5 / 18.5, CTF 2.0 / 3.5 / 6.5, Paganin
+#: 2.0 / 2.5 / 3.5), rounded up; ``tests/unit/test_memory.py`` keeps the measured peak under
+#: this bound for every step, and the gpu test compares it with cupy's pool.
+STEP_WAVES = {
+    "paganin": (2.0, 0.5),
+    "ctf": (1.0, 1.5),
+    "ctf_mixed": (1.5, 1.5),
+    "ap": (5.0, 3.0),
+    "newton": (5.0, 3.0),
+    "raar": (7.0, 3.0),
+}
+#: The default live chain's (``"ap"``: Paganin, then AP iterations) at one distance.
+DEFAULT_WAVES = STEP_WAVES["ap"][0] + STEP_WAVES["ap"][1]
 #: cuFFT/VkFFT plans need work space of the order of one batch of the transformed arrays.
 FFT_WORKSPACE_FACTOR = 1.0
 
@@ -50,9 +63,41 @@ def padded_side(n: int, margin: float = 0.5) -> int:
     return smooth_size(n + 2 * math.ceil(margin * n / 2))
 
 
+def waves_per_projection(step_names, n_distances: int = 1) -> float:
+    """Padded complex64 arrays per projection at the peak of a chain (:data:`STEP_WAVES`).
+
+    Parameters
+    ----------
+    step_names : iterable of str
+        The chain's step names in order (``Step.name``); empty for no phase retrieval.
+    n_distances : int
+        Propagation distances the chain works on at once, >= 1.
+
+    Returns
+    -------
+    float
+        The largest step's count (steps run one after the other); 0 for an empty chain.
+
+    Raises
+    ------
+    ValueError
+        For a step this model does not know, or ``n_distances < 1``.
+    """
+    if n_distances < 1:
+        raise ValueError(f"n_distances must be >= 1, got {n_distances}")
+    counts = []
+    for name in step_names:
+        if name not in STEP_WAVES:
+            raise ValueError(f"no memory model for phase step {name!r}; known: {', '.join(STEP_WAVES)}")
+        fixed, per_distance = STEP_WAVES[name]
+        counts.append(fixed + per_distance * n_distances)
+    return max(counts, default=0.0)
+
+
 def estimate_device_bytes(raw_shape: tuple[int, int], binning: int, angle_binning: int,
                           batch: int = 1, raw_itemsize: int = 2, margin: float = 0.5,
-                          ramp_padding_factor: int = 2, volume_width: int | None = None) -> MemoryEstimate:
+                          ramp_padding_factor: int = 2, volume_width: int | None = None,
+                          waves: float = DEFAULT_WAVES, n_distances: int = 1) -> MemoryEstimate:
     """Estimate the device memory of reconstructing one scan.
 
     Parameters
@@ -73,6 +118,12 @@ def estimate_device_bytes(raw_shape: tuple[int, int], binning: int, angle_binnin
         Voxels along ``x`` and ``y`` of the volume (binned); default the binned detector
         width. A 360° offset-axis scan's disc is nearly twice it (``workers/halfacq.py``
         ``volume_width``): four times the volume.
+    waves : float
+        Padded complex64 arrays per projection at the phase chain's peak
+        (:func:`waves_per_projection`; default: the ``"ap"`` chain at one distance).
+    n_distances : int
+        Propagation distances per angle: raw frames, references and binned intensities are
+        held for each.
 
     Returns
     -------
@@ -81,14 +132,17 @@ def estimate_device_bytes(raw_shape: tuple[int, int], binning: int, angle_binnin
     rows, cols = raw_shape
     if binning < 1 or angle_binning < 1 or batch < 1:
         raise ValueError("binning, angle_binning and batch must be >= 1")
+    if n_distances < 1:
+        raise ValueError(f"n_distances must be >= 1, got {n_distances}")
     rows_b, cols_b = rows // binning, cols // binning
-    frames = batch * angle_binning
+    frames = batch * angle_binning * n_distances
     raw = frames * rows * cols * (raw_itemsize + 4)  # the frames and their float32 transmission
-    references = 2 * rows * cols * 4
-    intensities = batch * rows_b * cols_b * 4 * 2  # binned intensity and phase
+    references = 2 * rows * cols * 4 * n_distances
+    intensities = batch * rows_b * cols_b * 4 * (n_distances + 1)  # binned intensities and phase
     side_r, side_c = padded_side(rows_b, margin), padded_side(cols_b, margin)
     wave = side_r * side_c * 8
-    phasing = int(batch * wave * (WAVES_PER_PROJECTION + FFT_WORKSPACE_FACTOR) + wave)  # + kernel
+    kernels = wave * n_distances if waves else 0  # one Fresnel kernel per distance
+    phasing = int(batch * wave * (waves + FFT_WORKSPACE_FACTOR) + kernels) if waves else 0
     ramp_cols = smooth_size(ramp_padding_factor * cols_b)
     filtering = batch * rows_b * (ramp_cols * 4 + (ramp_cols // 2 + 1) * 8)
     n = cols_b if volume_width is None else int(volume_width)
@@ -130,14 +184,17 @@ class DeviceBudget:
     copies: int = 1
 
     def check(self, raw_shape: tuple[int, int], raw_itemsize: int, binning: int, angle_binning: int,
-              volume_width: int | None = None) -> None:
+              volume_width: int | None = None, step_names=("paganin", "ap"), n_distances: int = 1) -> None:
         """Raise ``MemoryError`` with the reason when a scan of this geometry cannot fit.
 
         ``volume_width``: the volume's binned ``x``/``y`` size when it is not the detector's
-        (a 360° offset-axis scan).
+        (a 360° offset-axis scan); ``step_names``: the scan's phase chain (``Step.name`` of
+        each step); ``n_distances``: propagation distances per angle.
         """
         if self.available_bytes <= 0:
             return
         estimate = estimate_device_bytes(raw_shape, binning, angle_binning, self.batch, raw_itemsize,
-                                         volume_width=volume_width)
+                                         volume_width=volume_width,
+                                         waves=waves_per_projection(step_names, n_distances),
+                                         n_distances=n_distances)
         check_fits(estimate, self.available_bytes, copies=self.copies)

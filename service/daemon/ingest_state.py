@@ -25,6 +25,7 @@ from holostream.shared.messages import (
 from holostream.shared.scanbuffers import ScanBuffers, shm_free_bytes
 from holostream.shared.settings import ReconstructionSettings, SettingsError
 from holostream.workers.memory import DeviceBudget
+from holostream.workers.phasing import default_chain
 
 log = logging.getLogger("holostream.service.daemon.ingest")  # one logger for the ingest process
 
@@ -136,11 +137,17 @@ class Ingest:
         if settings.binning > min(info.shape):
             raise ProtocolError(f"binning {settings.binning} exceeds the {info.shape[0]}x{info.shape[1]} frame",
                                 "settings")
+        try:
+            steps = default_chain(settings.phase, settings.iterations, info.delta_beta)
+        except ValueError as exc:
+            raise ProtocolError(f"scan_start {info.scan_id}: phase chain: {exc}", "settings") from exc
         try:  # refused before any frame, not half-way through the scan
             half = half_acquisition(info, settings.binning)  # its wider volume (workers/halfacq.py)
             self.device_budget.check(info.shape, info.frame_nbytes // (info.shape[0] * info.shape[1]),
                                      settings.binning, settings.angle_binning,
-                                     None if half is None else half[0])
+                                     None if half is None else half[0],
+                                     step_names=[step.name for step in steps],
+                                     n_distances=max(1, len(info.distances)))
         except MemoryError as exc:
             raise ProtocolError(f"scan_start {info.scan_id}: does not fit the device: {exc}",
                                 "no_memory") from exc

@@ -74,3 +74,88 @@ def test_half_acquisition_counts_its_wider_volume():
     budget.check((16, 64), 2, 1, 1)  # fits as a centred scan
     with pytest.raises(MemoryError, match="volume"):
         budget.check((16, 64), 2, 1, 1, volume_width=width)
+
+
+# ---- the phasing part against what the phase retrieval really holds (numpy, tracemalloc) ----
+
+def _peak_waves(retrieve, intensities, wave_bytes: int) -> float:
+    """Peak of newly allocated bytes during one call, in padded complex64 arrays per projection."""
+    import tracemalloc
+
+    retrieve(intensities)  # plans, caches and the first call's one-off arrays
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        retrieve(intensities)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return (peak - base) / wave_bytes / intensities.shape[0]
+
+
+SINGLE_CHAINS = ["paganin", "ctf", "paganin, ap**4(delta_beta=200)", "paganin, raar**4(delta_beta=200)",
+                 "paganin, newton**2(alpha_high=3), ap**2(delta_beta=200)"]
+
+
+@pytest.mark.parametrize("chain", SINGLE_CHAINS)
+def test_phasing_estimate_bounds_the_measured_peak_at_one_distance(chain):
+    from holostream.workers.memory import waves_per_projection
+    from holostream.workers.phasing import PhaseRetrieval, parse_chain
+
+    n, batch = 96, 3
+    steps = parse_chain(chain)
+    retrieval = PhaseRetrieval(steps, (n, n), 1e-6, 0.2, 17.5, 200.0, get_backend("cpu", 1), "edge")
+    intensities = (1 + 0.01 * np.random.default_rng(0).standard_normal((batch, n, n))).astype(np.float32)
+    measured = _peak_waves(retrieval, intensities, padded_side(n) ** 2 * 8)
+    model = waves_per_projection([s.name for s in steps])
+    # never under (a scan accepted that cannot run), not far over (a scan refused that fits)
+    assert measured <= model <= 1.5 * measured + 0.5, (measured, model)
+
+
+@pytest.mark.parametrize("n_distances", [1, 2, 4])
+@pytest.mark.parametrize("chain", ["paganin", "ctf", "ctf_mixed", "ctf, ap**3(delta_beta=200)",
+                                   "ctf, raar**3(delta_beta=200)"])
+def test_phasing_estimate_bounds_the_measured_peak_at_several_distances(chain, n_distances):
+    from holostream.workers.memory import waves_per_projection
+    from holostream.workers.multiphasing import MultiDistancePhaseRetrieval
+    from holostream.workers.phasing import parse_chain
+
+    n, batch = 128, 2  # below ~100² fixed-size temporaries add up to one more wave
+    steps = parse_chain(chain)
+    distances_m = [0.01 * (1 + 0.3 * k) for k in range(n_distances)]
+    retrieval = MultiDistancePhaseRetrieval(steps, (n, n), 1e-7, distances_m, 17.5, 200.0,
+                                            get_backend("cpu", 1))
+    intensities = (1 + 0.01 * np.random.default_rng(0).standard_normal((batch, n_distances, n, n))
+                   ).astype(np.float32)
+    measured = _peak_waves(retrieval, intensities, padded_side(n) ** 2 * 8)
+    model = waves_per_projection([s.name for s in steps], n_distances)
+    assert measured <= model <= 1.5 * measured + 0.5, (measured, model)
+
+
+def test_waves_model_knows_every_step_and_refuses_what_it_does_not():
+    from holostream.workers.memory import STEP_WAVES, waves_per_projection
+    from holostream.workers.phasing import STEP_PARAMS
+
+    assert set(STEP_WAVES) == set(STEP_PARAMS)  # a new step needs its measured count here
+    assert waves_per_projection([]) == 0.0  # no phase retrieval: no padded waves
+    assert waves_per_projection(["paganin", "raar", "ap"]) == sum(STEP_WAVES["raar"])  # the largest
+    with pytest.raises(ValueError, match="no memory model"):
+        waves_per_projection(["gerchberg"])
+    with pytest.raises(ValueError, match="n_distances"):
+        waves_per_projection(["ctf"], 0)
+
+
+def test_device_budget_counts_the_chain_and_the_distances():
+    from holostream.workers.memory import DeviceBudget
+
+    raw = (512, 512)
+    one = estimate_device_bytes(raw, 1, 1, batch=4)  # the "ap" chain, one distance
+    budget = DeviceBudget(available_bytes=int(one.total / 0.9) + 1, batch=4)
+    budget.check(raw, 2, 1, 1)
+    budget.check(raw, 2, 1, 1, step_names=["ctf"])  # fewer waves than AP
+    with pytest.raises(MemoryError, match="phasing"):
+        budget.check(raw, 2, 1, 1, step_names=["paganin", "raar"])
+    with pytest.raises(MemoryError):
+        budget.check(raw, 2, 1, 1, step_names=["ctf"], n_distances=4)
+    four = estimate_device_bytes(raw, 1, 1, batch=4, n_distances=4)
+    assert four.raw_frames == 4 * one.raw_frames and four.references == 4 * one.references
