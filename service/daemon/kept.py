@@ -7,8 +7,11 @@ out of the shared memory before it is released, if they fit in ``[publish]
 keep_last_scan_mb``; a new FBP filter is applied to these filtered projections
 (``workers/refilter.py``). A new δ/β or phase chain needs the binned transmissions too
 (split mode has them, and pool mode with ``[ingest] keep_transmissions``): copied as well
-when both fit in the limit, else the scan can be re-centred and re-filtered only. The
-volumes are made by the daemon's re-tune thread (``retune.py``): :meth:`KeptScan.compute_job` reads only this object's private copies.
+when both fit in the limit, else the scan can be re-centred and re-filtered only. A scan at
+several distances keeps its β sinogram as well (counted in the limit) and, as while it ran,
+can be re-centred only; each re-centred δ comes with its β. The volumes are made by the
+daemon's re-tune thread (``retune.py``): :meth:`KeptScan.compute_job` reads only this
+object's private copies.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ from typing import Any, Callable
 import numpy as np
 
 from holostream.service.daemon import aims
-from holostream.service.daemon.centre import LiveCentre
+from holostream.service.daemon.centre import LiveCentre, recentred_volume
 from holostream.service.daemon.halfscan import deferred_columns, deferred_volume
 from holostream.service.daemon.rings import LiveRings, stripes_for, subtract_stripes
-from holostream.service.daemon.volumes import DEFERRED_RETUNE, LiveScan
+from holostream.service.daemon.volumes import DEFERRED_RETUNE, DISTANCES_RETUNE, LiveScan
 from holostream.workers.backend import Backend
 from holostream.workers.fbp import RampFilter
 
@@ -63,6 +66,8 @@ class KeptScan:
         The sinogram holds unfiltered δ (a 360° scan without cor_px, ``halfscan.py``).
     ring_applied : str
         The ring filter of the newest volume made (its header's ``ring_filter``).
+    beta_sinogram : ndarray or None
+        float32 like ``sinogram``: a multi-distance scan's ramp-filtered β projections.
     """
 
     header: dict[str, Any]
@@ -79,18 +84,21 @@ class KeptScan:
     rings: LiveRings | None = None
     deferred: bool = False
     ring_applied: str = "none"
+    beta_sinogram: np.ndarray | None = None
 
     @classmethod
     def of(cls, state: LiveScan, header: dict[str, Any], limit_mb: float) -> "KeptScan | None":
         """Copies of ``state``'s arrived rows (and transmissions), or None when off or over ``limit_mb``."""
         keys = sorted(state.groups)
         sinogram = state.buffers.sinogram
-        nbytes = len(keys) * int(np.prod(sinogram.shape[1:])) * sinogram.itemsize
+        beta = state.buffers.arrays.get("beta_sinogram")  # several distances: β beside δ
+        nbytes = (1 + (beta is not None)) * len(keys) * int(np.prod(sinogram.shape[1:])) * sinogram.itemsize
         if limit_mb <= 0 or not keys:
             return None
         if nbytes > limit_mb * 1e6:
-            log.info("scan %s: its sinogram (%.1f MB) is over keep_last_scan_mb = %g: not kept, "
-                     "it cannot be re-tuned after its end", state.scan_id, nbytes / 1e6, limit_mb)
+            log.info("scan %s: its sinogram%s (%.1f MB) is over keep_last_scan_mb = %g: not kept, "
+                     "it cannot be re-tuned after its end", state.scan_id, "s of δ and β" if beta is not None else "",
+                     nbytes / 1e6, limit_mb)
             return None
         binned = state.buffers.arrays.get("binned")
         binned_copy = reference = None
@@ -106,7 +114,8 @@ class KeptScan:
                    {i: state.groups[g] for i, g in enumerate(keys)}, copy.copy(state.centre),
                    tuple(state.buffers.volume.shape[1:]), dict(state.scan), dict(state.settings),
                    binned_copy, reference, dict(state.aim), made_with, state.rings.detached(),
-                   bool(state.deferred), state.rings.applied)
+                   bool(state.deferred), state.rings.applied,
+                   None if beta is None else np.array(beta[keys]))
 
     @property
     def scan_id(self) -> str:
@@ -115,7 +124,8 @@ class KeptScan:
     @property
     def nbytes(self) -> int:
         """The private memory this scan holds (sinogram, and transmissions when kept)."""
-        return int(self.sinogram.nbytes + sum(a.nbytes for a in (self.binned, self.reference) if a is not None))
+        return int(self.sinogram.nbytes + sum(a.nbytes for a in (self.binned, self.reference, self.beta_sinogram)
+                                               if a is not None))
 
     def aim_at(self, params: dict[str, Any], backend: Backend) -> None:
         """Set what the next re-tuned volume uses; ValueError says why it cannot be made.
@@ -134,11 +144,25 @@ class KeptScan:
         """The volume of the current aim, for the re-tune thread (reads only this object's copies).
 
         Returns the computation and the job's ``info`` for :meth:`published`: the aim, and
-        when phase retrieval runs again the array it fills with the new filtered projections.
+        when phase retrieval runs again the array it fills with the new filtered projections;
+        for a scan at several distances the computation also puts its β volume (same axis)
+        in ``info["beta"]``.
         """
         filtered = np.empty_like(self.sinogram) if self.binned is not None else None  # touched if used
         compute, rephased = self._job(self.aim, backend, filtered)
-        return compute, {**self.aim, "filtered": filtered if rephased else None}
+        info = {**self.aim, "filtered": filtered if rephased else None, "beta": None}
+        if self.beta_sinogram is None:
+            return compute, info
+        centre = copy.copy(self.centre)
+        if self.aim.get("cor_px") is not None:
+            centre.set_by_operator(self.aim["cor_px"])
+
+        def with_beta() -> np.ndarray:
+            volume = compute()
+            info["beta"] = recentred_volume(self.beta_sinogram, self.groups, centre.binned_px, self.shape,
+                                            backend, final=True)
+            return volume
+        return with_beta, info
 
     def _job(self, aim: dict[str, Any], backend: Backend, filtered_out: np.ndarray | None = None):
         centre = copy.copy(self.centre)
@@ -146,6 +170,8 @@ class KeptScan:
             centre.set_by_operator(aim["cor_px"])
         center_px = centre.binned_px
         base = aims.base_of(self.scan, self.settings)
+        if self.beta_sinogram is not None and aims.differs(base, aim):
+            raise ValueError(DISTANCES_RETUNE)
         rings = self.rings if self.rings is not None and self.rings.applied != "none" else None
         if self.deferred:  # its width and weights follow the axis (daemon/halfscan.py)
             if aims.differs(base, aim):

@@ -212,16 +212,19 @@ class Retuning:
     def _publish_kept(self, result: Result) -> None:
         header = self.kept.published(result.job.info, result.volume)
         header["retune_s"] = round(time.monotonic() - result.job.submitted, 3)
+        beta = result.job.info.get("beta")  # several distances: made with the volume, same axis
         self.publisher.publish_volume(header, result.volume)
         self.publisher.publish_preview(header, result.volume)
+        if beta is not None:
+            self.publisher.publish_beta({**header, "quantity": "beta"}, beta)
         self.counters["volumes_published"] += 1
-        self.last_final = (header, result.volume, None)  # a re-tuned kept scan's β is not made
-        self._write_retuned(header, result.volume)
+        self.last_final = (header, result.volume, beta)
+        self._write_retuned(header, result.volume, beta)
         log.info("scan %s: final volume republished, re-tuned (cor_px %+.2f, filter %s, delta_beta %g, "
                  "phase %s) in %.2f s", header["scan_id"], header["cor_px"], header["filter"],
                  header["delta_beta"], header["phase"], header["retune_s"])
 
-    def _write_retuned(self, header: dict[str, Any], volume: np.ndarray) -> None:
+    def _write_retuned(self, header: dict[str, Any], volume: np.ndarray, beta: np.ndarray | None = None) -> None:
         """A re-tuned final volume to ``output_dir`` too (when the daemon writes volumes)."""
         out = self.config.publish.output_dir
         if not out:
@@ -230,7 +233,7 @@ class Retuning:
         try:
             Path(out).mkdir(parents=True, exist_ok=True)
             self.last_volume_file = str(save_new_volume_h5(out, name, header, volume,
-                                                           self.config.publish.compression))
+                                                           self.config.publish.compression, beta=beta))
         except (OSError, ValueError) as exc:  # ValueError: lz4/zstd without hdf5plugin
             self.last_error = f"cannot write {name}.h5 to {out}: {exc}"
             log.error(self.last_error)

@@ -116,6 +116,23 @@ def test_live_four_distances_equal_offline_and_a_bad_distance_is_refused(serve, 
     np.testing.assert_array_equal(again["volume"][2][0], delta)
     np.testing.assert_array_equal(again["beta"][2][0], beta)
 
+    # the operator moves the finished scan's axis: δ and β again, about the new axis, as
+    # offline reconstructs them with that axis; a filter is not applied to it, with the reason
+    refused = daemon.ask({"cmd": "set", "params": {"filter": "hann"}})
+    assert refused["ok"] and "centre only" in refused["not_retuned"]["filter"]  # next scans' setting
+    assert daemon.ask({"cmd": "set", "params": {"cor_px": 0.5}})["ok"]
+    moved = {}
+    while len(moved) < 2:
+        message = serve.wait_for(lambda: subscriber.next(0.2), 30, "the re-centred δ and β")
+        if message[0] in ("volume", "beta") and message[1].get("cor_source") == "operator":
+            moved[message[0]] = message
+    assert moved["volume"][1]["seq"] == moved["beta"][1]["seq"] == header["seq"] + 1
+    assert moved["beta"][1]["cor_px"] == 0.5 and moved["beta"][1]["final"]
+    re_delta, re_beta, _ = reconstruct_distances(scans, ReconstructionSettings(phase="ctf"), scans[0].delta_beta,
+                                                 0.5, get_backend("cpu"))
+    np.testing.assert_allclose(moved["volume"][2][0], re_delta, rtol=1e-4, atol=1e-5 * np.abs(re_delta).max())
+    np.testing.assert_allclose(moved["beta"][2][0], re_beta, rtol=1e-4, atol=1e-5 * np.abs(re_beta).max())
+
 
 def test_an_angle_missing_a_distance_is_left_out_and_reported(serve, live, four_scans):
     daemon, subscriber = live
