@@ -7,6 +7,7 @@ cupy is imported only when a GPU backend is asked for.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -87,14 +88,51 @@ class Backend:
             self.xp.cuda.Device().synchronize()
 
 
-def gpu_available() -> bool:
-    """True when cupy imports and sees at least one CUDA device. Never raises."""
+#: Longest reason :func:`gpu_probe` returns (an exception's text can be pages long).
+_REASON_CHARS = 300
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_probe() -> str | None:
+    """Whether cupy can compute on a GPU here: None when it can, else why not (one line).
+
+    Runs what every GPU path needs, once per process: cupy's import, a CUDA device, one
+    compiled element-wise kernel (NVRTC and cupy's kernel cache directory, ``CUPY_CACHE_DIR``:
+    a read-only home under systemd fails here) and one FFT (cuFFT), checked against numpy.
+    Counting devices alone passes on a machine whose cupy lacks its CUDA libraries, and every
+    batch would then fail. Never raises.
+    """
     try:
         import cupy
+        import cupyx.scipy.fft
+        import numpy
+    except Exception as exc:  # noqa: BLE001 - any import failure is a reason, not a crash
+        return _reason("cupy does not import", exc)
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "no CUDA device"
+    except Exception as exc:  # noqa: BLE001
+        return _reason("no CUDA device", exc)
+    try:
+        x = cupy.arange(16, dtype=cupy.float32)
+        kernel = cupy.ElementwiseKernel("float32 x", "float32 y", "y = 2 * x + 1", "holostream_probe")
+        spectrum = cupy.asnumpy(cupyx.scipy.fft.fft(kernel(x).astype(cupy.complex64)))
+    except Exception as exc:  # noqa: BLE001
+        return _reason("a CUDA kernel or FFT failed", exc)
+    expected = numpy.fft.fft(2 * numpy.arange(16) + 1)
+    if not numpy.allclose(spectrum, expected, rtol=1e-4, atol=1e-3):
+        return "the GPU's FFT of a test signal differs from numpy's"
+    return None
 
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # noqa: BLE001 - any failure means "no usable GPU"
-        return False
+
+def _reason(what: str, exc: BaseException) -> str:
+    text = " ".join(f"{what}: {type(exc).__name__}: {exc}".split())
+    return text if len(text) <= _REASON_CHARS else text[: _REASON_CHARS - 1] + "…"
+
+
+def gpu_available() -> bool:
+    """True when cupy can compute on a GPU here (:func:`gpu_probe`). Never raises."""
+    return gpu_probe() is None
 
 
 def get_backend(device: str = "cpu", threads: int | None = None) -> Backend:
@@ -110,8 +148,9 @@ def get_backend(device: str = "cpu", threads: int | None = None) -> Backend:
         n = threads or len(os.sched_getaffinity(0))
         return Backend("cpu", numpy, n, scipy.fft)
     if device == "gpu":
-        if not gpu_available():
-            raise RuntimeError("device 'gpu' requested but cupy finds no CUDA device")
+        reason = gpu_probe()
+        if reason is not None:
+            raise RuntimeError(f"device 'gpu' requested but not usable: {reason}")
         import cupy
         import cupyx.scipy.fft
 

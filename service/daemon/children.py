@@ -2,8 +2,8 @@
 
 Every child is spawned (never forked after a ZeroMQ context exists) through
 :func:`child_main`; :class:`WorkerPool` and :class:`ReconstructorProcess` keep their
-processes and restart counts; :func:`resolve_mode` asks a spawned probe whether a GPU is
-there, so the daemon itself never imports cupy.
+processes and restart counts; :func:`resolve_device` asks a spawned probe whether a GPU is
+usable (and why not), so the daemon itself never imports cupy.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from typing import Any, Callable
 from holostream.service.daemon.channels import Channels, drain, spawn_context
 from holostream.service.daemon.lifeline import child_main
 from holostream.shared.scanbuffers import sweep
-from holostream.workers.backend import gpu_available
+from holostream.workers.backend import gpu_probe
 
 log = logging.getLogger(__name__)
 
-_PROBE_GPU, _PROBE_NO_GPU = 0, 3  # exit statuses of the GPU probe
 # what each child runs, imported by the child only after it is bound to the daemon's life
 _WORKER = "holostream.service.daemon.worker:run_worker"
 _RECONSTRUCTOR = "holostream.service.daemon.reconstructor:run_reconstructor"
@@ -148,32 +147,68 @@ class WorkerPool:
         stop_processes(list(self.processes.values()), timeout_s, drain)
 
 
-def _probe_gpu() -> None:
-    """Exit status 0 when cupy sees a GPU, 3 when not (run in a spawned child)."""
-    raise SystemExit(_PROBE_GPU if gpu_available() else _PROBE_NO_GPU)
+def _probe_gpu(answer: Any) -> None:
+    """Send :func:`gpu_probe`'s answer (None: usable, else the reason) back (in a spawned child)."""
+    answer.send(gpu_probe())
+    answer.close()
+
+
+def probe_gpu(timeout_s: float = 60.0) -> str | None:
+    """Whether a GPU is usable here: None when it is, else the reason (one line).
+
+    Asked in a spawned child, so the daemon never imports cupy (or touches a GPU) itself.
+    """
+    receiving, sending = spawn_context().Pipe(duplex=False)
+    probe = spawn_context().Process(target=_probe_gpu, args=(sending,), name="holostream-gpu-probe")
+    probe.start()
+    sending.close()
+    try:
+        if receiving.poll(timeout_s):
+            return receiving.recv()
+        return f"the GPU probe did not answer within {timeout_s:.0f} s"
+    except EOFError:  # died before answering: a crash in the CUDA driver, say
+        probe.join(5.0)
+        return f"the GPU probe died (exit code {probe.exitcode})"
+    finally:
+        receiving.close()
+        if probe.is_alive():
+            probe.join(5.0)
+        if probe.is_alive():
+            probe.kill()
+            probe.join()
+
+
+class DeviceError(RuntimeError):
+    """``[workers] device = "gpu"`` on a machine where no GPU is usable (the reason inside)."""
+
+
+def resolve_device(device: str) -> str:
+    """``"cpu"`` or ``"gpu"`` for ``[workers] device``, probed once for the whole daemon.
+
+    ``"auto"``: the GPU when the probe finds it usable, else the CPU with the reason logged.
+    ``"gpu"``: the GPU, or :class:`DeviceError` with the reason (the daemon does not start
+    workers that could only fail).
+    """
+    if device == "cpu":
+        return "cpu"
+    reason = probe_gpu()
+    if reason is None:
+        return "gpu"
+    if device == "gpu":
+        raise DeviceError(f"[workers] device = \"gpu\" but no GPU is usable: {reason}")
+    log.warning("[workers] device = \"auto\": no usable GPU (%s); computing on the CPU", reason)
+    return "cpu"
 
 
 def resolve_mode(mode: str, device: str) -> str:
-    """``"pool"`` or ``"split"`` for ``[workers] mode`` and ``device``.
+    """``"pool"`` or ``"split"`` for ``[workers] mode`` and a resolved ``device``.
 
-    ``auto`` is split when the device resolves to a GPU. For ``device = "auto"`` that is
-    asked in a spawned child, so the daemon never imports cupy (or touches a GPU) itself.
+    ``auto`` is split on a GPU (CPU workers bin, one process phases and back-projects),
+    pool on the CPU.
     """
     if mode != "auto":
         return mode
-    if device != "auto":
-        return "split" if device == "gpu" else "pool"
-    probe = spawn_context().Process(target=_probe_gpu, name="holostream-gpu-probe")
-    probe.start()
-    probe.join(60.0)
-    if probe.is_alive():
-        probe.kill()
-        probe.join()
-        log.warning("GPU probe did not answer within 60 s: pool mode")
-        return "pool"
-    if probe.exitcode not in (_PROBE_GPU, _PROBE_NO_GPU):
-        log.warning("GPU probe failed (exit code %s): pool mode", probe.exitcode)
-    return "split" if probe.exitcode == _PROBE_GPU else "pool"
+    return "split" if device == "gpu" else "pool"
 
 
 class ReconstructorProcess:

@@ -25,7 +25,13 @@ import zmq
 
 from holostream.service.config import Config
 from holostream.service.daemon.channels import Channels, drain, make_channels, spawn_context
-from holostream.service.daemon.children import IngestProcess, ReconstructorProcess, WorkerPool, resolve_mode
+from holostream.service.daemon.children import (
+    IngestProcess,
+    ReconstructorProcess,
+    WorkerPool,
+    resolve_device,
+    resolve_mode,
+)
 from holostream.service.daemon.control import Control
 from holostream.service.daemon.kept import KeptScan
 from holostream.service.daemon.metrics import Metrics
@@ -65,17 +71,19 @@ class Daemon(ControlRequests, Retuning):
         self.log_level = logging.getLogger().getEffectiveLevel()
         workers = config.workers
         cluster = config.cluster if config.cluster.actors > 0 else None
+        # probed once here (DeviceError: "gpu" asked, none usable); actors resolve their own
+        device = workers.device if cluster is not None else resolve_device(workers.device)
         # actors on a cluster take the reconstructor's place: split mode, the workers bin
-        self.mode = "split" if cluster is not None else resolve_mode(workers.mode, workers.device)
+        self.mode = "split" if cluster is not None else resolve_mode(workers.mode, device)
         self.reconstructor: ReconstructorProcess | None = None
         if self.mode == "split":  # CPU workers bin, one process phases and back-projects
             reconstruct = spawn_context().Queue()
             self.pool = WorkerPool(workers.count, "cpu", self.channels, self.log_level, reconstruct)
             threads = max(1, len(os.sched_getaffinity(0)) // 2)
-            self.reconstructor = ReconstructorProcess(workers.device, workers.batch, self.channels,
+            self.reconstructor = ReconstructorProcess(device, workers.batch, self.channels,
                                                       reconstruct, self.log_level, threads, cluster)
         else:
-            self.pool = WorkerPool(workers.count, workers.device, self.channels, self.log_level)
+            self.pool = WorkerPool(workers.count, device, self.channels, self.log_level)
         self.ingest = IngestProcess(config.ingest, self.channels, self.log_level, workers.count,
                                     self.prefix, self.mode == "split", self._device_budget(), config.security)
         self.last_seq = 0  # highest scan_seq announced so far

@@ -7,6 +7,7 @@ the whole pipeline run group by group.
 from __future__ import annotations
 
 import queue
+import re
 import time
 
 import numpy as np
@@ -14,10 +15,10 @@ import pytest
 
 from holostream.service.config import ConfigError, config_from_dict, load_config
 from holostream.service.daemon.reconstructor import by_scan, gather
-from holostream.service.daemon.children import resolve_mode
+from holostream.service.daemon.children import DeviceError, probe_gpu, resolve_device, resolve_mode
 from holostream.shared.scanbuffers import HANDOFF_COLUMNS, ScanBuffers, layout, sweep
 from holostream.workers import phasing
-from holostream.workers.backend import gpu_available
+from holostream.workers.backend import gpu_available, gpu_probe
 from holostream.workers.flatfield import average_frames
 from holostream.workers.pipeline import ProjectionPipeline
 
@@ -91,8 +92,18 @@ def test_mode_resolution():
     assert resolve_mode("split", "cpu") == "split"
     assert resolve_mode("auto", "gpu") == "split"
     assert resolve_mode("auto", "cpu") == "pool"
-    # device auto: a spawned child looks for the GPU, the caller never imports cupy for it
-    assert resolve_mode("auto", "auto") == ("split" if gpu_available() else "pool")
+
+
+def test_device_resolution_asks_a_child_and_says_why_there_is_no_gpu():
+    # a spawned child runs the probe (a kernel and an FFT); the caller never imports cupy for it
+    reason = probe_gpu()
+    assert (reason is None) == gpu_available()
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("gpu" if reason is None else "cpu")
+    if reason is not None:
+        assert reason == gpu_probe()  # the same one-line reason as in this process
+        with pytest.raises(DeviceError, match="no GPU is usable: " + re.escape(reason)):
+            resolve_device("gpu")
 
 
 def _group(prefix: str, g: int) -> dict:
