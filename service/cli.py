@@ -12,6 +12,10 @@ import os
 import sys
 
 from holostream import __version__
+from holostream.workers.backend import DeviceUnavailable
+
+#: Exit status of any command asked to compute on a GPU where none is usable (the reason on stderr).
+EXIT_NO_DEVICE = 4
 
 # command -> (module under holostream.service, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -61,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"holostream.service.{COMMANDS[args.command][0]}")
     try:
         return int(module.run(args) or 0)
+    except DeviceUnavailable as exc:  # --device gpu, [workers] device = "gpu": why, in one line
+        print(f"holostream {args.command}: {exc}", file=sys.stderr)
+        return EXIT_NO_DEVICE
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback (128 + SIGINT, as shells do)
         print(f"\nholostream {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -88,6 +88,10 @@ class Backend:
             self.xp.cuda.Device().synchronize()
 
 
+class DeviceUnavailable(RuntimeError):
+    """The GPU was asked for and none is usable here; the message says why (:func:`gpu_probe`)."""
+
+
 #: Longest reason :func:`gpu_probe` returns (an exception's text can be pages long).
 _REASON_CHARS = 300
 
@@ -139,7 +143,7 @@ def get_backend(device: str = "cpu", threads: int | None = None) -> Backend:
     """Return the backend for ``device`` ("cpu" or "gpu").
 
     ``threads`` sets the CPU FFT worker count (default: all cores the process may use).
-    Raises ``RuntimeError`` with the reason when a GPU is asked for and none is usable.
+    Raises :class:`DeviceUnavailable` with the reason when a GPU is asked for and none is usable.
     """
     if device == "cpu":
         import numpy
@@ -150,7 +154,7 @@ def get_backend(device: str = "cpu", threads: int | None = None) -> Backend:
     if device == "gpu":
         reason = gpu_probe()
         if reason is not None:
-            raise RuntimeError(f"device 'gpu' requested but not usable: {reason}")
+            raise DeviceUnavailable(f"device 'gpu' requested but not usable: {reason}")
         import cupy
         import cupyx.scipy.fft
 

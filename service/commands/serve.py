@@ -8,13 +8,9 @@ import sys
 from typing import Any
 
 from holostream.service.config import ConfigError, load_config
-from holostream.service.daemon.children import DeviceError
 from holostream.service.daemon.curve import KeyFileError
 from holostream.service.daemon.main import Daemon
 from holostream.service.files.volume import check_writable
-
-#: Exit status when ``[workers] device = "gpu"`` and no GPU is usable (the unit does not restart it).
-EXIT_NO_DEVICE = 4
 
 
 # ---- command line ------------------------------------------------------------------------
@@ -35,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     Exit status: 0 clean stop, 1 cannot start (or children keep dying), 2 bad configuration
     (including an unwritable output_dir), 3 an address is in use, 4 ``device = "gpu"`` and
-    no usable GPU (the reason on stderr).
+    no usable GPU (the reason on stderr; ``cli.main``).
     """
     overrides: dict[str, dict[str, Any]] = {}
     for section in ("ingest", "publish", "control"):
@@ -64,7 +60,4 @@ def run(args: argparse.Namespace) -> int:
     except KeyFileError as exc:
         print(f"holostream serve: configuration error: security: {exc}", file=sys.stderr)
         return 2
-    except DeviceError as exc:
-        print(f"holostream serve: {exc}", file=sys.stderr)
-        return EXIT_NO_DEVICE
     return daemon.run()

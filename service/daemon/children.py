@@ -17,7 +17,7 @@ from typing import Any, Callable
 from holostream.service.daemon.channels import Channels, drain, spawn_context
 from holostream.service.daemon.lifeline import child_main
 from holostream.shared.scanbuffers import sweep
-from holostream.workers.backend import gpu_probe
+from holostream.workers.backend import DeviceUnavailable, gpu_probe
 
 log = logging.getLogger(__name__)
 
@@ -178,16 +178,12 @@ def probe_gpu(timeout_s: float = 60.0) -> str | None:
             probe.join()
 
 
-class DeviceError(RuntimeError):
-    """``[workers] device = "gpu"`` on a machine where no GPU is usable (the reason inside)."""
-
-
 def resolve_device(device: str) -> str:
     """``"cpu"`` or ``"gpu"`` for ``[workers] device``, probed once for the whole daemon.
 
     ``"auto"``: the GPU when the probe finds it usable, else the CPU with the reason logged.
-    ``"gpu"``: the GPU, or :class:`DeviceError` with the reason (the daemon does not start
-    workers that could only fail).
+    ``"gpu"``: the GPU, or :class:`DeviceUnavailable` with the reason (the daemon does not
+    start workers that could only fail).
     """
     if device == "cpu":
         return "cpu"
@@ -195,7 +191,7 @@ def resolve_device(device: str) -> str:
     if reason is None:
         return "gpu"
     if device == "gpu":
-        raise DeviceError(f"[workers] device = \"gpu\" but no GPU is usable: {reason}")
+        raise DeviceUnavailable(f"[workers] device = \"gpu\" but no GPU is usable: {reason}")
     log.warning("[workers] device = \"auto\": no usable GPU (%s); computing on the CPU", reason)
     return "cpu"
 

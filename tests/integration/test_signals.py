@@ -181,6 +181,11 @@ def test_device_gpu_without_a_usable_gpu_stops_at_once_with_the_reason(tmp_path,
     assert "Traceback" not in result.stderr and "giving up" not in result.stderr
     unit = (Path(__file__).parents[2] / "deploy" / "holostream.service").read_text()
     assert "RestartPreventExitStatus=2 4" in unit
+    # any command asked for the GPU: the same one line, the same status
+    bench = subprocess.run([sys.executable, "-m", "holostream.service.cli", "bench", "--device", "gpu"],
+                           capture_output=True, text=True, timeout=60)
+    assert bench.returncode == 4 and "Traceback" not in bench.stderr
+    assert bench.stderr.startswith("holostream bench: device 'gpu' requested but not usable: ")
 
 
 def test_workers_that_keep_dying_make_the_daemon_give_up(tmp_path, serve):

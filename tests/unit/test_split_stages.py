@@ -15,10 +15,10 @@ import pytest
 
 from holostream.service.config import ConfigError, config_from_dict, load_config
 from holostream.service.daemon.reconstructor import by_scan, gather
-from holostream.service.daemon.children import DeviceError, probe_gpu, resolve_device, resolve_mode
+from holostream.service.daemon.children import probe_gpu, resolve_device, resolve_mode
 from holostream.shared.scanbuffers import HANDOFF_COLUMNS, ScanBuffers, layout, sweep
 from holostream.workers import phasing
-from holostream.workers.backend import gpu_available, gpu_probe
+from holostream.workers.backend import DeviceUnavailable, gpu_available, gpu_probe
 from holostream.workers.flatfield import average_frames
 from holostream.workers.pipeline import ProjectionPipeline
 
@@ -102,7 +102,7 @@ def test_device_resolution_asks_a_child_and_says_why_there_is_no_gpu():
     assert resolve_device("auto") == ("gpu" if reason is None else "cpu")
     if reason is not None:
         assert reason == gpu_probe()  # the same one-line reason as in this process
-        with pytest.raises(DeviceError, match="no GPU is usable: " + re.escape(reason)):
+        with pytest.raises(DeviceUnavailable, match="no GPU is usable: " + re.escape(reason)):
             resolve_device("gpu")
 
 
