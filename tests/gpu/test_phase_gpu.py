@@ -78,7 +78,10 @@ def test_padding_matches(backends, holograms, mode):
 def test_start_filters_match(backends, holograms, method):
     cpu, gpu = backends
     plans = [method((ROWS, COLS), PIXEL_M, DISTANCE_M, ENERGY_KEV, DELTA_BETA, b) for b in backends]
-    assert_same(gpu, plans[1](gpu.asarray(holograms)), plans[0](holograms), 1e-5)
+    # Paganin's low-frequency gain δ/(2β) = 100 amplifies float32 rounding: noise of one ulp
+    # on these holograms moves its output by 1.2e-5 of the maximum on the CPU alone (CTF:
+    # 1.4e-6), so cuFFT against pocketfft needs 1e-4.
+    assert_same(gpu, plans[1](gpu.asarray(holograms)), plans[0](holograms), 1e-4)
 
 
 @pytest.mark.parametrize(

@@ -91,7 +91,10 @@ def test_batch_is_invisible_until_commit_then_equals_the_per_group_path(split_sc
         assert [m["group"] for m in committed] == [0, 1, 2, 3] and not work.due(idle=True)
         assert buffers.weights[0] == pytest.approx(sum(m["weight"] for m in messages))
         scale = float(np.abs(reference).max())
-        np.testing.assert_allclose(buffers.volume[0], reference, rtol=0, atol=1e-5 * scale)
+        # on a GPU cuFFT's rounding goes through Paganin's gain δ/(2β) = 100: one float32 ulp
+        # of input moves the phase by ~1e-5 of its maximum (tests/gpu/test_phase_gpu.py)
+        tol = 1e-5 if backend.name == "cpu" else 1e-4
+        np.testing.assert_allclose(buffers.volume[0], reference, rtol=0, atol=tol * scale)
         rows = buffers.handoff
         assert np.all(rows[:, 0] == HANDOFF_COMMITTED)
         np.testing.assert_allclose(rows[:, 1], [m["angle_deg"] for m in messages])
@@ -99,7 +102,7 @@ def test_batch_is_invisible_until_commit_then_equals_the_per_group_path(split_sc
         assert list(rows[:, 3]) == [3, 3, 3, 2] and np.all(rows[:, 4] == 0.0)
         # the sinogram the daemon re-weights from holds the same filtered projections
         np.testing.assert_allclose(buffers.sinogram, filtered, rtol=0,
-                                   atol=1e-5 * float(np.abs(filtered).max()))
+                                   atol=tol * float(np.abs(filtered).max()))
     finally:
         work.close()
 
