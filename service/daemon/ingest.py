@@ -63,7 +63,8 @@ def _keep_freed_buffers() -> None:
 
 def run_ingest(config, settings: ReconstructionSettings, n_workers: int, prefix: str,
                channels: Channels, first_seq: int = 1, split: bool = False,
-               device_budget: DeviceBudget = DeviceBudget(), security: Any = None) -> None:
+               device_budget: DeviceBudget = DeviceBudget(), security: Any = None,
+               reconstruct: Any = None) -> None:
     """Entry point of the ingest process; returns when ``channels.stop`` is set.
 
     Parameters
@@ -86,9 +87,12 @@ def run_ingest(config, settings: ReconstructionSettings, n_workers: int, prefix:
         Device memory a scan may use; a ``scan_start`` that cannot fit is refused.
     security : SecurityConfig, optional
         With ``server_key``: the socket is a CURVE server for the listed client keys.
+    reconstruct : multiprocessing.Queue, optional
+        Split mode: where the groups a dead reconstructor held go again (``daemon/handoff.py``).
     """
     _keep_freed_buffers()
-    ingest = Ingest(config, settings, n_workers, prefix, channels, first_seq, split, device_budget)
+    ingest = Ingest(config, settings, n_workers, prefix, channels, first_seq, split, device_budget,
+                    reconstruct)
     ctx = zmq.Context()
     curve = (Curve.from_files(security.server_key, security.client_keys, security.admin_keys)
              if security is not None and security.server_key else None)
