@@ -6,7 +6,8 @@ When every projection of an angle group is in the ring and the reference is comp
 group goes to the workers as a ``tasks`` message; the workers' ``done`` frees its slots.
 In split mode a group has two stages: the worker's ``binned`` frees its slots once the
 transmission is in the ``binned`` part; the group counts as done at the reconstructor's
-``done``, or as lost when the reconstructor died holding it (its ``handoff`` row says so).
+``done``; when the reconstructor died holding it (its ``handoff`` row says so) ingest sends
+it again to the replacement (``daemon/handoff.py``).
 
 Back-pressure: with no free slot the loop stops reading the socket and waits on ``done``,
 so ZeroMQ's high-water marks hold the sender back. If nothing is in flight and the ring is
