@@ -150,6 +150,10 @@ class Claims:
     def __init__(self) -> None:
         self.taken: dict[str, set[int]] = {}  # buffer prefix -> groups, oldest scan first
 
+    def has(self, key: str, group: int) -> bool:
+        """Whether this process took ``group`` of the scan ``key`` already."""
+        return group in self.taken.get(key, ())
+
     def claim(self, key: str, handoff: np.ndarray, group: int) -> bool:
         """Mark ``group`` taken in ``handoff`` and return True, or False for a duplicate.
 

@@ -192,6 +192,8 @@ class Reconstructor:
         """
         if message.get("type") != "group":
             return True
+        if self.claims.has(str(message["buffers"]["prefix"]), int(message["group"])):
+            return False  # before work(): a second copy must not set up a released scan again
         try:
             return self.work(message).take(int(message["group"]), self.claims)
         except Exception as exc:  # noqa: BLE001 - process() reports the same failure for the group

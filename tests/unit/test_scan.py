@@ -208,6 +208,7 @@ def test_claims_let_one_copy_of_a_group_through(make_scan):
     assert not claims.claim("a", handoff, 1) and not claims.claim("a", handoff, 2)
     assert handoff[0, 0] == HANDOFF_TAKEN and handoff[2, 0] == HANDOFF_ADDING
     assert claims.claim("b", handoff, 0)  # another scan, another set
+    assert claims.has("a", 0) and claims.has("b", 0) and not claims.has("a", 1)
     # the reconstructor's gather leaves a duplicate out of its batch
     q = queue.Queue()  # gather's interface (get_nowait, queue.Empty) without a feeder thread
     for g in (0, 1, 2, 0):  # in another scan "c": 1 and 2 are in the volume, 0 comes twice
