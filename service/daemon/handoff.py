@@ -140,6 +140,17 @@ def again_when_binned(scan: Any, group: int, now: float) -> dict[str, Any] | Non
     return _send_again(flight, group, now)
 
 
+def spans(groups: list[int]) -> str:
+    """``[3, 4, 5, 9]`` as ``"3-5, 9"``: a backlog of thousands of groups in one short log line."""
+    runs: list[list[int]] = []
+    for g in sorted(groups):
+        if runs and g == runs[-1][1] + 1:
+            runs[-1][1] = g
+        else:
+            runs.append([g, g])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs) or "none"
+
+
 class Claims:
     """The groups one reconstructing process has taken: the arbiter of duplicate messages.
 

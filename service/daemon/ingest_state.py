@@ -16,7 +16,7 @@ from collections import Counter
 from typing import Any
 
 from holostream.service.daemon.channels import Channels, drain
-from holostream.service.daemon.handoff import again_when_binned, settle
+from holostream.service.daemon.handoff import again_when_binned, settle, spans
 from holostream.service.daemon.rejects import Rejects
 from holostream.service.daemon.scan import LOST_AFTER_S, OpenScan, half_acquisition
 from holostream.service.daemon.scanplan import ScanPlan, open_scan, plan_scan
@@ -288,10 +288,11 @@ class Ingest:
             log.error("scan %s: groups %s died with the reconstructor (%s)", scan.info.scan_id,
                       sorted(g for g, reason in settled.lost.items() if reason == why), why)
         if settled.again or settled.later:
-            log.warning("scan %s: groups %s the dead reconstructor held, and %s it may have had queued, "
-                        "sent again to its replacement; %s once their worker has binned them",
-                        scan.info.scan_id, settled.held,
-                        sorted(set(m["group"] for m in settled.again) - set(settled.held)), settled.later)
+            queued = sorted(set(m["group"] for m in settled.again) - set(settled.held))
+            log.warning("scan %s: groups %s the dead reconstructor held, and %d it may have had queued (%s), "
+                        "sent again to its replacement; %d more (%s) once their worker has binned them",
+                        scan.info.scan_id, settled.held, len(queued), spans(queued), len(settled.later),
+                        spans(settled.later))
         self._send_again(settled.again)
         for g in settled.committed:
             self.on_done({"type": "done", "scan_seq": scan.seq, "group": g, "slots": [],

@@ -10,7 +10,7 @@ import queue
 import numpy as np
 import pytest
 
-from holostream.service.daemon.handoff import REDO_LIMIT, Claims, again_when_binned, settle
+from holostream.service.daemon.handoff import REDO_LIMIT, Claims, again_when_binned, settle, spans
 from holostream.service.daemon.reconstructor import gather
 from holostream.service.daemon.scan import LOST_AFTER_S, OVERTAKEN_S
 from holostream.service.daemon.scanplan import open_scan
@@ -209,6 +209,7 @@ def test_claims_let_one_copy_of_a_group_through(make_scan):
     assert handoff[0, 0] == HANDOFF_TAKEN and handoff[2, 0] == HANDOFF_ADDING
     assert claims.claim("b", handoff, 0)  # another scan, another set
     assert claims.has("a", 0) and claims.has("b", 0) and not claims.has("a", 1)
+    assert spans([9, 3, 4, 5, 11, 12]) == "3-5, 9, 11-12" and spans([]) == "none"  # for the log
     # the reconstructor's gather leaves a duplicate out of its batch
     q = queue.Queue()  # gather's interface (get_nowait, queue.Empty) without a feeder thread
     for g in (0, 1, 2, 0):  # in another scan "c": 1 and 2 are in the volume, 0 comes twice
