@@ -117,7 +117,7 @@ def settle(scan: Any, now: float) -> Settlement:
             if flight.reconstructor_losses >= REDO_LIMIT:
                 result.lost[g] = f"held by {flight.reconstructor_losses} reconstructors that died"
                 continue
-        elif row not in (HANDOFF_TAKEN, HANDOFF_WAITING):
+        elif row != HANDOFF_WAITING:
             result.lost[g] = f"its handoff row has an unknown state {row!r}"
             continue
         if flight.stage == "binned":

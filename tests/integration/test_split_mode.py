@@ -229,7 +229,7 @@ def test_bad_mode_and_batch_are_refused_naming_the_key(tmp_path):
 
 def test_ingest_sends_the_groups_of_a_dead_reconstructor_again_from_their_handoff_rows(ingest_in_process):
     """In-process Ingest in split mode: slots freed at ``binned``; taken or never marked = sent
-    again on the reconstruct queue, committed = done."""
+    again on the reconstruct queue, not yet binned = sent again at its ``binned``, committed = done."""
     import queue
 
     from holostream.shared.messages import ScanInfo, encode_frame, encode_scan_end, encode_scan_start
@@ -238,8 +238,8 @@ def test_ingest_sends_the_groups_of_a_dead_reconstructor_again_from_their_handof
     reconstruct = queue.Queue()  # what the daemon's multiprocessing queue offers ingest: put
     ingest, channels = ingest_in_process(n_workers=3, split=True, reconstruct=reconstruct)
     info = ScanInfo(scan_id="s1", shape=(8, 12), dtype="uint16", n_darks=1, n_flats=1,
-                    n_projections=4, energy_kev=17.5, distance_m=0.05, pixel_size_m=1e-6,
-                    delta_beta=200.0, angle_start_deg=0.0, angle_step_deg=45.0)
+                    n_projections=5, energy_kev=17.5, distance_m=0.05, pixel_size_m=1e-6,
+                    delta_beta=200.0, angle_start_deg=0.0, angle_step_deg=36.0)
     frame = np.full(info.shape, 1000, np.uint16)
     ingest.handle(encode_scan_start(info))
     ingest.handle(encode_frame("s1", "dark", 0, frame * 0))
@@ -248,35 +248,46 @@ def test_ingest_sends_the_groups_of_a_dead_reconstructor_again_from_their_handof
         ingest.handle(encode_frame("s1", "projection", i, frame))
     tasks = [channels.tasks.get(timeout=5) for _ in range(4)]
     buffers = ingest.scan.buffers
-    assert buffers.volume.shape[0] == 1 and buffers.binned.shape == (4, 8, 12)
+    assert buffers.volume.shape[0] == 1 and buffers.binned.shape == (5, 8, 12)
     assert not ingest.scan.free_slots  # four groups, four slots, all taken
-    for w, task in enumerate(tasks):  # each worker wrote binned[g] and handed the group on
+
+    def binned(task, worker):  # the worker wrote binned[g] and handed the group on
         ingest.on_done({"type": "binned", "scan_seq": task["scan_seq"], "group": task["group"],
-                        "slots": task["slots"], "worker": w % 3, "seconds": 0.01})
+                        "slots": task["slots"], "worker": worker, "seconds": 0.01})
+
+    def done(group):  # the reconstructor's report
+        ingest.on_done({"type": "done", "scan_seq": tasks[0]["scan_seq"], "group": group, "slots": [],
+                        "seconds": 0.02})
+
+    for w, task in enumerate(tasks):
+        binned(task, w % 3)
     assert len(ingest.scan.free_slots) == 4 and len(ingest.scan.in_flight) == 4  # slots free, groups not
-    g_done, g_taken, g_committed, g_queued = (t["group"] for t in tasks)
-    ingest.on_done({"type": "done", "scan_seq": tasks[0]["scan_seq"], "group": g_done, "slots": [],
-                    "seconds": 0.02})
+    ingest.handle(encode_frame("s1", "projection", 4, frame))
+    tasks.append(channels.tasks.get(timeout=5))  # in a worker when the reconstructor dies
+    g_done, g_taken, g_committed, g_queued, g_raw = (t["group"] for t in tasks)
+    done(g_done)
     buffers.handoff[g_taken, 0] = HANDOFF_TAKEN
     buffers.handoff[g_committed] = (HANDOFF_COMMITTED, 90.0, 0.785, 1, 0.0)
     ingest.handle(encode_scan_end("s1"))
     ingest.on_command({"type": "reconstructor_lost"})
-    assert sorted(ingest.scan.in_flight) == sorted([g_taken, g_queued])  # for the next reconstructor
+    assert sorted(ingest.scan.in_flight) == sorted([g_taken, g_queued, g_raw])  # for the next reconstructor
     again = [reconstruct.get_nowait() for _ in range(2)]
     assert reconstruct.empty() and sorted(m["group"] for m in again) == sorted([g_taken, g_queued])
+    binned(tasks[g_raw], 1)  # the dead one may have taken it from the queue before it died
+    again.append(reconstruct.get_nowait())
+    assert again[-1]["group"] == g_raw and again[-1]["worker"] == 1
     for message in again:  # what a worker put on the queue, marked as sent again
         task = tasks[message["group"]]
-        assert message["redone"] and message["worker"] == message["group"] % 3
+        assert message["redone"] and message["type"] == "group" and "slots" not in message
         assert message["buffers"] == task["buffers"] and message["angle_deg"] == task["angle_deg"]
-        ingest.on_done({"type": "done", "scan_seq": task["scan_seq"], "group": message["group"], "slots": [],
-                        "seconds": 0.02})
+        done(message["group"])
     events = []
     while not any(e["type"] == "scan_complete" for e in events):
         events.append(channels.events.get(timeout=5))
     complete = events[-1]
-    assert complete["groups_arrived"] == [0, 1, 2, 3] and complete["n_projections_used"] == 4
+    assert complete["groups_arrived"] == [0, 1, 2, 3, 4] and complete["n_projections_used"] == 5
     stats = ingest.stats(time.monotonic())
-    assert stats["lost_groups"] == 0 and stats["requeued_groups"] == 2
+    assert stats["lost_groups"] == 0 and stats["requeued_groups"] == 3
 
 
 def test_ingest_waits_for_a_backlog_but_not_for_a_group_overtaken_in_the_reconstructor(ingest_in_process):
