@@ -3,7 +3,8 @@
 ``[cluster] actors = 2``: the daemon's dispatcher starts a local cluster of two worker
 processes, one ``LiveActor`` on each; the daemon's workers bin, the actors phase, filter and
 back-project. The final volume must be the one-process one (offline and a pool-mode daemon),
-and an actor whose worker process is killed with SIGKILL mid-scan must cost no angle.
+and an actor whose worker process, or the dispatcher itself, is killed with SIGKILL mid-scan
+must cost no angle.
 """
 
 from __future__ import annotations
