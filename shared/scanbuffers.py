@@ -28,11 +28,12 @@ log = logging.getLogger(__name__)
 
 SHM_DIR = "/dev/shm"
 #: Split mode: the ``handoff`` row of a group is ``(state, angle_deg, weight (rad),
-#: n_projections, center_px)``; state is one of the three below. Written by the
+#: n_projections, center_px)``; state is one of the four below. Written by the
 #: reconstructor in shared memory, so it survives the reconstructor's death (its queue
-#: messages may not: they leave through a feeder thread).
+#: messages may not: they leave through a feeder thread). ``HANDOFF_ADDING``: being added
+#: to ``volume[0]`` right now (a process killed then may leave part of it there).
 HANDOFF_COLUMNS = 5
-HANDOFF_WAITING, HANDOFF_TAKEN, HANDOFF_COMMITTED = 0.0, 1.0, 2.0
+HANDOFF_WAITING, HANDOFF_TAKEN, HANDOFF_COMMITTED, HANDOFF_ADDING = 0.0, 1.0, 2.0, 3.0
 _TRACK_KEYWORD = sys.version_info >= (3, 13)  # SharedMemory(track=False) exists from 3.13
 
 
@@ -242,7 +243,8 @@ class ScanBuffers:
         """float64 ``(n_groups, 5)``: state, angle_deg, weight, n_projections, center_px per group.
 
         Split mode only. State ``HANDOFF_TAKEN`` once the reconstructor holds the group,
-        ``HANDOFF_COMMITTED`` (with the other columns) once it is in ``volume[0]``.
+        ``HANDOFF_ADDING`` while it is being added to ``volume[0]``, ``HANDOFF_COMMITTED``
+        (with the other columns) once it is there.
         """
         if "handoff" not in self.arrays:
             raise KeyError(f"scan buffers {self.prefix} have no 'handoff' part (pool mode)")

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from holostream.service.daemon.channels import Channels
+from holostream.service.daemon.handoff import Claims
 from holostream.service.daemon.reconstructor import _result, by_scan
 from holostream.service.daemon.rings import AbsorptionSum
-from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers
+from holostream.shared.scanbuffers import HANDOFF_ADDING, HANDOFF_COMMITTED, ScanBuffers
 from holostream.workers.backend import get_backend
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,9 @@ class _Scan:
     def commit(self, volume: np.ndarray, messages: list[dict[str, Any]], weight: float,
                center_px: float) -> None:
         """Add a collected partial to ``volume[0]``, then mark its groups committed in ``handoff``."""
-        self.buffers.volume[0] += volume
         groups = [int(m["group"]) for m in messages]
+        self.buffers.handoff[groups, 0] = HANDOFF_ADDING  # killed from here on: not added again
+        self.buffers.volume[0] += volume
         self.stripes.add(self.buffers.binned[groups], [float(m["weight"]) for m in messages],
                          [float(m["angle_deg"]) for m in messages])
         self.stripes.commit(self.buffers.absorption_sum[0], self.buffers.absorption_weights[0])
@@ -141,6 +143,7 @@ class ActorPool:
         self.actors: list[_Actor] = []
         self.scans: dict[str, _Scan] = {}
         self.backlog: list[dict[str, Any]] = []  # groups taken from the queue (or redone), not sent yet
+        self.claims = Claims()  # the arbiter of groups a dead dispatcher's successor gets twice
         self.losses: dict[tuple[str, int], int] = {}
         self.lost_actors = 0
         self.redone = 0
@@ -240,18 +243,23 @@ class ActorPool:
             log.debug("cancel of a lost actor: %s", exc)
 
     # ---- groups --------------------------------------------------------------------------
-    def take(self, message: dict[str, Any]) -> None:
-        """A group from the queue: marked taken in ``handoff`` at once, then kept in the backlog."""
+    def take(self, message: dict[str, Any]) -> bool:
+        """A group from the queue: marked taken in ``handoff`` at once, then kept in the backlog.
+
+        False for a duplicate (sent again after a dispatcher died; ``daemon/handoff.py``).
+        """
         if message.get("type") != "group":
-            return
+            return True
         self.last_message = time.monotonic()
         try:
             scan = self._scan(message)
-            scan.buffers.handoff[int(message["group"]), 0] = HANDOFF_TAKEN
+            if not self.claims.claim(scan.key, scan.buffers.handoff, int(message["group"])):
+                return False
         except (OSError, ValueError, KeyError) as exc:  # the scan's memory is gone (ingest died)
             self._fail([message], f"{type(exc).__name__}: {exc}")
-            return
+            return True
         self.backlog.append(message)
+        return True
 
     def _scan(self, message: dict[str, Any]) -> _Scan:
         key = str(message["buffers"]["prefix"])

@@ -237,6 +237,7 @@ class ReconstructorProcess:
         self.process: BaseProcess | None = None
         self.restarts = 0
         self.groups_done = 0  # counted by the daemon from events
+        self.redone = 0  # of those, groups a dead predecessor held or had queued (daemon/handoff.py)
 
     def start(self) -> None:
         """Start the process."""
@@ -258,17 +259,18 @@ class ReconstructorProcess:
         # a process killed mid-receive or mid-send may have left a queue locked
         for lock in (self.reconstruct._rlock, self.channels.done._wlock, self.channels.events._wlock):
             free_orphaned_lock(lock, grace_s=2.0)
-        log.error("reconstructor (pid %s) died with exit code %s: replacing it",
-                  self.process.pid, self.process.exitcode)
+        log.error("reconstructor (pid %s) died with exit code %s: replacing it (ingest sends the groups it "
+                  "held again)", self.process.pid, self.process.exitcode)
         self.process.join(0)
         self.restarts += 1
         self.start()
 
     def status(self) -> dict[str, Any]:
-        """``{"pid", "alive", "restarts", "groups_done", "batch", "cluster"}`` (cluster: the actors, or None)."""
+        """``{"pid", "alive", "restarts", "groups_done", "redone", "batch", "cluster"}`` (cluster: the actors, or None)."""
         return {"pid": self.process.pid if self.process else None,
                 "alive": bool(self.process and self.process.is_alive()),
-                "restarts": self.restarts, "groups_done": self.groups_done, "batch": self.batch,
+                "restarts": self.restarts, "groups_done": self.groups_done, "redone": self.redone,
+                "batch": self.batch,
                 "cluster": self.actors}
 
     def stop(self, timeout_s: float, drain: Callable[[], None] | None = None) -> None:
@@ -301,11 +303,15 @@ class IngestProcess:
         What each ``scan_start`` is checked against.
     silent_s : float
         Seconds without a report after which ingest counts as hung.
+    reconstruct : multiprocessing.Queue, optional
+        Split mode: ingest sends a dead reconstructor's groups again on it.
     """
 
     def __init__(self, config: Any, channels: Channels, log_level: int, n_workers: int, prefix: str,
-                 split: bool, device_budget: Any, security: Any = None, silent_s: float = 10.0):
+                 split: bool, device_budget: Any, security: Any = None, silent_s: float = 10.0,
+                 reconstruct: Any = None):
         self.security = security
+        self.reconstruct = reconstruct
         self.config, self.channels, self.log_level = config, channels, log_level
         self.n_workers, self.prefix, self.split, self.device_budget = n_workers, prefix, split, device_budget
         self.silent_s = silent_s
@@ -323,7 +329,7 @@ class IngestProcess:
         self.process = spawn_context().Process(
             target=child_main, name="holostream-ingest",
             args=(self.log_level, _INGEST, self.config, settings, self.n_workers, self.prefix,
-                  self.channels, first_seq, self.split, self.device_budget, self.security))
+                  self.channels, first_seq, self.split, self.device_budget, self.security, self.reconstruct))
         self.process.start()
         self.last_heard = time.monotonic() + 10.0  # allow for its start (imports, bind)
 
@@ -342,8 +348,10 @@ class IngestProcess:
     def restart(self, settings: Any, first_seq: int) -> None:
         """Replace a dead ingest; what it left in the queues is void."""
         # ingest is the only reader of done and commands: a lock held now is orphaned
-        for lock in (self.channels.done._rlock, self.channels.commands._rlock,
-                     self.channels.tasks._wlock, self.channels.events._wlock):
+        written = [self.channels.tasks, self.channels.events]
+        if self.reconstruct is not None:  # split mode: it sends a dead reconstructor's groups again
+            written.append(self.reconstruct)
+        for lock in [self.channels.done._rlock, self.channels.commands._rlock, *(q._wlock for q in written)]:
             free_orphaned_lock(lock, grace_s=2.0)
         drain(self.channels.tasks)  # group tasks of the dead ingest's scans are void
         drain(self.channels.commands)

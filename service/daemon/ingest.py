@@ -6,7 +6,8 @@ When every projection of an angle group is in the ring and the reference is comp
 group goes to the workers as a ``tasks`` message; the workers' ``done`` frees its slots.
 In split mode a group has two stages: the worker's ``binned`` frees its slots once the
 transmission is in the ``binned`` part; the group counts as done at the reconstructor's
-``done``, or as lost when the reconstructor died holding it (its ``handoff`` row says so).
+``done``; when the reconstructor died holding it (its ``handoff`` row says so) ingest sends
+it again to the replacement (``daemon/handoff.py``).
 
 Back-pressure: with no free slot the loop stops reading the socket and waits on ``done``,
 so ZeroMQ's high-water marks hold the sender back. If nothing is in flight and the ring is
@@ -63,7 +64,8 @@ def _keep_freed_buffers() -> None:
 
 def run_ingest(config, settings: ReconstructionSettings, n_workers: int, prefix: str,
                channels: Channels, first_seq: int = 1, split: bool = False,
-               device_budget: DeviceBudget = DeviceBudget(), security: Any = None) -> None:
+               device_budget: DeviceBudget = DeviceBudget(), security: Any = None,
+               reconstruct: Any = None) -> None:
     """Entry point of the ingest process; returns when ``channels.stop`` is set.
 
     Parameters
@@ -86,9 +88,12 @@ def run_ingest(config, settings: ReconstructionSettings, n_workers: int, prefix:
         Device memory a scan may use; a ``scan_start`` that cannot fit is refused.
     security : SecurityConfig, optional
         With ``server_key``: the socket is a CURVE server for the listed client keys.
+    reconstruct : multiprocessing.Queue, optional
+        Split mode: where the groups a dead reconstructor held go again (``daemon/handoff.py``).
     """
     _keep_freed_buffers()
-    ingest = Ingest(config, settings, n_workers, prefix, channels, first_seq, split, device_budget)
+    ingest = Ingest(config, settings, n_workers, prefix, channels, first_seq, split, device_budget,
+                    reconstruct)
     ctx = zmq.Context()
     curve = (Curve.from_files(security.server_key, security.client_keys, security.admin_keys)
              if security is not None and security.server_key else None)

@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Any
 
 from holostream.service.daemon.channels import Channels, drain
+from holostream.service.daemon.handoff import again_when_binned, settle, spans
 from holostream.service.daemon.rejects import Rejects
 from holostream.service.daemon.scan import LOST_AFTER_S, OpenScan, half_acquisition
 from holostream.service.daemon.scanplan import ScanPlan, open_scan, plan_scan
@@ -37,8 +38,9 @@ class Ingest:
 
     def __init__(self, config, settings: ReconstructionSettings, n_workers: int, prefix: str,
                  channels: Channels, first_seq: int = 1, split: bool = False,
-                 device_budget: DeviceBudget = DeviceBudget()):
+                 device_budget: DeviceBudget = DeviceBudget(), reconstruct: Any = None):
         self.config = config
+        self.reconstruct = reconstruct  # split mode: a dead reconstructor's groups go back on it
         self.device_budget = device_budget
         self.settings = settings
         self.split = split
@@ -270,6 +272,7 @@ class Ingest:
             self.channels.events.put({"type": "progress", "scan_seq": scan.seq,
                                       "groups_done": len(scan.groups_done)})
         elif kind == "binned":
+            self._send_again([again_when_binned(scan, msg["group"], time.monotonic())])
             return
         elif kind != "done":
             self.counts["failed_groups"] += 1
@@ -278,18 +281,41 @@ class Ingest:
         self.finish_if_idle()
 
     def reconstructor_lost(self) -> None:
-        """The reconstructor died (split mode): settle the groups it held (see ``OpenScan``)."""
+        """The reconstructor died (split mode): settle the groups it held (``daemon/handoff.py``).
+
+        Committed ones count as done; the others go back on the ``reconstruct`` queue for
+        its replacement (from ``binned``), or are lost with the reason.
+        """
         scan = self.scan
         if scan is None:
             return
-        lost, committed = scan.settle_reconstructor()
-        if lost:
-            self.counts["lost_groups"] += len(lost)
-            log.error("scan %s: groups %s died with the reconstructor", scan.info.scan_id, lost)
-        for g in committed:
+        settled = settle(scan, time.monotonic())
+        self.counts["lost_groups"] += len(settled.lost)
+        for why in sorted(set(settled.lost.values())):
+            log.error("scan %s: groups %s died with the reconstructor (%s)", scan.info.scan_id,
+                      sorted(g for g, reason in settled.lost.items() if reason == why), why)
+        if settled.again or settled.later:
+            queued = sorted(set(m["group"] for m in settled.again) - set(settled.held))
+            log.warning("scan %s: groups %s the dead reconstructor held, and %d it may have had queued (%s), "
+                        "sent again to its replacement; %d more (%s) once their worker has binned them",
+                        scan.info.scan_id, settled.held, len(queued), spans(queued), len(settled.later),
+                        spans(settled.later))
+        self._send_again(settled.again)
+        for g in settled.committed:
             self.on_done({"type": "done", "scan_seq": scan.seq, "group": g, "slots": [],
                           "worker": "reconstructor", "seconds": 0.0})
         self.finish_if_idle()
+
+    def _send_again(self, messages: list[dict[str, Any] | None]) -> None:
+        """Put binned groups back on the ``reconstruct`` queue (the reconstructor drops duplicates)."""
+        for message in messages:
+            if message is None:
+                continue
+            if self.reconstruct is None:  # an Ingest without the queue (driven by a test)
+                log.error("group %s cannot be sent again: no reconstruct queue", message["group"])
+                continue
+            self.reconstruct.put(message)
+            self.counts["requeued_groups"] += 1
 
     def reclaim_lost(self, now: float) -> None:
         """Give up the groups whose worker died, so that a scan never waits forever."""
@@ -358,6 +384,7 @@ class Ingest:
                 "rejected": self.rejects.total, "rejected_by_reason": dict(self.rejects.counts),
                 "dropped": self.counts["dropped"], "failed_groups": self.counts["failed_groups"],
                 "lost_groups": self.counts["lost_groups"], "redone_groups": self.counts["redone_groups"],
+                "requeued_groups": self.counts["requeued_groups"],
                 "angles_left_out": self.counts["angles_left_out"],
                 "frames_per_s": (frames - frames0) / dt,
                 "bytes_per_s": (nbytes - bytes0) / dt, "ring_slots": scan.n_slots if scan else 0,

@@ -85,7 +85,8 @@ class Daemon(ControlRequests, Retuning):
         else:
             self.pool = WorkerPool(workers.count, device, self.channels, self.log_level)
         self.ingest = IngestProcess(config.ingest, self.channels, self.log_level, workers.count,
-                                    self.prefix, self.mode == "split", self._device_budget(), config.security)
+                                    self.prefix, self.mode == "split", self._device_budget(), config.security,
+                                    reconstruct=self.reconstructor.reconstruct if self.reconstructor else None)
         self.last_seq = 0  # highest scan_seq announced so far
         self.notifier = Notifier.from_environ()
         self.backend = get_backend("cpu", threads=1)
@@ -281,6 +282,7 @@ class Daemon(ControlRequests, Retuning):
             self.pool.groups_done[int(event["worker"])] += 1  # the worker that binned it, in split mode
             if event.get("reconstructor") and self.reconstructor is not None:
                 self.reconstructor.groups_done += 1
+                self.reconstructor.redone += bool(event.get("redone"))  # for a dead predecessor
 
     # ---- publishing ------------------------------------------------------------------
     def _advance(self, state: LiveScan, now: float) -> None:
@@ -398,10 +400,11 @@ class Daemon(ControlRequests, Retuning):
             self.pool.replace(dead_workers)
             self.last_error = f"worker(s) {dead_workers} died and were replaced"
         if reconstructor_dead:
-            # ingest first: the groups the dead one held are lost, before a new one takes any
+            # ingest first: it reads the dead one's handoff rows while the new one still imports,
+            # and sends what it held again to the new one (daemon/handoff.py)
             self.channels.commands.put({"type": "reconstructor_lost"})
             self.reconstructor.replace()
-            self.last_error = "the reconstructor died and was replaced; the groups it held are lost"
+            self.last_error = "the reconstructor died and was replaced; the groups it held are redone"
         if ingest_dead and self.ingest.process.exitcode == EXIT_ADDRESS_IN_USE:
             self.last_error = f"the ingest address {self.config.ingest.address} is in use: giving up"
             log.critical(self.last_error)  # restarting would only fail again, with a traceback each time

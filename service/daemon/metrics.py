@@ -128,6 +128,12 @@ class Metrics:
         for queue_name, size in sorted(queues.items()):
             depth.add_metric([queue_name], float(size))
         yield depth
+        if status.get("reconstructor"):  # split mode: what a replacement redid for its dead predecessor
+            family = CounterMetricFamily("holostream_reconstructor_groups_redone",
+                                         "angle groups a dead reconstructor (or dispatcher) held or had queued, "
+                                         "reconstructed by its replacement")
+            family.add_metric([], float(status["reconstructor"].get("redone") or 0))
+            yield family
         device = (status.get("reconstructor") or {}).get("device_bytes")
         if device is not None:
             family = GaugeMetricFamily("holostream_device_memory_bytes", "device memory the reconstructor holds")

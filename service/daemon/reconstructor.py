@@ -12,9 +12,10 @@ writes ``sinogram[groups]`` and back-projects the batch into a device accumulato
 ``group_done`` events (daemon) and ``done`` (ingest), exactly as pool-mode workers do, so
 the daemon's live and final volumes work unchanged. A reconstructor killed mid-batch
 therefore leaves no half-added group in the volume. Each group's row of the ``handoff``
-part says where it is (taken, committed with its angle and weight): shared memory outlives
-the process, its queue messages may not, so after a death ingest counts the taken groups
-as lost and the daemon records the committed ones whose report never came.
+part says where it is (taken, being added, committed with its angle and weight): shared
+memory outlives the process, its queue messages may not, so after a death ingest sends the
+groups it held again to its replacement (:mod:`.handoff`; a duplicate is dropped at the
+claim) and the daemon records the committed ones whose report never came.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from typing import Any, Callable
 import numpy as np
 
 from holostream.service.daemon.channels import Channels
+from holostream.service.daemon.handoff import Claims
 from holostream.service.daemon.rings import AbsorptionSum
 from holostream.service.daemon.worker import build_pipeline, choose_backend
 from holostream.shared.messages import ScanInfo
-from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers
+from holostream.shared.scanbuffers import HANDOFF_ADDING, HANDOFF_COMMITTED, ScanBuffers
 from holostream.shared.settings import ReconstructionSettings
 from holostream.workers import fbp
 from holostream.workers.backend import Backend
@@ -82,9 +84,12 @@ class ScanReconstruction:
         self.last_used = self.last_commit = time.monotonic()
         self.commit_seconds = 0.0  # what the last commit took (a whole-volume copy on a GPU)
 
-    def take(self, group: int) -> None:
-        """Mark ``group`` as held by this process (lost if it dies before the commit)."""
-        self.buffers.handoff[group, 0] = HANDOFF_TAKEN
+    def take(self, group: int, claims: Claims) -> bool:
+        """Mark ``group`` as held by this process (sent again if it dies before the commit).
+
+        False for a duplicate (:meth:`Claims.claim`): already taken here, or in the volume.
+        """
+        return claims.claim(self.buffers.prefix, self.buffers.handoff, group)
 
     def run(self, messages: list[dict[str, Any]]) -> None:
         """Phase, filter and back-project one batch of this scan's groups (not yet committed)."""
@@ -124,6 +129,8 @@ class ScanReconstruction:
         process is killed before its reports leave (queue feeder threads).
         """
         start = time.monotonic()
+        groups = [int(m["group"]) for m in self.uncommitted]
+        self.buffers.handoff[groups, 0] = HANDOFF_ADDING  # killed from here on: not added again
         self.shared_volume += self.backend.to_host(self.accumulator)
         self.stripes.commit(self.buffers.absorption_sum[0], self.buffers.absorption_weights[0])
         self.buffers.weights[0] += self.uncommitted_weight
@@ -150,6 +157,8 @@ def _result(message: dict[str, Any], error: str | None, seconds: float,
                                                "n_projections", "worker")}
     event.update(type="group_done" if error is None else "group_failed", center_px=center_px,
                  error=error, seconds=seconds, reconstructor=True)
+    if message.get("redone"):  # sent again after a reconstructor died holding it (handoff.py)
+        event["redone"] = True
     done = {"type": "done" if error is None else "failed", "scan_seq": message["scan_seq"],
             "group": message["group"], "slots": [], "worker": "reconstructor", "error": error,
             "seconds": seconds}
@@ -164,6 +173,7 @@ class Reconstructor:
         self.channels = channels
         self.batch = batch
         self.cache: dict[str, ScanReconstruction] = {}  # by buffer prefix, unique per scan
+        self.claims = Claims()
         self.failed_scans: set[str] = set()
         self.batch_seconds: dict[str, float] = {}
 
@@ -174,14 +184,21 @@ class Reconstructor:
             self.cache[key] = ScanReconstruction(message, self.backend)
         return self.cache[key]
 
-    def take(self, message: dict[str, Any]) -> None:
-        """Mark a group just taken from the queue as ours, before anything else can happen."""
+    def take(self, message: dict[str, Any]) -> bool:
+        """Mark a group just taken from the queue as ours, before anything else can happen.
+
+        False for a duplicate (a group sent again after a reconstructor died, that this
+        process has or whose row says it is in the volume): it must not be processed.
+        """
         if message.get("type") != "group":
-            return
+            return True
+        if self.claims.has(str(message["buffers"]["prefix"]), int(message["group"])):
+            return False  # before work(): a second copy must not set up a released scan again
         try:
-            self.work(message).take(int(message["group"]))
+            return self.work(message).take(int(message["group"]), self.claims)
         except Exception as exc:  # noqa: BLE001 - process() reports the same failure for the group
             log.debug("reconstructor: cannot mark group %s taken: %s", message.get("group"), exc)
+            return True
 
     def process(self, messages: list[dict[str, Any]]) -> None:
         """Run the groups of one scan as one batch; a failure fails them all, with the reason."""
@@ -232,27 +249,28 @@ class Reconstructor:
         return time.monotonic() - max(w.last_used for w in self.cache.values())
 
 
-def gather(source: Any, batch: int, on_take: Callable[[dict[str, Any]], None],
+def gather(source: Any, batch: int, on_take: Callable[[dict[str, Any]], bool | None],
            fill_wait_s: float = _FILL_WAIT_S) -> list[dict[str, Any]]:
     """Up to ``batch`` messages of ``source``; [] at once when it is empty.
 
     Once the first message is in, waits at most ``fill_wait_s`` seconds for more.
-    ``on_take`` is called on each message as soon as it is out of the queue.
+    ``on_take`` is called on each message as soon as it is out of the queue; a message for
+    which it returns False (a duplicate) is left out.
     """
-    try:
-        messages = [source.get_nowait()]
-    except queue.Empty:
-        return []
-    on_take(messages[0])
-    deadline = time.monotonic() + fill_wait_s
-    while len(messages) < batch and messages[-1].get("type") != "stop":
+    messages: list[dict[str, Any]] = []
+    deadline = None  # set by the first message out of the queue
+    while len(messages) < batch and not (messages and messages[-1].get("type") == "stop"):
         try:
-            messages.append(source.get_nowait())
-            on_take(messages[-1])
+            message = source.get_nowait()
         except queue.Empty:
-            if time.monotonic() >= deadline:
+            if deadline is None or time.monotonic() >= deadline:
                 break
             time.sleep(_MIN_WAIT_S)  # polling period, bounded by the deadline
+            continue
+        if deadline is None:
+            deadline = time.monotonic() + fill_wait_s
+        if on_take(message) is not False:
+            messages.append(message)
     return messages
 
 

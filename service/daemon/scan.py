@@ -36,7 +36,7 @@ from holostream.service.daemon.halfscan import centre_deferred
 from holostream.service.daemon.offsets import DistanceBooks
 from holostream.shared.distances import given_shifts
 from holostream.shared.messages import Frame, ProtocolError, ScanInfo
-from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, ScanBuffers
+from holostream.shared.scanbuffers import HANDOFF_TAKEN, ScanBuffers
 from holostream.shared.settings import ReconstructionSettings
 from holostream.workers.binning import binned_center_px
 from holostream.workers.halfacq import detector_weights, is_half_acquisition, volume_width
@@ -60,6 +60,12 @@ class InFlight:
     binned_at: float = 0.0  # when the worker handed it to the reconstructor (split mode)
     worker_pid: int | None = None  # the worker that said it took it (raw stage)
     task: dict[str, Any] | None = None  # what was sent, to send it again if that worker dies
+    binned_by: int | None = None  # split mode: the worker id that binned it
+    # split mode, after a reconstructor died (daemon/handoff.py): sent again at "binned";
+    # sent again already (its row's "taken" may be the dead one's); dead ones that held it
+    requeue: bool = False
+    requeued: bool = False
+    reconstructor_losses: int = 0
 
 
 class OpenScan(DistanceBooks):
@@ -329,6 +335,7 @@ class OpenScan(DistanceBooks):
                     other.picked_at = now
         if msg.get("type") == "binned":
             task.stage, task.picked_at, task.binned_at = "binned", None, now
+            task.binned_by = msg.get("worker")
             return False
         del self.in_flight[msg["group"]]
         if task.stage == "binned":
@@ -340,25 +347,8 @@ class OpenScan(DistanceBooks):
         return True
 
     def drop(self, g: int) -> None:
-        """Give up group ``g`` (lost with its worker or the reconstructor): free its slots."""
+        """Give up group ``g`` (lost with its worker, or with reconstructors: ``daemon/handoff.py``)."""
         self.free_slots.extend(self.in_flight.pop(g).slots)
-
-    def settle_reconstructor(self) -> tuple[list[int], list[int]]:
-        """After the reconstructor died (split mode): ``(lost, committed)`` groups it held.
-
-        Its ``handoff`` rows tell: taken and not committed, the group is lost (dropped here);
-        committed, it is in the volume (its ``done`` died in the queue feeder) and the caller
-        counts it as done; neither, it is still queued for the next reconstructor.
-        """
-        if "handoff" not in self.buffers.arrays:
-            return [], []
-        state = self.buffers.handoff[:, 0]
-        # any stage: the worker's "binned" may still be on its way, but the worker is done
-        lost = [g for g in self.in_flight if state[g] == HANDOFF_TAKEN]
-        for g in lost:
-            self.drop(g)
-        committed = [g for g in self.in_flight if state[g] == HANDOFF_COMMITTED]
-        return lost, committed
 
     def reclaim_lost(self, now: float, queue_empty: bool, limit_s: float) -> list[int]:
         """Drop the groups whose worker died, so that a scan never waits forever; returns them.
@@ -367,15 +357,17 @@ class OpenScan(DistanceBooks):
         empty, ``queue_empty``, or a group sent after it came back) for more than ``limit_s``
         seconds. In split mode, once in the reconstructor's: marked taken in ``handoff``, or
         overtaken by a group queued ``OVERTAKEN_S`` after it (taken but never marked: the
-        reconstructor was killed in between). A backlog in the reconstruct queue is never
-        lost by waiting.
+        reconstructor was killed in between; a group sent again after a reconstructor died
+        counts from then, overtaken only). A backlog in the reconstruct queue is never lost
+        by waiting.
         """
         handoff = self.buffers.arrays.get("handoff")
         lost = []
         for g, task in list(self.in_flight.items()):
             if task.picked_at is None and task.stage == "raw" and queue_empty:
                 task.picked_at = now
-            elif task.picked_at is None and task.stage == "binned" and handoff[g, 0] == HANDOFF_TAKEN:
+            elif (task.picked_at is None and task.stage == "binned" and not task.requeued
+                  and handoff[g, 0] == HANDOFF_TAKEN):
                 task.picked_at = now  # in the reconstructor's hands
                 self.reconstructed_upto = max(self.reconstructed_upto, task.binned_at)
             elif (task.picked_at is None and task.stage == "binned"

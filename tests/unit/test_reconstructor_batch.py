@@ -14,6 +14,7 @@ import os
 import numpy as np
 import pytest
 
+from holostream.service.daemon.handoff import Claims
 from holostream.service.daemon.volumes import LiveScan
 from holostream.service.daemon.reconstructor import ScanReconstruction, record_unreported
 from holostream.shared.messages import ScanInfo
@@ -78,10 +79,12 @@ def split_scan(single_material_scan, cpu_backend):
 def test_batch_is_invisible_until_commit_then_equals_the_per_group_path(split_scan, backend):
     buffers, messages, reference, filtered = split_scan
     work = ScanReconstruction(messages[0], backend)
+    claims = Claims()
     try:
         for m in messages:
-            work.take(m["group"])
+            assert work.take(m["group"], claims)
         assert np.all(buffers.handoff[:, 0] == HANDOFF_TAKEN)
+        assert not work.take(0, claims)  # a second copy (sent again after a death) is dropped
         work.run(messages[:3])  # two batches, as the queue delivered them
         work.run(messages[3:])
         # nothing visible yet: a process killed now leaves no half-added group behind

@@ -5,14 +5,17 @@ is real (created under a test prefix and unlinked after each test).
 """
 
 import os
+import queue
 
 import numpy as np
 import pytest
 
+from holostream.service.daemon.handoff import REDO_LIMIT, Claims, again_when_binned, settle, spans
+from holostream.service.daemon.reconstructor import gather
 from holostream.service.daemon.scan import LOST_AFTER_S, OVERTAKEN_S
 from holostream.service.daemon.scanplan import open_scan
 from holostream.shared.messages import Frame, ProtocolError, ScanInfo
-from holostream.shared.scanbuffers import HANDOFF_COMMITTED, HANDOFF_TAKEN, sweep
+from holostream.shared.scanbuffers import HANDOFF_ADDING, HANDOFF_COMMITTED, HANDOFF_TAKEN, sweep
 from holostream.shared.settings import ReconstructionSettings
 
 SHAPE = (4, 6)
@@ -149,19 +152,70 @@ def test_a_group_whose_worker_died_is_given_up_after_the_limit(make_scan):
     assert not scan.in_flight and scan.ring_fill() == 0.0
 
 
-def test_split_mode_groups_wait_for_the_reconstructor_and_are_settled_when_it_dies(make_scan):
-    scan = make_scan(split=True)
+def test_split_mode_groups_wait_for_the_reconstructor_and_are_sent_again_when_it_dies(make_scan):
+    scan = make_scan(split=True, n_projections=10, ring_slots=10)
     tasks = receive_all(scan)
     groups = [t["group"] for t in tasks]
-    for g in groups:  # the workers binned them: slots free, groups still in flight
-        assert not scan.group_result({"type": "binned", "group": g}, now=10.0)
-    assert scan.ring_fill() == 0.0 and sorted(scan.in_flight) == groups
+    assert len(groups) == 5
+    for w, g in enumerate(groups[:4]):  # the workers binned them: slots free, groups still in flight
+        assert not scan.group_result({"type": "binned", "group": g, "worker": w}, now=10.0)
+    committed, held, adding, queued, raw = groups
     handoff = scan.buffers.handoff
-    handoff[groups[0], 0] = HANDOFF_COMMITTED  # in volume[0], its report lost
-    handoff[groups[1], 0] = HANDOFF_TAKEN  # in the dead reconstructor's hands
-    lost, committed = scan.settle_reconstructor()
-    assert lost == [groups[1]] and committed == [groups[0]]
-    assert sorted(scan.in_flight) == [groups[0], groups[2]]  # committed: the caller reports it done
+    handoff[committed, 0] = HANDOFF_COMMITTED  # in volume[0], its report lost
+    handoff[held, 0] = HANDOFF_TAKEN  # in the dead reconstructor's hands
+    handoff[adding, 0] = HANDOFF_ADDING  # killed while adding it to volume[0]
+    settled = settle(scan, now=20.0)
+    assert settled.committed == [committed] and settled.held == [held] and settled.later == [raw]
+    assert list(settled.lost) == [adding] and "part of it may be there" in settled.lost[adding]
+    assert sorted(scan.in_flight) == [committed, held, queued, raw]  # the caller reports `committed` done
+    # a still-queued group goes again too: the claim drops whichever copy comes second
+    again = {m["group"]: m for m in settled.again}
+    assert sorted(again) == [held, queued]
+    message = again[held]
+    task = tasks[1]
+    assert message["redone"] and message["type"] == "group" and message["worker"] == 1
+    assert message["n_projections"] == 2 and message["angle_deg"] == task["angle_deg"]
+    assert message["prefix"] == task["buffers"]["prefix"] and "slots" not in message
+    assert scan.in_flight[held].binned_at == 20.0  # the lost-group clock starts again
+    # the raw group goes again once its worker has binned it (the dead one may have taken it)
+    assert again_when_binned(scan, raw, 30.0) is None  # not binned yet
+    scan.group_result({"type": "binned", "group": raw, "worker": 0}, now=30.0)
+    assert again_when_binned(scan, raw, 30.0)["group"] == raw
+    assert again_when_binned(scan, raw, 31.0) is None  # once
+
+
+def test_a_group_held_by_reconstructors_that_keep_dying_is_lost(make_scan):
+    scan = make_scan(split=True)
+    (g, *_) = [t["group"] for t in receive_all(scan)]
+    scan.group_result({"type": "binned", "group": g, "worker": 0}, now=0.0)
+    for death in range(1, REDO_LIMIT):
+        scan.buffers.handoff[g, 0] = HANDOFF_TAKEN
+        assert [m["group"] for m in settle(scan, now=float(death)).again] == [g]
+    scan.buffers.handoff[g, 0] = HANDOFF_TAKEN
+    settled = settle(scan, now=10.0)
+    assert not settled.again and settled.lost == {g: f"held by {REDO_LIMIT} reconstructors that died"}
+    assert g not in scan.in_flight
+
+
+def test_claims_let_one_copy_of_a_group_through(make_scan):
+    scan = make_scan(split=True)
+    handoff = scan.buffers.handoff
+    handoff[0, 0] = HANDOFF_TAKEN  # by a dead predecessor: no claim of this process
+    handoff[1, 0] = HANDOFF_COMMITTED
+    handoff[2, 0] = HANDOFF_ADDING
+    claims = Claims()
+    assert claims.claim("a", handoff, 0) and not claims.claim("a", handoff, 0)
+    assert not claims.claim("a", handoff, 1) and not claims.claim("a", handoff, 2)
+    assert handoff[0, 0] == HANDOFF_TAKEN and handoff[2, 0] == HANDOFF_ADDING
+    assert claims.claim("b", handoff, 0)  # another scan, another set
+    assert claims.has("a", 0) and claims.has("b", 0) and not claims.has("a", 1)
+    assert spans([9, 3, 4, 5, 11, 12]) == "3-5, 9, 11-12" and spans([]) == "none"  # for the log
+    # the reconstructor's gather leaves a duplicate out of its batch
+    q = queue.Queue()  # gather's interface (get_nowait, queue.Empty) without a feeder thread
+    for g in (0, 1, 2, 0):  # in another scan "c": 1 and 2 are in the volume, 0 comes twice
+        q.put({"type": "group", "group": g})
+    batch = gather(q, 4, lambda m: claims.claim("c", handoff, m["group"]))
+    assert [m["group"] for m in batch] == [0]
 
 
 def test_split_mode_backlog_is_never_lost_by_waiting(make_scan):
