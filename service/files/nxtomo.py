@@ -233,8 +233,6 @@ def read_scan(path: str, entry: str | None = None, lazy: bool = False) -> ScanDa
         Not a file, not HDF5, not NXtomo, no darks/flats/projections, no or too few
         angles, frame counts that disagree, or missing energy, distance or pixel size.
     """
-    from nxtomo import NXtomo  # heavy import (pint, silx): only when a file is read
-
     if not os.path.isfile(path):
         raise ScanFileError(f"{path}: no such file")
     entries = _nxtomo_entries(path)
@@ -246,6 +244,10 @@ def read_scan(path: str, entry: str | None = None, lazy: bool = False) -> ScanDa
         entry = entries[0]
     elif entry not in entries:
         raise ScanFileError(f"{path}: no NXtomo entry {entry!r} (found {entries})")
+    # heavy (pint, silx: 1.5 s): only once the file is known to hold an NXtomo entry, so that
+    # a wrong path or a file of another kind is said at once
+    from nxtomo import NXtomo
+
     try:
         nx = NXtomo().load(path, entry, detector_data_as="as_data_url")
     except (KeyError, ValueError, TypeError, OSError, AttributeError, IndexError) as err:
