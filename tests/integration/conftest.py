@@ -161,12 +161,24 @@ class Daemon:
         self._log.close()
 
 
+def client_context() -> zmq.Context:
+    """The one ZeroMQ context of every client socket the tests open in this process.
+
+    Never terminated by a test: ``zmq_ctx_term`` blocks for as long as any socket of its context
+    is open (one a failed test left behind, one a thread still holds, one closed with the
+    default infinite linger while its peer is gone): the kind of wait a full-suite run once hung
+    in. Tests close their own sockets with linger 0 (or a bounded linger for a sender that must
+    deliver; the I/O thread delivers in the background), which never blocks. The control client
+    (``clients.control.request``) uses this same context.
+    """
+    return zmq.Context.instance()
+
+
 class Subscriber:
     """A SUB client of the daemon's publish socket."""
 
     def __init__(self, address: str, topics=(b"volume", b"status"), rcvhwm: int = 1000):
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock = client_context().socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
         for topic in topics:
@@ -207,8 +219,8 @@ class Subscriber:
                              f"({len(volumes)} intermediate ones)")
 
     def close(self) -> None:
+        """Close the socket (linger 0: returns at once; the shared context stays)."""
         self.sock.close(linger=0)
-        self.ctx.term()
 
 
 @pytest.fixture
@@ -275,12 +287,48 @@ def daemon_in_mode(folder, mode: str):
     return daemon
 
 
+#: The daemon ``mode_daemon`` handed out last, kept for the next test if it asks for the same
+#: mode: ``{mode: Daemon}``, one entry at most.
+_MODE_DAEMON: dict[str, Daemon] = {}
+
+
+def _close_mode_daemon() -> None:
+    for daemon in _MODE_DAEMON.values():
+        daemon.close()
+    _MODE_DAEMON.clear()
+
+
+@pytest.fixture
+def mode_daemon(tmp_path_factory):
+    """``mode_daemon(mode) -> Daemon``: a ready daemon of ``daemon_in_mode``, shared with the
+    next tests that ask for the same mode (consecutive parametrised cases, consecutive modules).
+
+    A cluster daemon costs ~8 s (a local Dask cluster and its actors), the others ~3 s. The
+    daemon is closed once a test asks for another mode or the next test does not use this
+    fixture (``pytest_runtest_teardown`` below), so at most one idles beside the suite. Tests
+    on it use their own scan ids and set only what belongs to a scan (``cor_px``, a
+    completed scan's re-tuning), or run last on it.
+    """
+    def get(mode: str) -> Daemon:
+        if mode not in _MODE_DAEMON:
+            _close_mode_daemon()
+            _MODE_DAEMON[mode] = daemon_in_mode(tmp_path_factory.mktemp(mode), mode)
+        return idle(_MODE_DAEMON[mode])
+    return get
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    if _MODE_DAEMON and (nextitem is None or "mode_daemon" not in getattr(nextitem, "fixturenames", ())):
+        _close_mode_daemon()
+
+
 @pytest.fixture(scope="session")
 def serve():
     """The helpers of this file for test modules (conftest is not importable by name)."""
     return SimpleNamespace(Daemon=Daemon, Subscriber=Subscriber, wait_for=wait_for, free_port=free_port,
-                           shm=holostream_shm, pid_alive=pid_alive, DELTA_BETA=DELTA_BETA,
-                           cluster_daemon=cluster_daemon, wait_actors=wait_actors,
+                           shm=holostream_shm, pid_alive=pid_alive, DELTA_BETA=DELTA_BETA, context=client_context,
+                           cluster_daemon=cluster_daemon, wait_actors=wait_actors, idle=idle,
                            daemon_in_mode=daemon_in_mode)
 
 
@@ -312,6 +360,46 @@ def daemon(tmp_path):
         yield d
     finally:
         d.close()
+
+
+def idle(daemon: Daemon) -> Daemon:
+    """``daemon`` with no scan open: one a previous test left open (interrupted) is aborted."""
+    if daemon.status()["state"] != "idle":
+        daemon.ask({"cmd": "abort"})
+    wait_for(lambda: daemon.status()["state"] == "idle", 30, "the shared daemon to be idle")
+    return daemon
+
+
+@pytest.fixture(scope="module")
+def module_daemon(tmp_path_factory):
+    """One daemon (2 workers, live volumes every 0.5 s) for the tests of a module that need no
+    fresh one; a module opts in by overriding ``daemon`` with it.
+
+    A daemon costs ~3 s and four interpreters' imports on 2 cores to start, and ~1 s to stop;
+    tests sharing one use their own scan ids and count from what it had done before them.
+    Stopped after the module with SIGTERM, which it must survive with exit status 0.
+    """
+    d = Daemon(tmp_path_factory.mktemp("daemon"))
+    try:
+        d.wait_ready()
+        yield d
+        code, _ = d.terminate()
+        assert code == 0, d.log.read_text()
+    finally:
+        d.close()
+
+
+@pytest.fixture
+def subscribe():
+    """``subscribe(address, **kwargs) -> Subscriber``; each one closed after the test, failed or not."""
+    made = []
+
+    def make(address: str, **kwargs) -> Subscriber:
+        made.append(Subscriber(address, **kwargs))
+        return made[-1]
+    yield make
+    for subscriber in made:
+        subscriber.close()
 
 
 @pytest.fixture

@@ -138,8 +138,9 @@ def send_first_projections(address: str, scan_data, scan_id: str, n_send: int,
     """A detector that announces the whole scan, then stops after ``n_send`` projections."""
     import zmq
 
-    ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
+    # the tests' shared context (conftest.client_context): close() returns at once and its I/O
+    # thread delivers what is queued for up to the linger; no term() to wait in
+    push = zmq.Context.instance().socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 10_000)
     push.connect(address)
     push.send_multipart(encode_scan_start(scan_info_of(scan_data, scan_id, reconstruction=reconstruction)))
@@ -151,7 +152,6 @@ def send_first_projections(address: str, scan_data, scan_id: str, n_send: int,
                                          angle_deg=float(scan_data.angles_deg[i])))
     push.send_multipart(encode_scan_end(scan_id))
     push.close()
-    ctx.term()
 
 
 def test_scan_ending_early_is_the_reconstruction_of_the_arrived_angles(live, small_scan_data):
