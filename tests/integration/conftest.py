@@ -333,6 +333,19 @@ def serve():
 
 
 @pytest.fixture(scope="session")
+def four_distance_files(tmp_path_factory):
+    """``(folder, paths, stdout)`` of ``holostream simulate --distances 4`` (48² × 60 projections,
+    with ``truth.h5``): made once for the offline and the live multi-distance tests."""
+    folder = tmp_path_factory.mktemp("md")
+    proc = subprocess.run([sys.executable, "-m", "holostream.service.cli", "simulate", "-o", str(folder / "s.nx"),
+                           "--distances", "4", "--size", "48", "--projections", "60", "--delta", "2e-6",
+                           "--objects", "12", "--seed", "3", "--ground-truth", str(folder / "truth.h5")],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    return folder, [folder / f"s_{i}.nx" for i in range(1, 5)], proc.stdout
+
+
+@pytest.fixture(scope="session")
 def small_scan():
     """A simulated 64×64, 90-projection scan of one material (δ/β 200): SimulatedScan."""
     from holostream.workers.phantom import random_phantom

@@ -27,13 +27,9 @@ FINAL_TIMEOUT_S = 180  # 2 busy cores: a 60-angle, 4-distance scan takes a few s
 
 
 @pytest.fixture(scope="module")
-def four_scans(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("mdlive")
-    proc = subprocess.run([sys.executable, "-m", "holostream.service.cli", "simulate", "-o", str(folder / "s.nx"),
-                           "--distances", "4", "--size", "48", "--projections", "60", "--delta", "2e-6",
-                           "--objects", "12", "--seed", "3"], capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr
-    paths = [folder / f"s_{i}.nx" for i in range(1, 5)]
+def four_scans(four_distance_files):
+    """The files of ``holostream simulate --distances 4`` (conftest, shared with the offline tests)."""
+    _, paths, _ = four_distance_files
     return paths, [read_scan(str(p)) for p in paths]
 
 
