@@ -321,6 +321,13 @@ def mode_daemon(tmp_path_factory):
 def pytest_runtest_teardown(item, nextitem):
     if _MODE_DAEMON and (nextitem is None or "mode_daemon" not in getattr(nextitem, "fixturenames", ())):
         _close_mode_daemon()
+    if _SHARED and (nextitem is None or nextitem.path.parent != Path(__file__).parent):
+        daemon = _SHARED.pop()  # after the last integration test: SIGTERM, exit status 0
+        try:
+            code, _ = daemon.terminate()
+            assert code == 0, daemon.log.read_text()
+        finally:
+            daemon.close()
 
 
 @pytest.fixture(scope="session")
@@ -329,6 +336,7 @@ def serve():
     return SimpleNamespace(Daemon=Daemon, Subscriber=Subscriber, wait_for=wait_for, free_port=free_port,
                            shm=holostream_shm, pid_alive=pid_alive, DELTA_BETA=DELTA_BETA, context=client_context,
                            cluster_daemon=cluster_daemon, wait_actors=wait_actors, idle=idle,
+                           shared_daemon_of=shared_daemon_of,
                            daemon_in_mode=daemon_in_mode)
 
 
@@ -383,23 +391,53 @@ def idle(daemon: Daemon) -> Daemon:
     return daemon
 
 
-@pytest.fixture(scope="module")
-def module_daemon(tmp_path_factory):
-    """One daemon (2 workers, live volumes every 0.5 s) for the tests of a module that need no
-    fresh one; a module opts in by overriding ``daemon`` with it.
+#: The session's default daemon (``shared_daemon``), once a test has asked for it.
+_SHARED: list[Daemon] = []
 
-    A daemon costs ~3 s and four interpreters' imports on 2 cores to start, and ~1 s to stop;
-    tests sharing one use their own scan ids and count from what it had done before them.
-    Stopped after the module with SIGTERM, which it must survive with exit status 0.
+
+def shared_daemon_of(tmp_path_factory) -> Daemon:
+    """The session's default daemon, started on first use, idle, with its start-up settings.
+
+    A test that changed a setting (``set filter=...``) and failed before it changed it back
+    leaves it changed: given back here, once ingest has taken it and the re-tune of the kept
+    scan it causes is done, so the next test starts from the defaults.
     """
-    d = Daemon(tmp_path_factory.mktemp("daemon"))
-    try:
-        d.wait_ready()
-        yield d
-        code, _ = d.terminate()
-        assert code == 0, d.log.read_text()
-    finally:
-        d.close()
+    if not _SHARED:
+        folder = tmp_path_factory.mktemp("shared")
+        daemon = Daemon(folder, output_dir=folder / "volumes")
+        try:
+            daemon.wait_ready()
+        except BaseException:
+            daemon.close()
+            raise
+        daemon.defaults = daemon.status()["settings"]
+        _SHARED.append(daemon)
+    daemon = idle(_SHARED[0])
+    status = daemon.status()
+    changed = {k: v for k, v in daemon.defaults.items() if status["settings"].get(k) != v}
+    if changed:
+        reply = daemon.ask({"cmd": "set", "params": changed})
+        assert reply["ok"], reply
+        reports = status["ingest_reports"]
+        wait_for(lambda: (s := daemon.status())["ingest_reports"] >= reports + 2
+                 and s["retune"]["running"] is None and not s["retune"]["waiting"], 60,
+                 "the shared daemon's settings to be back to its defaults")
+    return daemon
+
+
+@pytest.fixture
+def shared_daemon(tmp_path_factory):
+    """The session's default daemon (2 workers, live volumes every 0.5 s, final volumes written
+    to ``output_dir``) for the tests that need no fresh one; a module opts in by overriding
+    ``daemon`` with it.
+
+    A daemon costs ~3 s and four interpreters' imports on 2 cores to start and ~1 s to stop,
+    and about eight modules need only this one. Tests on it use their own scan ids, count from
+    what it had counted before them and give back the settings they change (checked, and done
+    for them if they failed first: ``shared_daemon_of``). It is stopped with SIGTERM after the
+    last integration test and must exit with status 0 (``pytest_runtest_teardown``).
+    """
+    return shared_daemon_of(tmp_path_factory)
 
 
 @pytest.fixture

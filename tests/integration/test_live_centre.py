@@ -32,10 +32,10 @@ def offset_scan():
 
 
 @pytest.fixture
-def daemon(module_daemon, serve):
-    """One daemon for this module's tests on a default daemon (conftest.module_daemon): the
-    centre they set is a scan's, never a setting, so each scan starts from its own."""
-    return serve.idle(module_daemon)
+def daemon(shared_daemon):
+    """The session's shared daemon (conftest.shared_daemon): the centre these tests set is a
+    scan's, never a setting, so each scan starts from its own."""
+    return shared_daemon
 
 
 def _without_centre(scan):

@@ -33,6 +33,12 @@ def _stream(address, data, scan_id, fps, **kwargs):
     return thread, errors
 
 
+@pytest.fixture
+def daemon(shared_daemon):
+    """The session's shared daemon (conftest.shared_daemon) for the test that needs a default one."""
+    return shared_daemon
+
+
 def _inside(volume):
     """The field of view: voxels within the detector's half-width of the axis."""
     n = volume.shape[-1]

@@ -131,25 +131,23 @@ def test_killed_ingest_fails_its_scan_and_is_restarted(tmp_path, serve, small_sc
         daemon.close()
 
 
-def test_abort_command_drops_the_open_scan(tmp_path, serve, small_scan_data):
-    daemon = serve.Daemon(tmp_path)
-    try:
-        daemon.wait_ready()
-        sender = stream_in_background(daemon.ingest, small_scan_data, "to_abort", fps=40.0,
-                                      timeout_s=2.0)
-        serve.wait_for(lambda: (daemon.status()["n_projections_used"] or 0) >= 5, 30,
-                       "the scan to be under way")
-        reply = daemon.ask({"cmd": "abort"})
-        assert reply == {"ok": True, "aborted": "to_abort"}
-        status = serve.wait_for(lambda: (s := daemon.status())["scans_failed"] == 1 and s, 15,
-                                "the scan to be dropped")
-        assert status["scans_completed"] == 0 and status["state"] == "idle"
-        sender.join(30)
-        # the frames the detector sent after the abort were rejected, and counted
-        serve.wait_for(lambda: daemon.status()["frames_rejected"] > 0, 10, "rejections to be counted")
-        serve.wait_for(lambda: not serve.shm(daemon.proc.pid), 10, "its shared memory to go")
-    finally:
-        daemon.close()
+def test_abort_command_drops_the_open_scan(serve, small_scan_data, shared_daemon):
+    daemon = shared_daemon  # conftest: the session's default daemon; counts relative to before
+    before = daemon.status()
+    sender = stream_in_background(daemon.ingest, small_scan_data, "to_abort", fps=40.0,
+                                  timeout_s=2.0)
+    serve.wait_for(lambda: (daemon.status()["n_projections_used"] or 0) >= 5, 30,
+                   "the scan to be under way")
+    reply = daemon.ask({"cmd": "abort"})
+    assert reply == {"ok": True, "aborted": "to_abort"}
+    status = serve.wait_for(lambda: (s := daemon.status())["scans_failed"] == before["scans_failed"] + 1 and s,
+                            15, "the scan to be dropped")
+    assert status["scans_completed"] == before["scans_completed"] and status["state"] == "idle"
+    sender.join(30)
+    # the frames the detector sent after the abort were rejected, and counted
+    serve.wait_for(lambda: daemon.status()["frames_rejected"] > before["frames_rejected"], 10,
+                   "rejections to be counted")
+    serve.wait_for(lambda: not serve.shm(daemon.proc.pid), 10, "its shared memory to go")
 
 
 def test_startup_failures_exit_nonzero_with_the_reason(tmp_path, serve):

@@ -98,16 +98,16 @@ class Viewer:
 
 
 @pytest.fixture
-def daemon(module_daemon, serve):
-    """One daemon and one viewer for this module's tests (conftest.module_daemon): each test
-    streams its own scan; the page is loaded afresh and waits for that scan's pictures."""
-    return serve.idle(module_daemon)
+def daemon(shared_daemon):
+    """The session's shared daemon (conftest.shared_daemon) and one viewer of it for this
+    module's tests: each streams its own scan; the page is loaded afresh and waits for it."""
+    return shared_daemon
 
 
 @pytest.fixture(scope="module")
-def viewer(tmp_path_factory, module_daemon, serve):
-    """A viewer subscribed to ``module_daemon``, once it has received the daemon's status."""
-    daemon = module_daemon
+def viewer(tmp_path_factory, serve):
+    """A viewer subscribed to the shared daemon, once it has received the daemon's status."""
+    daemon = serve.shared_daemon_of(tmp_path_factory)
     v = Viewer(tmp_path_factory.mktemp("view"), daemon.publish, serve.free_port(), daemon.control)
     try:
         serve.wait_for(lambda: (v.state() or {}).get("status"), 30, "the viewer to receive a status")
