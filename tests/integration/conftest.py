@@ -223,6 +223,24 @@ class Subscriber:
         self.sock.close(linger=0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def children_take_ctrl_c():
+    """SIGINT handled (not ignored) in this process, so the commands the tests start can be
+    interrupted as from a terminal.
+
+    A non-interactive shell starts a background job (``pytest ... &`` in a script) with SIGINT
+    ignored; an ignored signal stays ignored across exec, and Python then installs no
+    KeyboardInterrupt handler: ``holostream stream`` went on streaming after the Ctrl-C of
+    test_control_cli (found by running the suite that way).
+    """
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if ignored:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.fixture
 def ingest_in_process(request):
     """``make(n_workers=1, ring_slots=4, **kwargs) -> (Ingest, Channels)``: the ingest state
