@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -72,6 +73,10 @@ def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.05):
 def holostream_shm(pid: int) -> list[str]:
     """Shared-memory segments of the daemon with this pid."""
     return [n for n in os.listdir("/dev/shm") if n.startswith(f"holostream_{pid}_")]
+
+
+#: Threads waiting for daemons sent SIGTERM by ``Daemon.close`` (joined by ``daemons_reaped``).
+_STOPPING: list[threading.Thread] = []
 
 
 class Daemon:
@@ -150,14 +155,26 @@ class Daemon:
 
     def close(self) -> None:
         """Stop the daemon if a test left it running: SIGTERM first, so it cleans up after
-        itself (a SIGKILLed daemon leaves its multiprocessing semaphores in /dev/shm)."""
+        itself (a SIGKILLed daemon leaves its multiprocessing semaphores in /dev/shm).
+
+        Its ~1 s of shutdown (children joined, shared memory swept) overlaps the next test: a
+        thread waits for it (10 s, then SIGKILL), and the session waits for every such thread
+        (``daemons_reaped``). Tests that check how a daemon stops call :meth:`terminate`.
+        """
         if self.proc.poll() is None:
             self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            reaper = threading.Thread(target=self._reap, name=f"reap-{self.proc.pid}", daemon=True)
+            reaper.start()
+            _STOPPING.append(reaper)
+        else:
+            self._log.close()
+
+    def _reap(self) -> None:
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         self._log.close()
 
 
@@ -221,6 +238,15 @@ class Subscriber:
     def close(self) -> None:
         """Close the socket (linger 0: returns at once; the shared context stays)."""
         self.sock.close(linger=0)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def daemons_reaped():
+    """Every daemon ``Daemon.close`` stopped in the background has exited when the session ends
+    (each reaper is bounded: 10 s, then SIGKILL)."""
+    yield
+    while _STOPPING:
+        _STOPPING.pop().join(30)
 
 
 @pytest.fixture(scope="session", autouse=True)
