@@ -135,7 +135,7 @@ def send_first_projections(address: str, scan_data, scan_id: str, n_send: int,
     """A detector that announces the whole scan, then stops after ``n_send`` projections."""
     import zmq
 
-    # the tests' shared context (conftest.client_context): close() returns at once and its I/O
+    # the tests' shared context (live_service.client_context): close() returns at once and its I/O
     # thread delivers what is queued for up to the linger; no term() to wait in
     push = zmq.Context.instance().socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 10_000)

@@ -26,7 +26,7 @@ class IngestUnderTest:
     """run_ingest in a spawned process, connected to a PUSH socket the test binds."""
 
     def __init__(self, tmp_id: str, **config):
-        self.push = zmq.Context.instance().socket(zmq.PUSH)  # shared context (conftest.client_context)
+        self.push = zmq.Context.instance().socket(zmq.PUSH)  # shared context (live_service.client_context)
         self.push.setsockopt(zmq.LINGER, 0)
         self.push.setsockopt(zmq.SNDHWM, config.pop("sndhwm", 1000))
         port = self.push.bind_to_random_port("tcp://127.0.0.1")
