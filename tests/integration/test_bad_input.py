@@ -38,8 +38,9 @@ class Service:
             [sys.executable, "-m", "holostream.service.cli", "serve", "--ingest", self.ingest,
              "--publish", publish, "--control", self.control_address, "--workers", "1"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.ctx = zmq.Context()
+        self.ctx = zmq.Context.instance()  # shared, never terminated here (live_service.client_context)
         self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)  # the default (-1) could hold a context's term() forever
         self.sub.setsockopt(zmq.SUBSCRIBE, b"volume")
         self.sub.setsockopt(zmq.RCVHWM, 100)
         self.sub.connect(publish)
@@ -88,8 +89,7 @@ class Service:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             _, err = self.proc.communicate()
-        self.sub.close()
-        self.ctx.term()
+        self.sub.close(linger=0)
         return err
 
 

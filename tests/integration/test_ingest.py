@@ -26,8 +26,7 @@ class IngestUnderTest:
     """run_ingest in a spawned process, connected to a PUSH socket the test binds."""
 
     def __init__(self, tmp_id: str, **config):
-        self.ctx = zmq.Context()
-        self.push = self.ctx.socket(zmq.PUSH)
+        self.push = zmq.Context.instance().socket(zmq.PUSH)  # shared context (live_service.client_context)
         self.push.setsockopt(zmq.LINGER, 0)
         self.push.setsockopt(zmq.SNDHWM, config.pop("sndhwm", 1000))
         port = self.push.bind_to_random_port("tcp://127.0.0.1")
@@ -78,8 +77,7 @@ class IngestUnderTest:
         exitcode = self.proc.exitcode
         if exitcode is None:
             self.proc.kill()
-        self.push.close()
-        self.ctx.term()
+        self.push.close(linger=0)
         sweep(self.prefix)
         assert exitcode == 0
 

@@ -31,6 +31,13 @@ def offset_scan():
                          cols=64, cor_px=OFFSET_PX, binning=1, n_darks=2, n_flats=4, seed=5)
 
 
+@pytest.fixture
+def daemon(shared_daemon):
+    """The session's shared daemon (conftest.shared_daemon): the centre these tests set is a
+    scan's, never a setting, so each scan starts from its own."""
+    return shared_daemon
+
+
 def _without_centre(scan):
     return dataclasses.replace(scan_data_from_simulation(scan), cor_px=None)
 
@@ -146,7 +153,7 @@ def test_offset_axis_scan_live_covers_the_whole_disc(daemon, subscriber):
 
 @pytest.mark.parametrize("mode, ring_filter", [("pool", "column-mean"), ("split", "none"),
                                                 ("cluster", "column-mean")])
-def test_offset_axis_scan_live_without_cor_px(tmp_path, serve, mode, ring_filter):
+def test_offset_axis_scan_live_without_cor_px(mode_daemon, serve, mode, ring_filter):
     # The same 360° scan with its axis 20 px right of the middle, not given: the daemon finds
     # the axis from opposite projections, sees that it is offset and publishes the whole
     # disc; the final volume is the offline one about the axis it found (with the same ring
@@ -158,21 +165,22 @@ def test_offset_axis_scan_live_without_cor_px(tmp_path, serve, mode, ring_filter
     scan = simulate_scan(phantom, angles_deg=np.linspace(0, 360, 120, endpoint=False), rows=16,
                          cols=64, cor_px=20.0, binning=None, n_darks=2, n_flats=4, seed=6)
     data = _without_centre(scan)
-    daemon = serve.daemon_in_mode(tmp_path, mode)  # cluster: 2 actors (return δ for the daemon to filter)
+    # cluster: 2 actors (return δ for the daemon to filter); the daemon goes on to test_live_rings
+    daemon = mode_daemon(mode)
+    scan_id = f"half_auto_{mode}"
+    sub = serve.Subscriber(daemon.publish)
     try:
-        sub = serve.Subscriber(daemon.publish)
         sub.wait_connected()
-        thread, errors = _stream(daemon.ingest, data, "half_auto", 60.0, {"ring_filter": ring_filter})
-        volumes = sub.volumes_until_final("half_auto", timeout_s=60)
+        thread, errors = _stream(daemon.ingest, data, scan_id, 60.0, {"ring_filter": ring_filter})
+        volumes = sub.volumes_until_final(scan_id, timeout_s=60)
         thread.join(30)
         assert not errors
         # the completed scan is kept: the operator can still move its axis
         reply = daemon.ask({"cmd": "set", "params": {"cor_px": 19.0}})
         assert "republishes" in str(reply), reply
-        recentred_header, recentred = sub.volumes_until_final("half_auto", timeout_s=60)[-1]
-        sub.close()
+        recentred_header, recentred = sub.volumes_until_final(scan_id, timeout_s=60)[-1]
     finally:
-        daemon.close()
+        sub.close()
     header, final = volumes[-1]
     print(f"\n{mode}: live centre without cor_px {header['cor_px']:+.3f} "
           f"(confidence {header['cor_confidence']:.2f}), volume {header['shape']}")

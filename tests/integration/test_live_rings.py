@@ -90,17 +90,16 @@ def _stream(serve, daemon, scan_data, scan_id, settings, retunes=()):
         sub.close()
 
 
-@pytest.mark.parametrize("mode, phase", [("pool", "none"), ("split", "none"), ("pool", "paganin"),
-                                         ("cluster", "none")])
-def test_live_ring_filter_equals_offline_and_removes_the_rings(tmp_path, serve, scans, mode, phase):
+# In this order the cases share daemons (conftest.mode_daemon): the cluster one test_live_centre
+# ends with, one pool daemon for both phases, and split last, as its re-tunes change its settings.
+@pytest.mark.parametrize("mode, phase", [("cluster", "none"), ("pool", "none"), ("pool", "paganin"),
+                                         ("split", "none")])
+def test_live_ring_filter_equals_offline_and_removes_the_rings(mode_daemon, serve, scans, mode, phase):
     clean, bad = scans[phase]
     settings = {"phase": phase, "ring_filter": "column-mean"}
-    daemon = serve.daemon_in_mode(tmp_path, mode)  # cluster: 2 actors (the dispatcher sums the ring statistics)
-    try:
-        retunes = {"pool": [{"cor_px": 1.5}], "split": [{"filter": "hann"}, {"delta_beta": 400.0}]}
-        volumes = _stream(serve, daemon, bad, f"rings_{mode}_{phase}", settings, retunes.get(mode, []))
-    finally:
-        daemon.close()
+    daemon = mode_daemon(mode)  # cluster: 2 actors (the dispatcher sums the ring statistics)
+    retunes = {"pool": [{"cor_px": 1.5}], "split": [{"filter": "hann"}, {"delta_beta": 400.0}]}
+    volumes = _stream(serve, daemon, bad, f"rings_{mode}_{phase}", settings, retunes.get(mode, []))
     if mode == "split":  # re-tuned after its end: a new filter keeps the ring filter, a new δ/β cannot
         (rephased_header, _), (hann_header, hann) = volumes.pop(), volumes.pop()
         assert hann_header["retuned"]["filter"]["to"] == "hann" and hann_header["ring_filter"] == "column-mean"

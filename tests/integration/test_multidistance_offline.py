@@ -26,14 +26,10 @@ def correlation(a, b):
 
 
 @pytest.fixture(scope="module")
-def four_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("md")
-    proc = holostream("simulate", "-o", folder / "s.nx", "--distances", 4, "--size", 48,
-                      "--projections", 60, "--delta", 2e-6, "--objects", 12, "--seed", 3,
-                      "--ground-truth", folder / "truth.h5")
-    assert proc.returncode == 0, proc.stderr
-    paths = [folder / f"s_{i}.nx" for i in range(1, 5)]
-    assert all(p.exists() for p in paths) and "magnification 71.43" in proc.stdout
+def four_files(four_distance_files):
+    """``holostream simulate --distances 4`` (conftest: made once, for test_multidistance_live too)."""
+    folder, paths, stdout = four_distance_files
+    assert all(p.exists() for p in paths) and "magnification 71.43" in stdout
     return folder, paths
 
 

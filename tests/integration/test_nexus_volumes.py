@@ -48,7 +48,8 @@ def default_plot(path):
         return signal.name, signal[()], dict(signal.attrs)
 
 
-def test_live_and_offline_volumes_share_the_nexus_layout(tmp_path, serve, small_scan, small_scan_data):
+def test_live_and_offline_volumes_share_the_nexus_layout(tmp_path, serve, small_scan, small_scan_data,
+                                                         shared_daemon):
     try:  # the optional filter when it is installed ([compression] extra), HDF5's own otherwise
         import hdf5plugin  # noqa: F401
         compression = "zstd"
@@ -62,19 +63,17 @@ def test_live_and_offline_volumes_share_the_nexus_layout(tmp_path, serve, small_
                            "-o", str(offline), "--quiet", "--compression", compression, "--delta-beta", "200"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    # live, same scan, same settings (the daemon's defaults)
-    out = tmp_path / "volumes"
-    daemon = serve.Daemon(tmp_path, output_dir=out)
+    # live, same scan, same settings (the defaults of the session's shared daemon, conftest)
+    daemon = shared_daemon
+    subscriber = serve.Subscriber(daemon.publish)
     try:
-        daemon.wait_ready()
-        subscriber = serve.Subscriber(daemon.publish)
         subscriber.wait_connected()
         stream_scan(daemon.ingest, small_scan_data, "nexus_0001")
         final_header, final = subscriber.volumes_until_final("nexus_0001", 120)[-1]
-        subscriber.close()
-        live = serve.wait_for(lambda: next(out.glob("nexus_0001_*.h5"), None), 20, "the live volume file")
     finally:
-        daemon.close()
+        subscriber.close()
+    live = serve.wait_for(lambda: next(daemon.output_dir.glob(f"nexus_0001_{final_header['scan_seq']}.h5"), None),
+                          20, "the live volume file")
 
     live_path, live_volume, live_attrs = default_plot(live)
     offline_path, offline_volume, offline_attrs = default_plot(offline)

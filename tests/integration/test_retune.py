@@ -33,6 +33,12 @@ def _stream(address, data, scan_id, fps, **kwargs):
     return thread, errors
 
 
+@pytest.fixture
+def daemon(shared_daemon):
+    """The session's shared daemon (conftest.shared_daemon) for the test that needs a default one."""
+    return shared_daemon
+
+
 def _inside(volume):
     """The field of view: voxels within the detector's half-width of the axis."""
     n = volume.shape[-1]
@@ -125,7 +131,8 @@ def test_delta_beta_refused_in_pool_mode_without_kept_transmissions(tmp_path, se
 
 
 @pytest.mark.parametrize("mode", ["split", "pool"])
-def test_delta_beta_retuned_on_the_current_and_on_the_last_scan(tmp_path, serve, small_scan_data, mode):
+def test_delta_beta_retuned_on_the_current_and_on_the_last_scan(tmp_path, serve, small_scan_data, mode,
+                                                                tmp_path_factory):
     from holostream.service.offline import reconstruct_scan
     from holostream.shared.settings import ReconstructionSettings
     from holostream.workers.backend import get_backend
@@ -135,12 +142,17 @@ def test_delta_beta_retuned_on_the_current_and_on_the_last_scan(tmp_path, serve,
                                      get_backend("cpu", threads=1))
         return volume
 
-    # pool mode: each worker keeps the transmissions it made beside its filtered projections
-    daemon = serve.Daemon(tmp_path, workers_keys={"mode": mode, "batch": 4} if mode == "split" else {"mode": mode})
+    # pool mode: each worker keeps the transmissions it made beside its filtered projections; the
+    # session's shared daemon is one (2 CPU workers, mode auto: pool), its filter given back after
+    shared = mode == "pool"
+    daemon = (serve.shared_daemon_of(tmp_path_factory) if shared else
+              serve.Daemon(tmp_path, workers_keys={"mode": mode, "batch": 4}))
     subscriber = None
     try:
-        daemon.wait_ready()
-        if mode == "split":
+        if shared:
+            assert daemon.status()["mode"] == "pool"
+        else:
+            daemon.wait_ready()
             serve.wait_for(lambda: daemon.status()["reconstructor"]["alive"], 30, "the reconstructor to start")
         subscriber = serve.Subscriber(daemon.publish)
         subscriber.wait_connected()
@@ -182,15 +194,16 @@ def test_delta_beta_retuned_on_the_current_and_on_the_last_scan(tmp_path, serve,
     finally:
         if subscriber is not None:
             subscriber.close()
-        daemon.close()
+        if not shared:
+            daemon.close()
 
 
-def test_status_answered_while_a_retune_runs_and_the_newest_wins(tmp_path, serve):
-    out = tmp_path / "volumes"
-    daemon = serve.Daemon(tmp_path, output_dir=out)
+def test_status_answered_while_a_retune_runs_and_the_newest_wins(serve, shared_daemon):
+    daemon = shared_daemon  # conftest: the session's default daemon, final volumes written to output_dir
+    out = daemon.output_dir
+    coalesced = daemon.status()["retune"]["coalesced"]
     subscriber = None
     try:
-        daemon.wait_ready()
         subscriber = serve.Subscriber(daemon.publish)
         subscriber.wait_connected()
         # demo size: a re-tune back-projects 180 projections onto 128³ (a few tenths of a second)
@@ -222,7 +235,7 @@ def test_status_answered_while_a_retune_runs_and_the_newest_wins(tmp_path, serve
         headers = []
         while not headers or headers[-1]["cor_px"] != 4.0:
             headers.append(subscriber.volumes_until_final("busy", timeout_s=60)[-1][0])
-        assert daemon.status()["retune"]["coalesced"] >= 1 and len(headers) <= 4, headers
+        assert daemon.status()["retune"]["coalesced"] >= coalesced + 1 and len(headers) <= 4, headers
         assert [h["seq"] for h in headers] == list(range(final_header["seq"] + 1, final_header["seq"] + 1 + len(headers)))
         assert headers[-1]["recentred"]["from_cor_source"] == "operator"
 
@@ -240,4 +253,3 @@ def test_status_answered_while_a_retune_runs_and_the_newest_wins(tmp_path, serve
     finally:
         if subscriber is not None:
             subscriber.close()
-        daemon.close()

@@ -100,58 +100,67 @@ def test_killed_worker_is_replaced_and_next_scan_finishes(tmp_path, serve, small
         daemon.close()
 
 
-def test_killed_ingest_fails_its_scan_and_is_restarted(tmp_path, serve, small_scan_data):
-    daemon = serve.Daemon(tmp_path)
+@pytest.fixture(scope="module")
+def restarting(tmp_path_factory, serve):
+    """One daemon for the two tests whose ingest dies or hangs and is restarted (each counts
+    restarts from before it); after them it must still stop on SIGTERM with status 0 and
+    leave no shared memory behind."""
+    daemon = serve.Daemon(tmp_path_factory.mktemp("restarting"))
     try:
         daemon.wait_ready()
-        sender = stream_in_background(daemon.ingest, small_scan_data, "ingest_dies", fps=30.0,
-                                      timeout_s=2.0)
-        status = serve.wait_for(lambda: (s := daemon.status())["n_projections_used"] and s, 30,
-                                "the scan to be under way")
-        failed_seq = status["scan_seq"]
-        os.kill(status["ingest_pid"], signal.SIGKILL)
-        status = serve.wait_for(
-            lambda: (s := daemon.status())["ingest_restarts"] == 1 and s["state"] == "idle" and s, 15,
-            "ingest to be restarted")
-        assert status["scans_failed"] == 1 and "ingest process died" in status["last_error"]
-        assert status["ingest_pid"] != 0 and serve.pid_alive(status["ingest_pid"])
-        sender.join(30)
-        # the failed scan's shared memory is gone; the restarted ingest takes the next scan
-        assert serve.shm(daemon.proc.pid) == []
-        sub = serve.Subscriber(daemon.publish)
-        try:
-            sub.wait_connected()
-            stream_scan(daemon.ingest, small_scan_data, "after_ingest_restart", timeout_s=10.0)
-            header, _ = sub.volumes_until_final("after_ingest_restart", timeout_s=60)[-1]
-        finally:
-            sub.close()
-        # numbered above the failed scan: no shared-memory name is reused
-        assert header["n_projections_used"] == 90 and header["scan_seq"] > failed_seq
+        yield daemon
         code, _ = daemon.terminate(timeout_s=10)
-        assert code == 0 and serve.shm(daemon.proc.pid) == []
+        assert code == 0 and serve.shm(daemon.proc.pid) == [], daemon.log.read_text()
     finally:
         daemon.close()
 
 
-def test_abort_command_drops_the_open_scan(tmp_path, serve, small_scan_data):
-    daemon = serve.Daemon(tmp_path)
+def test_killed_ingest_fails_its_scan_and_is_restarted(restarting, serve, small_scan_data):
+    daemon = restarting
+    before = daemon.status()
+    sender = stream_in_background(daemon.ingest, small_scan_data, "ingest_dies", fps=30.0,
+                                  timeout_s=2.0)
+    status = serve.wait_for(lambda: (s := daemon.status())["n_projections_used"] and s, 30,
+                            "the scan to be under way")
+    failed_seq = status["scan_seq"]
+    os.kill(status["ingest_pid"], signal.SIGKILL)
+    status = serve.wait_for(
+        lambda: (s := daemon.status())["ingest_restarts"] == before["ingest_restarts"] + 1
+        and s["state"] == "idle" and s, 15, "ingest to be restarted")
+    assert status["scans_failed"] == before["scans_failed"] + 1 and "ingest process died" in status["last_error"]
+    assert status["ingest_pid"] != 0 and serve.pid_alive(status["ingest_pid"])
+    sender.join(30)
+    # the failed scan's shared memory is gone; the restarted ingest takes the next scan
+    assert serve.shm(daemon.proc.pid) == []
+    sub = serve.Subscriber(daemon.publish)
     try:
-        daemon.wait_ready()
-        sender = stream_in_background(daemon.ingest, small_scan_data, "to_abort", fps=40.0,
-                                      timeout_s=2.0)
-        serve.wait_for(lambda: (daemon.status()["n_projections_used"] or 0) >= 5, 30,
-                       "the scan to be under way")
-        reply = daemon.ask({"cmd": "abort"})
-        assert reply == {"ok": True, "aborted": "to_abort"}
-        status = serve.wait_for(lambda: (s := daemon.status())["scans_failed"] == 1 and s, 15,
-                                "the scan to be dropped")
-        assert status["scans_completed"] == 0 and status["state"] == "idle"
-        sender.join(30)
-        # the frames the detector sent after the abort were rejected, and counted
-        serve.wait_for(lambda: daemon.status()["frames_rejected"] > 0, 10, "rejections to be counted")
-        serve.wait_for(lambda: not serve.shm(daemon.proc.pid), 10, "its shared memory to go")
+        sub.wait_connected()
+        stream_scan(daemon.ingest, small_scan_data, "after_ingest_restart", timeout_s=10.0)
+        header, _ = sub.volumes_until_final("after_ingest_restart", timeout_s=60)[-1]
     finally:
-        daemon.close()
+        sub.close()
+    # numbered above the failed scan: no shared-memory name is reused
+    assert header["n_projections_used"] == 90 and header["scan_seq"] > failed_seq
+    # (stopped on SIGTERM with status 0 and no shared memory left: the fixture, after both tests)
+
+
+def test_abort_command_drops_the_open_scan(serve, small_scan_data, shared_daemon):
+    daemon = shared_daemon  # conftest: the session's default daemon; counts relative to before
+    before = daemon.status()
+    sender = stream_in_background(daemon.ingest, small_scan_data, "to_abort", fps=40.0,
+                                  timeout_s=2.0)
+    serve.wait_for(lambda: (daemon.status()["n_projections_used"] or 0) >= 5, 30,
+                   "the scan to be under way")
+    reply = daemon.ask({"cmd": "abort"})
+    assert reply == {"ok": True, "aborted": "to_abort"}
+    status = serve.wait_for(lambda: (s := daemon.status())["scans_failed"] == before["scans_failed"] + 1 and s,
+                            15, "the scan to be dropped")
+    assert status["scans_completed"] == before["scans_completed"] and status["state"] == "idle"
+    sender.join(30)
+    # the frames the detector sent after the abort were rejected, and counted
+    serve.wait_for(lambda: daemon.status()["frames_rejected"] > before["frames_rejected"], 10,
+                   "rejections to be counted")
+    serve.wait_for(lambda: not serve.shm(daemon.proc.pid), 10, "its shared memory to go")
 
 
 def test_startup_failures_exit_nonzero_with_the_reason(tmp_path, serve):
@@ -214,22 +223,18 @@ def test_workers_that_keep_dying_make_the_daemon_give_up(tmp_path, serve):
         daemon.close()
 
 
-def test_hung_ingest_is_killed_and_restarted(tmp_path, serve):
-    daemon = serve.Daemon(tmp_path)
-    try:
-        status = daemon.wait_ready()
-        serve.wait_for(lambda: daemon.status()["ingest_reports"] > 0, 15, "ingest's first report")
-        os.kill(status["ingest_pid"], signal.SIGSTOP)  # alive, but silent
-        restarted = serve.wait_for(lambda: (s := daemon.status())["ingest_restarts"] == 1 and s, 30,
-                                   "the silent ingest to be replaced")
-        assert restarted["ingest_pid"] != status["ingest_pid"] and not serve.pid_alive(status["ingest_pid"])
-        assert "silent" in daemon.log.read_text()
-        reports = restarted["ingest_reports"]
-        serve.wait_for(lambda: daemon.status()["ingest_reports"] > reports, 15, "the new ingest to report")
-        code, _ = daemon.terminate(timeout_s=10)
-        assert code == 0
-    finally:
-        daemon.close()
+def test_hung_ingest_is_killed_and_restarted(restarting, serve):
+    daemon = restarting  # (its ingest was killed and restarted by the test above, when both run)
+    status = serve.wait_for(lambda: (s := daemon.status())["ingest_reports"] > 0 and s, 15, "ingest's first report")
+    os.kill(status["ingest_pid"], signal.SIGSTOP)  # alive, but silent
+    restarted = serve.wait_for(
+        lambda: (s := daemon.status())["ingest_restarts"] == status["ingest_restarts"] + 1 and s, 30,
+        "the silent ingest to be replaced")
+    assert restarted["ingest_pid"] != status["ingest_pid"] and not serve.pid_alive(status["ingest_pid"])
+    assert "silent" in daemon.log.read_text()
+    reports = restarted["ingest_reports"]
+    serve.wait_for(lambda: daemon.status()["ingest_reports"] > reports, 15, "the new ingest to report")
+    # (stopped on SIGTERM with status 0: the fixture)
 
 
 def _hold_lock_and_wait(lock, held) -> None:

@@ -98,9 +98,17 @@ class Viewer:
 
 
 @pytest.fixture
-def viewer(tmp_path, daemon, serve):
-    """A viewer subscribed to ``daemon``, once it has received the daemon's status."""
-    v = Viewer(tmp_path, daemon.publish, serve.free_port(), daemon.control)
+def daemon(shared_daemon):
+    """The session's shared daemon (conftest.shared_daemon) and one viewer of it for this
+    module's tests: each streams its own scan; the page is loaded afresh and waits for it."""
+    return shared_daemon
+
+
+@pytest.fixture(scope="module")
+def viewer(tmp_path_factory, serve):
+    """A viewer subscribed to the shared daemon, once it has received the daemon's status."""
+    daemon = serve.shared_daemon_of(tmp_path_factory)
+    v = Viewer(tmp_path_factory.mktemp("view"), daemon.publish, serve.free_port(), daemon.control)
     try:
         serve.wait_for(lambda: (v.state() or {}).get("status"), 30, "the viewer to receive a status")
         yield v
@@ -151,7 +159,7 @@ def second_page(url: str, scan_id: str, done: threading.Event, seen: list) -> No
         done.set()
 
 
-def test_live_scan_in_the_browser(browser, viewer, daemon, small_scan_data, serve):
+def test_live_scan_in_the_browser(browser, viewer, daemon, small_scan_data, serve, subscribe):
     driver = browser
     driver.get(viewer.url)
     serve.wait_for(lambda: page(driver, "window.holostreamView && window.holostreamView.connected"), 20,
@@ -160,7 +168,7 @@ def test_live_scan_in_the_browser(browser, viewer, daemon, small_scan_data, serv
     serve.wait_for(lambda: driver.find_element("id", "connection").text == "live", 5, "the page to say 'live'")
 
     scan_id = "view_live_0001"
-    subscriber = serve.Subscriber(daemon.publish)
+    subscriber = subscribe(daemon.publish)
     subscriber.wait_connected()
     other_done, other_seen = threading.Event(), []
     other = threading.Thread(target=second_page, args=(viewer.url, scan_id, other_done, other_seen), daemon=True)
@@ -245,7 +253,7 @@ def test_live_scan_in_the_browser(browser, viewer, daemon, small_scan_data, serv
     assert any(isinstance(h, dict) and h["scan_id"] == scan_id and h["final"] for h in other_seen)
 
 
-def test_operator_recentres_from_the_page(browser, viewer, daemon, small_scan_data, serve):
+def test_operator_recentres_from_the_page(browser, viewer, daemon, small_scan_data, serve, subscribe):
     from holostream.service.offline import reconstruct_scan
     from holostream.shared.settings import ReconstructionSettings
     from holostream.workers.backend import get_backend
@@ -257,7 +265,7 @@ def test_operator_recentres_from_the_page(browser, viewer, daemon, small_scan_da
     serve.wait_for(lambda: driver.find_element("id", "retune-apply").is_enabled(), 5,
                    "the re-centre button to be enabled (viewer with --control)")
     scan_id, new_cor_px = "view_retune_0001", 4.5
-    subscriber = serve.Subscriber(daemon.publish)
+    subscriber = subscribe(daemon.publish)
     subscriber.wait_connected()
     errors = []
 
