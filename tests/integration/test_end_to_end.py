@@ -169,13 +169,14 @@ def test_scan_ending_early_is_the_reconstruction_of_the_arrived_angles(live, sma
 def test_scan_that_workers_cannot_reconstruct_fails_with_the_reason(live, small_scan_data, serve):
     daemon, sub = live
     before = daemon.status()
-    # valid chain syntax (ingest accepts it), but a step the workers do not know
-    send_first_projections(daemon.ingest, small_scan_data, "bad_chain", 6,
-                           {"phase": "paganin, wobble**2"})
+    # a chain the workers cannot run for this scan: a start step that needs several
+    # distances (ingest checks the chain's steps, not what the scan's distances allow)
+    send_first_projections(daemon.ingest, small_scan_data, "bad_chain", 6, {"phase": "ctf_mixed, ap**2"})
     status = serve.wait_for(lambda: (s := daemon.status())["scans_failed"] > before["scans_failed"] and s,
                             30, "the scan to fail")
     assert status["groups_failed"] - before["groups_failed"] == 6
-    assert "no projection was reconstructed" in status["last_error"] and "wobble" in status["last_error"]
+    assert "no projection was reconstructed" in status["last_error"]
+    assert "needs images at several distances" in status["last_error"]
     assert all(w["alive"] and w["restarts"] == b["restarts"]  # they carried on
                for w, b in zip(status["workers"], before["workers"]))
     assert status["scans_completed"] == before["scans_completed"]

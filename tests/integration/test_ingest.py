@@ -378,3 +378,12 @@ def test_scan_that_cannot_fit_the_device_is_refused_before_any_frame(ingest_in_p
     assert "does not fit the device" in rejection["reason"] and "volume" in rejection["reason"]
     ingest.handle(encode_scan_start(scan_info(scan_id="small")))
     assert ingest.scan is not None and ingest.scan.info.scan_id == "small"
+
+
+def test_a_chain_with_an_unknown_step_is_refused_at_scan_start(ingest_in_process):
+    """The settings check reads the chain's syntax only; ingest parses its steps before any frame."""
+    ingest, channels = ingest_in_process()
+    ingest.handle(encode_scan_start(scan_info(scan_id="wobbly", reconstruction={"phase": "paganin, wobble**2"})))
+    assert ingest.scan is None and ingest.rejects.counts["settings"] == 1
+    rejection = next(e for e in iter(lambda: channels.events.get(timeout=5), None) if e["type"] == "rejected")
+    assert "phase chain" in rejection["reason"] and "wobble" in rejection["reason"]
