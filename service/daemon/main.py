@@ -17,7 +17,6 @@ import os
 import queue
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,7 +42,6 @@ from holostream.service.daemon.requests import ControlRequests
 from holostream.service.daemon.retuning import Retuning, start_retuner
 from holostream.service.daemon.reconstructor import record_unreported
 from holostream.service.daemon.volumes import LiveScan
-from holostream.service.files.volume import save_new_volume_h5
 from holostream.shared.scanbuffers import sweep, sweep_orphans
 from holostream.workers.backend import get_backend
 from holostream.workers.memory import DeviceBudget
@@ -351,16 +349,9 @@ class Daemon(ControlRequests, Retuning):
             if beta is not None:
                 self.publisher.publish_beta({**header, "quantity": "beta"}, beta)
         self.counters["volumes_published"] += 1
-        out = self.config.publish.output_dir
-        if out and (final or self.config.publish.save_intermediate):
-            name = f"{header['scan_id']}_{state.seq}" + ("" if final else f"_{header['seq']}")
-            try:
-                Path(out).mkdir(parents=True, exist_ok=True)
-                self.last_volume_file = str(save_new_volume_h5(out, name, header, volume,
-                                                               self.config.publish.compression, beta=beta))
-            except (OSError, ValueError) as exc:  # ValueError: lz4/zstd without hdf5plugin
-                self.last_error = f"cannot write {name}.h5 to {out}: {exc}"
-                log.error(self.last_error)
+        if self.config.publish.output_dir and (final or self.config.publish.save_intermediate):
+            self._save(f"{header['scan_id']}_{state.seq}" + ("" if final else f"_{header['seq']}"),
+                       header, volume, beta)
         return header, beta
 
     def _drop(self, state: LiveScan) -> None:

@@ -226,10 +226,13 @@ class Retuning:
 
     def _write_retuned(self, header: dict[str, Any], volume: np.ndarray, beta: np.ndarray | None = None) -> None:
         """A re-tuned final volume to ``output_dir`` too (when the daemon writes volumes)."""
+        if self.config.publish.output_dir:
+            self._save(f"{header['scan_id']}_{header['scan_seq']}_retuned", header, volume, beta)
+
+    def _save(self, name: str, header: dict[str, Any], volume: np.ndarray, beta: np.ndarray | None) -> None:
+        """Write ``name.h5`` (δ, and β if given) to ``output_dir``; a failure is logged and kept as
+        ``last_error``, never raised (the volume was published; the daemon goes on)."""
         out = self.config.publish.output_dir
-        if not out:
-            return
-        name = f"{header['scan_id']}_{header['scan_seq']}_retuned"
         try:
             Path(out).mkdir(parents=True, exist_ok=True)
             self.last_volume_file = str(save_new_volume_h5(out, name, header, volume,
