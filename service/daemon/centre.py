@@ -83,7 +83,7 @@ class LiveCentre:
         self.cor_px, self.source, self.confidence = float(cor_px), "operator", None
 
     def refine(self, sinogram: np.ndarray, groups: dict[int, tuple[float, float, int]],
-               scan_id: str) -> None:
+               scan_id: str, final: bool = False) -> None:
         """Estimate (again) from the arrived groups, unless given or set by the operator.
 
         Parameters
@@ -94,10 +94,15 @@ class LiveCentre:
             ``group -> (angle_rad, weight, n_projections)`` of the arrived groups.
         scan_id : str
             For the log.
+        final : bool
+            The scan is complete: estimate from every arrived group if any came since the last
+            estimate (live, only once they grew by ``_REFINE_GROWTH``), so that the final
+            volume's centre is that of all its angles, not of those the last live volume had.
         """
         if self.source in ("given", "operator") or len(groups) < 4:
             return
-        if self.estimated_at and len(groups) < (1 + _REFINE_GROWTH) * self.estimated_at:
+        grown = len(groups) > self.estimated_at if final else len(groups) >= (1 + _REFINE_GROWTH) * self.estimated_at
+        if self.estimated_at and not grown:
             return
         keys = np.array(sorted(groups))
         plan = CorPlan(np.degrees([groups[g][0] for g in keys]))

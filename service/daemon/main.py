@@ -314,7 +314,7 @@ class Daemon(ControlRequests, Retuning):
         if missing:
             log.warning("scan %s: %d group(s) never came back; finishing without them",
                         state.scan_id, len(missing))
-        state.centre.refine(state.buffers.sinogram, state.groups, state.scan_id)
+        state.centre.refine(state.buffers.sinogram, state.groups, state.scan_id, final=True)
         if state.needs_fbp():  # re-centred or re-tuned: made off this loop, then _finish
             self._submit_final(state)
             return

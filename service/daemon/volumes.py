@@ -309,7 +309,7 @@ class LiveScan:
         """The one-shot FBP of the groups that arrived (see :func:`final_volume`)."""
         if quantity != "delta":
             return self._beta_volume(backend, final=True)
-        self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id)
+        self.centre.refine(self.buffers.sinogram, self.groups, self.scan_id, final=True)
         if self.needs_fbp():
             return self.volume_job(backend, final=True)[0]()
         stripes = self.stripes(backend)
