@@ -30,6 +30,9 @@ pytestmark = pytest.mark.integration
 
 DELTA_BETA = 200.0  # of the phantom of the conftest's small_scan
 SLOW = {"phase": "ap", "iterations": 6}  # settings that make a batch take a while
+# a batch of 8 at 64² takes ~0.2 s with these (6 iterations: 0.04 s, faster than 90 frames/s
+# arrive on a quiet machine): streamed at 180 frames/s, a backlog builds whatever the load
+HEAVY = {"phase": "ap", "iterations": 40}
 
 
 def start_daemon(serve, folder, mode: str, batch: int = 4, workers: int = 2):
@@ -152,8 +155,8 @@ def test_killed_reconstructor_is_replaced_and_its_groups_are_redone(tmp_path, se
             serve.wait_for(holding, 30, "the reconstructor to be under way with a backlog")
             os.kill(victim, signal.SIGKILL)
 
-        header, final = final_of(serve, daemon, small_scan_data, "kill_r", fps=90.0, during=kill_when_holding,
-                                 **SLOW)[-1]
+        header, final = final_of(serve, daemon, small_scan_data, "kill_r", fps=180.0, during=kill_when_holding,
+                                 **HEAVY)[-1]
         status = daemon.status()  # the final volume is out: every redone group is counted
 
         def redone_on_metrics():  # the endpoint serves the status snapshot of up to a second ago
@@ -178,7 +181,7 @@ def test_killed_reconstructor_is_replaced_and_its_groups_are_redone(tmp_path, se
     assert len(held) <= reconstructor["redone"]
     assert reconstructor["groups_done"] == 90
     assert header["n_projections_used"] == 90 and not header.get("incomplete"), header
-    assert_same_volume(final, offline(small_scan_data, **SLOW))
+    assert_same_volume(final, offline(small_scan_data, **HEAVY))
 
 
 def test_sigterm_mid_scan_stops_every_process_and_frees_shared_memory(tmp_path, serve, small_scan_data):
