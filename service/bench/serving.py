@@ -75,12 +75,18 @@ def serving(options: list[str], log_path: str | Path, control: str,
                     raise RuntimeError(f"the daemon did not start; see {log_path}") from None
         yield daemon
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
+        stop_process(daemon, 30.0)
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float) -> int:
+    """SIGTERM ``proc`` (if still running), SIGKILL it after ``timeout_s``; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
 def subscribed(publish: str, timeout_s: float = 20.0):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import zmq
+
+from holostream.service.bench.serving import stop_process
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -142,13 +143,7 @@ def run(args: argparse.Namespace) -> int:
         status = _request(control, {"cmd": "status"}, 2.0)
     finally:
         collector.stop.set()
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon_code = daemon.wait(20)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon_code = daemon.wait()
+        daemon_code = stop_process(daemon, 20.0)
 
     header, volume = collector.final_volume
     final_time = next(t for t, h in collector.headers if h["final"])

@@ -16,6 +16,7 @@ import sys
 
 import pytest
 
+from holostream.service.bench.serving import stop_process
 from test_metrics import scrape, value  # GET /metrics
 from test_split_mode import (  # lost, held: from the log
     assert_same_volume, final_of, held_when_killed, lost_projections, offline,
@@ -174,12 +175,7 @@ def test_actors_on_a_remote_scheduler_with_mutual_tls(tmp_path, serve, small_sca
         if daemon is not None:
             daemon.close()
         for proc in reversed(cluster):
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 20.0)
     assert header["n_projections_used"] == 90
     assert min(a["groups_done"] for a in status["reconstructor"]["cluster"]["actors"]) > 0
     assert f"dispatcher ready: 2 actor(s) on {address}" in daemon.log.read_text()

@@ -8,12 +8,13 @@ outside SLURM (it then starts its scheduler and workers on this machine).
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
+
+from holostream.service.bench.serving import stop_process
 
 pytest.importorskip("distributed", reason="the cluster extra (dask[distributed]) is not installed")
 
@@ -64,12 +65,7 @@ def tls_cluster(certs, tmp_path_factory):
                               stdout=log, stderr=subprocess.STDOUT)
     yield address
     for proc in (worker, scheduler):
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 20.0)
     log.close()
 
 
