@@ -3,7 +3,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
-.venv/bin/python -m pytest -q "$@"
+# the 15 slowest tests are listed so that the suite's time stays in view (docs/testing.md)
+.venv/bin/python -m pytest -q --durations=15 "$@"
 rc=$?
 # pytest exit code 5 means "no tests collected" (e.g. a filter matched nothing): not a failure.
 if [ "$rc" -eq 5 ]; then
