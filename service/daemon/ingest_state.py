@@ -19,14 +19,13 @@ from holostream.service.daemon.channels import Channels, drain
 from holostream.service.daemon.handoff import again_when_binned, settle, spans
 from holostream.service.daemon.rejects import Rejects
 from holostream.service.daemon.scan import LOST_AFTER_S, OpenScan, half_acquisition
-from holostream.service.daemon.scanplan import ScanPlan, open_scan, plan_scan
+from holostream.service.daemon.scanplan import ScanPlan, check_device, open_scan, plan_scan
 from holostream.shared.messages import (
     Frame, Limits, ProtocolError, ScanAbort, ScanEnd, ScanInfo, ScanStart, parse_message,
 )
 from holostream.shared.scanbuffers import ScanBuffers, shm_free_bytes
 from holostream.shared.settings import ReconstructionSettings, SettingsError
 from holostream.workers.memory import DeviceBudget
-from holostream.workers.phasing import default_chain
 
 log = logging.getLogger("holostream.service.daemon.ingest")  # one logger for the ingest process
 
@@ -133,26 +132,14 @@ class Ingest:
             settings = self.settings.merged(info.reconstruction)
         except SettingsError as exc:
             raise ProtocolError(f"scan_start reconstruction: {exc}", "settings") from exc
-        if info.distances and half_acquisition(info, settings.binning) is not None:
-            raise ProtocolError(f"scan_start {info.scan_id}: a 360° offset-axis scan at several distances is not "
-                                "reconstructed live yet (no half-acquisition weights in DistanceWork)", "not_supported")
         if settings.binning > min(info.shape):
             raise ProtocolError(f"binning {settings.binning} exceeds the {info.shape[0]}x{info.shape[1]} frame",
                                 "settings")
-        try:
-            steps = default_chain(settings.phase, settings.iterations, info.delta_beta)
-        except ValueError as exc:
-            raise ProtocolError(f"scan_start {info.scan_id}: phase chain: {exc}", "settings") from exc
-        try:  # refused before any frame, not half-way through the scan
-            half = half_acquisition(info, settings.binning)  # its wider volume (workers/halfacq.py)
-            self.device_budget.check(info.shape, info.frame_nbytes // (info.shape[0] * info.shape[1]),
-                                     settings.binning, settings.angle_binning,
-                                     None if half is None else half[0],
-                                     step_names=[step.name for step in steps],
-                                     n_distances=max(1, len(info.distances)))
-        except MemoryError as exc:
-            raise ProtocolError(f"scan_start {info.scan_id}: does not fit the device: {exc}",
-                                "no_memory") from exc
+        half = half_acquisition(info, settings.binning)  # its wider volume (workers/halfacq.py)
+        if info.distances and half is not None:
+            raise ProtocolError(f"scan_start {info.scan_id}: a 360° offset-axis scan at several distances is not "
+                                "reconstructed live yet (no half-acquisition weights in DistanceWork)", "not_supported")
+        check_device(info, settings, None if half is None else half[0], self.device_budget)
         if self.scan is not None and not self.scan.closing and self.scan.info.scan_id == info.scan_id:
             raise ProtocolError(f"scan {info.scan_id!r} is already open", "duplicate")
         # every refusal comes before the open scan is touched: a refused start changes nothing

@@ -21,6 +21,8 @@ from holostream.shared.distances import given_shifts
 from holostream.shared.messages import ProtocolError, ScanInfo
 from holostream.shared.scanbuffers import PartSpec, ScanBuffers, layout
 from holostream.shared.settings import ReconstructionSettings
+from holostream.workers.memory import DeviceBudget
+from holostream.workers.phasing import default_chain
 from holostream.workers.pipeline import plan_groups
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,29 @@ class ScanPlan:
         """``"ring 0.52 GB, volumes 2.15 GB, ..."``: where the bytes go, for a refusal."""
         return ", ".join(f"{part} {spec.nbytes / 1e9:.3g} GB" for part, spec in self.specs.items()
                          if spec.nbytes >= 1e6)
+
+
+def check_device(info: ScanInfo, settings: ReconstructionSettings, volume_width: int | None,
+                 budget: DeviceBudget) -> None:
+    """Refuse, before any frame, a scan whose chain the workers cannot parse or that cannot fit
+    the device (``budget``; ``volume_width``: a 360° offset-axis scan's disc, else None).
+
+    Raises
+    ------
+    ProtocolError
+        ``settings`` (a step no worker knows: the settings check reads the chain's syntax
+        only) or ``no_memory`` (each part of the estimate in GB).
+    """
+    try:
+        steps = default_chain(settings.phase, settings.iterations, info.delta_beta)
+    except ValueError as exc:
+        raise ProtocolError(f"scan_start {info.scan_id}: phase chain: {exc}", "settings") from exc
+    try:
+        budget.check(info.shape, info.frame_nbytes // (info.shape[0] * info.shape[1]), settings.binning,
+                     settings.angle_binning, volume_width, step_names=[step.name for step in steps],
+                     n_distances=max(1, len(info.distances)))
+    except MemoryError as exc:
+        raise ProtocolError(f"scan_start {info.scan_id}: does not fit the device: {exc}", "no_memory") from exc
 
 
 def plan_scan(info: ScanInfo, settings: ReconstructionSettings, ring_slots: int, n_partials: int,
